@@ -1,0 +1,6 @@
+"""HistoLens core: all logic lives here. Never imports streamlit.
+
+Research use only. Not for diagnosis.
+"""
+
+__version__ = "0.1.0"

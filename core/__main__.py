@@ -1,0 +1,31 @@
+"""Command-line entry: ``python -m core <command> ...``.
+
+Each command lives in ``core/commands/<name>.py`` and exposes ``register(subparsers)``, which
+adds its sub-parser and sets ``func`` (returns the exit code). Heavy imports (torch) happen
+inside ``func`` so ``python -m core data summary`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("demo", "data", "train", "evaluate", "explain", "compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="HistoLens command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"core.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

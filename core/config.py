@@ -1,0 +1,51 @@
+"""Where things live on disk. Every path comes from here (env vars override the defaults).
+
+- ``HISTOLENS_DATA``   data root (default ``<repo>/data``); the app only reads datasets below it.
+- ``HISTOLENS_CACHE``  derived files: IDC indexes, split manifests, prediction caches
+                       (default ``<data root>/.cache``); real datasets may live on read-only disks.
+- ``HISTOLENS_RUNS``   training run directories (default ``<repo>/runs``).
+- ``HISTOLENS_CHECKPOINTS`` checkpoint folder scanned by the pages (default ``<repo>/checkpoints``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLASS_NAMES = ("normal", "tumour")  # class index 1 is tumour everywhere
+RESEARCH_NOTICE = "Research use only — not for diagnosis."
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def data_root() -> Path:
+    return _env_path("HISTOLENS_DATA", REPO_ROOT / "data")
+
+
+def demo_root() -> Path:
+    return data_root() / "demo"
+
+
+def cache_dir() -> Path:
+    return _env_path("HISTOLENS_CACHE", data_root() / ".cache")
+
+
+def runs_dir() -> Path:
+    return _env_path("HISTOLENS_RUNS", REPO_ROOT / "runs")
+
+
+def checkpoints_dir() -> Path:
+    return _env_path("HISTOLENS_CHECKPOINTS", REPO_ROOT / "checkpoints")
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True if ``path`` resolves inside ``root`` (used to keep a deployed app inside its roots)."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,18 @@
+"""HistoLens: router only. Pages live in pages/, logic in core/."""
+
+import streamlit as st
+
+from core.config import RESEARCH_NOTICE
+
+st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/datasets.py", title="Datasets", icon="🗂️"),
+    st.Page("pages/training.py", title="Training", icon="📈"),
+    st.Page("pages/explain.py", title="Explain", icon="🔥"),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+]
+pg = st.navigation(pages)
+st.sidebar.caption(f"⚠️ {RESEARCH_NOTICE}")
+pg.run()
