@@ -1,0 +1,214 @@
+"""Checkpoints = weights + model card, written atomically and loaded safely.
+
+On disk a checkpoint is a ``torch.save`` of a plain dict::
+
+    {"format": "histolens-checkpoint", "format_version": 1,
+     "card": {...ModelCard fields, JSON-able...},
+     "state_dict": {name: tensor},
+     ...extra (e.g. optimizer/scheduler state and epoch in last.pt)}
+
+It is always loaded with ``torch.load(weights_only=True)``, so a pickle that tries to run code is
+refused by torch itself; we turn that, truncation and foreign files into one clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import __version__
+from core.config import CLASS_NAMES
+from core.models import MODELS, build_model, get_spec
+
+FORMAT = "histolens-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a HistoLens checkpoint; the message says why and what to do."""
+
+
+def current_versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "histolens": __version__,
+        "torch": str(torch.__version__),  # TorchVersion is not weights_only-safe
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a consumer needs to use the weights correctly (preprocessing comes from here)."""
+
+    arch: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    target_layer: str
+    class_names: tuple[str, ...] = CLASS_NAMES
+    dataset: str = ""  # dataset path or name it was trained on
+    dataset_format: str = ""  # pcam | hcd | idc
+    split_manifest_id: str = ""
+    seed: int = 0
+    synthetic_data: bool = False
+    train_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=current_versions)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @classmethod
+    def for_model(cls, arch: str, input_size: int | None = None, **kwargs: Any) -> ModelCard:
+        """A card whose preprocessing and target layer come from the registry entry of ``arch``."""
+        spec = get_spec(arch)
+        return cls(
+            arch=arch,
+            input_size=int(input_size or spec.input_size),
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+            target_layer=spec.target_layer,
+            **kwargs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = {f.name for f in fields(cls)}
+        missing = {"arch", "input_size", "mean", "std", "target_layer"} - data.keys()
+        if missing:
+            raise CheckpointError(f"model card is missing {sorted(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("mean", "std", "class_names"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module  # in eval mode, on the requested device
+    card: ModelCard
+    path: Path
+    sha256: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DistributedDataParallel / DataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra: Any) -> Path:
+    """Write weights + card to ``path`` atomically: a temp file in the same folder, fsync, os.replace.
+
+    A reader (or a job killed mid-write) never sees a half-written checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "card": card.to_dict(),
+        "state_dict": state,
+    }
+    payload.update(extra)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_payload(path: str | Path) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict (weights_only=True). Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty; re-save or re-train the checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused — it holds Python objects other than tensors and plain data "
+            f"({_unpickler_reason(exc)}). Only load checkpoints written by HistoLens."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}); re-copy or re-train it"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a HistoLens checkpoint (no model card); train one with `python -m core train`"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer HistoLens (format {payload['format_version']})"
+        )
+    if not isinstance(payload.get("card"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: checkpoint has no card or no weights")
+    return payload
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one informative line of torch's long weights_only error."""
+    for line in str(exc).splitlines():
+        if "Unpickler error" in line or "Unsupported global" in line:
+            return line.split(":", 1)[-1].strip()
+    return "weights_only load failed"
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The model card alone (for listings); validates the file like load_checkpoint."""
+    return ModelCard.from_dict(load_payload(path)["card"])
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from its card, load the weights strictly, move to ``device``, eval mode."""
+    path = Path(path)
+    payload = load_payload(path)
+    card = ModelCard.from_dict(payload["card"])
+    if card.arch not in MODELS:
+        raise CheckpointError(
+            f"{path}: unknown architecture {card.arch!r} (known: {', '.join(MODELS)})"
+        )
+    model, _ = build_model(card.arch, pretrained=False)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {card.arch!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    model.to(device).eval()
+    return LoadedModel(model=model, card=card, path=path, sha256=file_sha256(path))

@@ -1,0 +1,65 @@
+"""From uint8 RGB patches to model input, strictly from the model card.
+
+Training, evaluation, CAMs and comparison all call ``to_model_input`` so preprocessing can never
+differ between them. The uint8 batch is moved to the device first (4x less traffic than float),
+then converted, resized (only if the patch size differs from the card's input size) and normalised
+there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.checkpoints import LoadedModel, ModelCard
+
+
+def to_model_input(
+    images: np.ndarray | torch.Tensor,
+    card: ModelCard,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 N×H×W×3 (or H×W×3) RGB -> float32 N×3×S×S normalised with the card's mean/std."""
+    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 RGB patches, got {x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected N×H×W×3 RGB patches, got shape {tuple(x.shape)}")
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    size = card.input_size
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    mean = torch.tensor(card.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(card.std, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory_format)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op context elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.inference_mode()
+def predict_proba(
+    loaded: LoadedModel, images: np.ndarray | torch.Tensor, batch_size: int = 256
+) -> np.ndarray:
+    """P(tumour) for each uint8 patch, computed in batches on the model's device."""
+    device = loaded.device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_input(images[start : start + batch_size], loaded.card, device)
+        with autocast_for(device):
+            logits = loaded.model(x)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
