@@ -1,8 +1,140 @@
-"""`python -m core train` (not implemented yet)."""
+"""`python -m core train`: train one model into a run directory (layout in core/jobs.py).
+
+    python -m core train --data PATH [--model NAME] [--epochs N] [--batch-size B] [--lr LR]
+        [--img-size S] [--device D] [--seed S] [--pretrained] --out RUN_DIR
+    python -m core train --resume RUN_DIR
+
+The flags are the TrainConfig field names (``batch_size`` -> ``--batch-size``), which is how
+core.jobs.start_run builds the command line. The same command runs under
+``torchrun --nproc_per_node N -m core train ...`` (DistributedDataParallel, rank 0 writes).
+Exit codes: 0 finished, 1 failed (status.json has the traceback), 2 bad arguments, 130 cancelled.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+_NO_DEFAULT = argparse.SUPPRESS  # unset flags keep the TrainConfig default
+
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: (print("train: not implemented yet"), 2)[1])
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run directory (config, metrics, status, last.pt, best.pt)",
+        argument_default=_NO_DEFAULT,
+    )
+    p.add_argument("--data", help="dataset folder (PCam h5, HCD tif+csv or IDC png tree)")
+    p.add_argument("--out", type=Path, help="run directory to create (or reuse) and fill")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from last.pt")
+    p.add_argument("--model", help="registered model (default: recommended for the patch size)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 10; early stopping)")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="default 64")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, dest="weight_decay", help="default 1e-4")
+    p.add_argument(
+        "--img-size", type=int, dest="img_size", help="model input side (default: patch size)"
+    )
+    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, help="seed for splits, weights, order, augmentation")
+    p.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        help="ImageNet weights from the local torch cache only",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="D4 + light stain jitter (default on)",
+    )
+    p.add_argument(
+        "--class-weighting",
+        dest="class_weighting",
+        action=argparse.BooleanOptionalAction,
+        help="weight the loss by inverse class frequency",
+    )
+    p.add_argument(
+        "--scheduler", choices=("cosine", "plateau"), help="lr schedule (default cosine)"
+    )
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 3)")
+    p.add_argument(
+        "--limit-batches",
+        type=int,
+        dest="limit_batches",
+        help="cap train/valid batches per epoch (quick runs)",
+    )
+    p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 4 on CUDA)")
+    p.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, help="mixed precision on CUDA (default on)"
+    )
+    p.add_argument(
+        "--log-every", type=int, dest="log_every", help="steps between metrics lines (default 10)"
+    )
+    p.set_defaults(func=run)
+
+
+def _config_and_dir(args):
+    from core import jobs
+    from core.train import TrainConfig
+
+    overrides = {
+        k: v for k, v in vars(args).items() if k not in ("command", "func", "out", "resume")
+    }
+    if "resume" in args:
+        run_dir = args.resume
+        saved = jobs.read_config(run_dir)
+        if not saved:
+            raise ValueError(
+                f"{run_dir / jobs.CONFIG_FILE} not found; --resume needs a run directory written by `python -m core train`"
+            )
+        return TrainConfig.from_dict({**saved, **overrides}), run_dir, True
+    if "data" not in args or "out" not in args:
+        raise ValueError("--data PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
+    return TrainConfig(**overrides), args.out, False
+
+
+def _stop_on_sigterm() -> list[bool]:
+    """SIGTERM (cancel_run) sets a flag the loop checks between batches, so the run ends cleanly
+    with status "cancelled" and its last.pt intact."""
+    flag = [False]
+
+    def handler(signum, frame):
+        flag[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
+def run(args) -> int:
+    try:
+        cfg, run_dir, resume = _config_and_dir(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = _stop_on_sigterm()
+
+    from core.train import TrainingCancelled, fit
+
+    try:
+        status = fit(
+            cfg,
+            run_dir,
+            resume=resume,
+            should_stop=lambda: stop[0],
+            show_progress=sys.stderr.isatty(),
+        )
+    except (TrainingCancelled, KeyboardInterrupt):
+        print(f"cancelled: {run_dir}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the traceback is in status.json; the terminal gets one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if status and int(os.environ.get("RANK", "0")) == 0:
+        best = status.get("best", {})
+        print(
+            f"finished: {run_dir} ({status.get('epochs_run')} epochs, best validation score {best.get('score', float('nan')):.4f} at epoch {best.get('epoch', -1) + 1})"
+        )
+    return 0

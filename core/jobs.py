@@ -1,0 +1,273 @@
+"""Training runs as background processes that write their whole state to disk.
+
+A run is a directory under ``config.runs_dir()`` (one per run, never shared)::
+
+    <runs>/<UTC time>-<model>-<random>/
+        config.json    the TrainConfig (``asdict``), resolved by the trainer once it starts
+        status.json    {"state": queued|running|finished|failed|cancelled, "pid", "host",
+                        "created", "started", "updated", "ended", "progress": {epoch, epochs,
+                        step, steps_per_epoch, fraction, images_per_s, eta_s}, "best": {...},
+                        "error": one line, "traceback": str}
+        metrics.jsonl  one JSON object per logged step or epoch: epoch, step, split, loss,
+                       accuracy, auc, lr, images_per_s, time (unix seconds)
+        train.log      stdout + stderr of a process started by ``start_run``
+        last.pt        full checkpoint (weights + model card + optimizer state), every epoch
+        best.pt        full checkpoint of the epoch with the best validation score
+
+Every reader works from these files only, so the list of runs survives an app restart and shows
+runs started from the command line (or another machine writing into the same folder). Only the
+training process writes ``status.json`` while it lives; JSON files are replaced atomically.
+This module never imports torch or streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core import config
+
+STATES = ("queued", "running", "finished", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+METRIC_COLUMNS = ("epoch", "step", "split", "loss", "accuracy", "auc", "lr", "images_per_s", "time")
+CONFIG_FILE, STATUS_FILE, METRICS_FILE, LOG_FILE = (
+    "config.json",
+    "status.json",
+    "metrics.jsonl",
+    "train.log",
+)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    path: Path
+    name: str
+    status: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Temp file in the same folder + os.replace: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def make_run_dir(name: str, runs_dir: Path | None = None) -> Path:
+    """A new, unique run directory; two sessions starting runs at once never collide."""
+    root = Path(runs_dir or config.runs_dir())
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
+    path = root / f"{stamp}-{slug}-{secrets.token_hex(3)}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / CONFIG_FILE, dict(cfg))
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / CONFIG_FILE)
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into status.json (read, update, atomic replace) and return it."""
+    path = Path(run_dir) / STATUS_FILE
+    status = read_json(path)
+    status.update(fields)
+    status["updated"] = now_iso()
+    write_json_atomic(path, status)
+    return status
+
+
+def append_metrics(run_dir: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    lines = "".join(json.dumps(dict(r), default=float) + "\n" for r in records)
+    with open(Path(run_dir) / METRICS_FILE, "a") as fh:
+        fh.write(lines)
+        fh.flush()
+
+
+def _metric_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a killed process
+            continue
+    return records
+
+
+def keep_metrics(run_dir: Path, before_epoch: int) -> None:
+    """On resume, drop the records of epochs that were not finished (they are trained again)."""
+    kept = [r for r in _metric_records(run_dir) if r.get("epoch", 0) < before_epoch]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    tmp = Path(run_dir) / f".{METRICS_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, Path(run_dir) / METRICS_FILE)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.jsonl as a DataFrame with at least METRIC_COLUMNS (empty if nothing logged yet)."""
+    frame = pd.DataFrame(_metric_records(run_dir))
+    for column in METRIC_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series(dtype="float64")
+    return frame
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live (non-zombie) HistoLens process on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():  # no procfs (macOS): trust kill(0)
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # A zombie has exited; a live pid without "core" in its argv was reused by another program.
+    return state != "Z" and b"core" in argv
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json, with a run whose process died without a final word reported as failed."""
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / STATUS_FILE) or {"state": "unknown"}
+    pid = status.get("pid")
+    same_host = status.get("host", socket.gethostname()) == socket.gethostname()
+    if status.get("state") in ACTIVE_STATES and pid and same_host and not pid_alive(int(pid)):
+        status = {
+            **status,
+            "state": "failed",
+            "killed": True,
+            "error": (
+                f"process {pid} ended without a final status (killed, e.g. SIGKILL or out of "
+                f"memory); continue it with `python -m core train --resume {run_dir}`"
+            ),
+            "traceback": tail_log(run_dir),
+        }
+    return status
+
+
+def tail_log(run_dir: Path, lines: int = 30) -> str:
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def list_runs(runs_dir: Path | None = None) -> list[RunInfo]:
+    """Every run directory under ``runs_dir`` (newest first), read from disk."""
+    root = Path(runs_dir or config.runs_dir())
+    if not root.is_dir():
+        return []
+    runs = [
+        RunInfo(path=p, name=p.name, status=read_status(p), config=read_config(p))
+        for p in root.iterdir()
+        if p.is_dir() and ((p / STATUS_FILE).is_file() or (p / CONFIG_FILE).is_file())
+    ]
+    return sorted(runs, key=lambda r: (r.status.get("created", ""), r.name), reverse=True)
+
+
+def config_to_argv(cfg: Mapping[str, Any]) -> list[str]:
+    """TrainConfig fields -> `python -m core train` flags (``batch_size`` -> ``--batch-size``).
+
+    None means "let the trainer decide" and is left out; booleans use --flag / --no-flag.
+    """
+    argv: list[str] = []
+    for key, value in cfg.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def start_run(
+    cfg: Mapping[str, Any], runs_dir: Path | None = None, name: str | None = None
+) -> Path:
+    """Launch `python -m core train ... --out RUN_DIR` as a detached background process.
+
+    The process gets its own session (so cancelling it never touches the caller) and writes
+    everything to the run directory; the caller only keeps the path. Returns the run directory.
+    """
+    run_dir = make_run_dir(name or str(cfg.get("model") or "auto"), runs_dir)
+    write_config(run_dir, cfg)
+    write_status(run_dir, state="queued", created=now_iso(), host=socket.gethostname())
+    argv = [sys.executable, "-m", "core", "train", *config_to_argv(cfg), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=config.REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    # The child writes its own pid too; this covers a child that dies before it can.
+    if read_json(run_dir / STATUS_FILE).get("state") == "queued":
+        write_status(run_dir, pid=proc.pid)
+    return run_dir
+
+
+def cancel_run(run_dir: Path, grace_s: float = 0.0) -> bool:
+    """Ask a live run to stop (SIGTERM; the trainer then writes "cancelled"). A run whose
+    process is gone is marked cancelled directly. Returns False if the run had already ended."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.get("state") not in ACTIVE_STATES:
+        return False
+    pid = int(status.get("pid") or 0)
+    if pid and pid_alive(pid):
+        # Runs started by start_run lead their own process group (torchrun children included).
+        target = os.killpg if os.getpgid(pid) == pid else os.kill
+        target(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        return True
+    write_status(run_dir, state="cancelled", ended=now_iso())
+    return True
