@@ -1,0 +1,190 @@
+"""The base class every reader shares: metadata table, lazy reads, padding, filters, masks.
+
+A reader subclass only has to build its ``meta`` table and implement ``_read_native(i)``.
+Ground-truth tumour masks (demo sets only) live in ``tumour_masks.h5`` beside the set:
+datasets ``ids`` (N strings) and ``masks`` (N×H×W uint8, 0/1, gzip, one chunk per mask).
+A set is synthetic when a ``SYNTHETIC.md`` marker file sits in its root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+META_COLUMNS = ("id", "split", "label", "patient", "x", "y")
+SPLITS = ("train", "valid", "test", "unlabelled")
+SYNTHETIC_MARKER = "SYNTHETIC.md"
+MASKS_FILE = "tumour_masks.h5"
+PAD_VALUE = 255  # white, like the glass around tissue
+
+
+class DatasetError(ValueError):
+    """Bad input. The message is one line naming the file and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    path: Path
+    format: str
+    synthetic: bool
+
+
+def make_meta(
+    ids, split, label, patient=None, x=None, y=None, extra: dict | None = None
+) -> pd.DataFrame:
+    """The ``meta`` table with the contract's dtypes (nullable ints for x/y)."""
+    n = len(ids)
+    meta = pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype=object).astype(str),
+            "split": pd.Series(split if not isinstance(split, str) else [split] * n, dtype=object),
+            "label": np.asarray(label, dtype=np.int64),
+            "patient": pd.Series([None] * n if patient is None else patient, dtype=object),
+            "x": pd.array([pd.NA] * n if x is None else x, dtype="Int64"),
+            "y": pd.array([pd.NA] * n if y is None else y, dtype="Int64"),
+        }
+    )
+    for name, values in (extra or {}).items():
+        meta[name] = values
+    return meta.reset_index(drop=True)
+
+
+def check_unique_ids(ids: pd.Series, source: Path) -> None:
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise DatasetError(
+            f"{source}: {len(duplicated)} duplicate ids (e.g. {duplicated.iloc[0]!r}); "
+            "keep one row per id."
+        )
+
+
+def to_rgb_uint8(array: np.ndarray, source: Path | str) -> np.ndarray:
+    """Accept H×W×3 uint8 (or H×W grey / H×W×4 RGBA uint8); anything else is a DatasetError."""
+    if array.dtype != np.uint8:
+        raise DatasetError(f"{source}: pixels are {array.dtype}, expected 8-bit RGB (uint8).")
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[:, :, :3])
+    raise DatasetError(f"{source}: image shape {array.shape}, expected H×W×3 RGB.")
+
+
+class PatchDataset:
+    """One row of ``meta`` per patch; pixels are read lazily, one patch at a time."""
+
+    format: str = ""
+
+    def __init__(
+        self,
+        root: Path,
+        meta: pd.DataFrame,
+        image_size: tuple[int, int],
+        seed: int = 0,
+        manifest_id: str = "",
+        problems: list[str] | None = None,
+        notes: list[str] | None = None,
+    ):
+        self.root = Path(root)
+        self.meta = meta
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.synthetic = (self.root / SYNTHETIC_MARKER).exists()
+        self.seed = seed
+        self.manifest_id = manifest_id
+        self.manifest_path: Path | None = None
+        # Problems found while indexing (missing files, unlabelled files, mismatches): shown,
+        # never silently dropped. Notes are caveats about the splits (e.g. HCD optimism).
+        self.problems = list(problems or [])
+        self.notes = list(notes or [])
+        self._masks = None
+        self._masks_pid = None
+        self._mask_rows: dict[str, int] | None = None
+
+    # -- pixels ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def _read_native(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_index(self, i) -> int:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"patch index {i} out of range 0..{len(self) - 1}")
+        return i
+
+    def read(self, i: int) -> np.ndarray:
+        """uint8 H×W×3 at the patch's native size."""
+        return self._read_native(self._check_index(i))
+
+    def _read_many(self, indices: np.ndarray) -> list[np.ndarray]:
+        return [self.read(i) for i in indices]
+
+    def read_batch(self, indices) -> np.ndarray:
+        """uint8 N×h×w×3 at ``image_size``; smaller patches padded bottom/right with white."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        h, w = self.image_size
+        out = np.full((len(indices), h, w, 3), PAD_VALUE, dtype=np.uint8)
+        # Reading in sorted order keeps disk access sequential; results go back in call order.
+        order = np.argsort(indices, kind="stable")
+        for slot, patch in zip(order, self._read_many(indices[order]), strict=True):
+            ph, pw = patch.shape[:2]
+            if ph > h or pw > w:
+                row = self.meta.iloc[int(indices[slot])]
+                raise DatasetError(
+                    f"{self.root}: patch {row['id']} is {ph}×{pw}, larger than the set's "
+                    f"{h}×{w}; all patches of a set must share one size (or be edge crops)."
+                )
+            out[slot, :ph, :pw] = patch
+        return out
+
+    # -- metadata -------------------------------------------------------------------------
+    def indices(self, split=None, label=None, patient=None) -> np.ndarray:
+        """Positional indices matching every filter given (None = no filter)."""
+        keep = np.ones(len(self.meta), dtype=bool)
+        for column, wanted in (("split", split), ("label", label), ("patient", patient)):
+            if wanted is not None:
+                keep &= (self.meta[column] == wanted).to_numpy(dtype=bool, na_value=False)
+        return np.flatnonzero(keep)
+
+    # -- ground truth (demo sets) ---------------------------------------------------------
+    def _masks_file(self):
+        import h5py
+
+        if self._masks is None or self._masks_pid != os.getpid():
+            path = self.root / MASKS_FILE
+            if not path.exists():
+                return None
+            self._masks = h5py.File(path, "r")
+            self._masks_pid = os.getpid()
+            ids = self._masks["ids"].asstr()[:]
+            self._mask_rows = {str(k): j for j, k in enumerate(ids)}
+        return self._masks
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """Ground-truth tumour mask (bool, native patch size) or None when the set has none."""
+        i = self._check_index(i)
+        masks = self._masks_file()
+        if masks is None:
+            return None
+        row = self._mask_rows.get(str(self.meta.at[i, "id"]))
+        if row is None:
+            return None
+        mask = masks["masks"][row].astype(bool)
+        if "height" in self.meta.columns:  # edge patches: the stored mask is padded
+            return mask[: int(self.meta.at[i, "height"]), : int(self.meta.at[i, "width"])]
+        return mask
+
+    # -- pickling (DataLoader workers): h5 handles never cross a process boundary ----------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_masks"] = None
+        state["_masks_pid"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)})"

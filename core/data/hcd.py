@@ -1,0 +1,142 @@
+"""Kaggle Histopathologic Cancer Detection (HCD): 96×96 RGB TIFF patches plus a label CSV.
+
+Two layouts are accepted::
+
+    Kaggle download:  <root>/train_labels.csv (id,label)  <root>/train/<id>.tif
+                      optional <root>/sample_submission.csv + <root>/test/<id>.tif  (unlabelled)
+    flat folder:      <root>/<any>.csv (id,label)  <root>/<id>.tif
+
+Label 1 (tumour) = at least one tumour pixel in the centre 32×32. Labelled patches are split
+train/valid/test (seeded, stratified by label); HCD has no slide ids, so that split is optimistic
+(``ds.notes`` says so). CSV ids with no file and files with no CSV row are listed in
+``ds.problems``; unlabelled files are kept with split "unlabelled" and label -1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data.base import DatasetError, PatchDataset, check_unique_ids, make_meta
+from core.data.imageio import image_size_of, read_image
+from core.data.splits import HCD_OPTIMISM_NOTE, manifest_split
+
+LABELS_CSV = "train_labels.csv"
+SUBMISSION_CSV = "sample_submission.csv"
+EXAMPLES = 3
+
+
+def _tif_ids(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name[:-4] for e in entries if e.name.endswith(".tif") and e.is_file())
+
+
+def _label_csvs(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).glob("*.csv") if p.name != SUBMISSION_CSV)
+
+
+def looks_like_hcd(root: Path) -> bool:
+    root = Path(root)
+    if (root / LABELS_CSV).exists() and (root / "train").is_dir():
+        return True
+    return bool(_label_csvs(root)) and any(root.glob("*.tif"))
+
+
+def _layout(root: Path) -> tuple[Path, Path]:
+    """(labels csv, folder of labelled tifs)."""
+    if (root / LABELS_CSV).exists() and (root / "train").is_dir():
+        return root / LABELS_CSV, root / "train"
+    csvs = _label_csvs(root)
+    if not csvs:
+        raise DatasetError(f"{root}: no label csv (id,label) found; add train_labels.csv.")
+    if len(csvs) > 1:
+        raise DatasetError(f"{root}: several csv files {[p.name for p in csvs]}; keep one.")
+    return csvs[0], root
+
+
+def _read_labels(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype={"id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: unreadable csv ({err.__class__.__name__}); fix it.") from None
+    if not {"id", "label"} <= set(table.columns):
+        raise DatasetError(
+            f"{path}: columns {list(table.columns)[:5]}, expected 'id' and 'label' (a header row)."
+        )
+    check_unique_ids(table["id"], path)
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    if labels.isna().any() or not labels.isin((0, 1)).all():
+        raise DatasetError(f"{path}: 'label' must be 0 or 1 on every row.")
+    return pd.DataFrame({"id": table["id"].astype(str), "label": labels.astype(np.int64)})
+
+
+def _summarise_missing(kind: str, ids: list[str], where: Path) -> str:
+    shown = ", ".join(ids[:EXAMPLES])
+    return f"{len(ids)} {kind} ({where}), e.g. {shown}"
+
+
+class HCDDataset(PatchDataset):
+    format = "hcd"
+
+    def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
+        root = Path(root)
+        labels_csv, image_dir = _layout(root)
+        labels = _read_labels(labels_csv)
+        files = _tif_ids(image_dir)
+        if not files:
+            raise DatasetError(f"{image_dir}: no .tif files; put the <id>.tif patches there.")
+        problems = self._cross_check(labels, files, labels_csv, image_dir)
+        labelled = labels[labels["id"].isin(set(files))].reset_index(drop=True)
+        unlabelled = sorted(set(files) - set(labels["id"]))
+        assignments, manifest_id, manifest_path = manifest_split(
+            "hcd", root, labelled["id"], labelled["label"].to_numpy(), seed, fractions, "id"
+        )
+        test_ids = _tif_ids(root / "test") if image_dir != root and (root / "test").is_dir() else []
+        ids = labelled["id"].tolist() + unlabelled + test_ids
+        meta = make_meta(
+            ids=ids,
+            split=[assignments[i] for i in labelled["id"]]
+            + ["unlabelled"] * (len(unlabelled) + len(test_ids)),
+            label=labelled["label"].tolist() + [-1] * (len(unlabelled) + len(test_ids)),
+        )
+        self._folders = np.array(
+            [image_dir] * (len(labelled) + len(unlabelled)) + [root / "test"] * len(test_ids),
+            dtype=object,
+        )
+        check_unique_ids(meta["id"], root)
+        size = image_size_of(image_dir / f"{files[0]}.tif")
+        super().__init__(
+            root,
+            meta,
+            size,
+            seed=seed,
+            manifest_id=manifest_id,
+            problems=problems,
+            notes=[HCD_OPTIMISM_NOTE],
+        )
+        self.manifest_path = manifest_path
+
+    @staticmethod
+    def _cross_check(labels, files, labels_csv: Path, image_dir: Path) -> list[str]:
+        problems = []
+        file_set, label_set = set(files), set(labels["id"])
+        no_file = sorted(label_set - file_set)
+        if no_file:
+            problems.append(_summarise_missing("ids in the csv with no .tif", no_file, labels_csv))
+        no_label = sorted(file_set - label_set)
+        if no_label:
+            problems.append(
+                _summarise_missing(
+                    "tif files with no label (kept as unlabelled)", no_label, image_dir
+                )
+            )
+        return problems
+
+    def _path(self, i: int) -> Path:
+        return self._folders[i] / f"{self.meta.at[i, 'id']}.tif"
+
+    def _read_native(self, i: int) -> np.ndarray:
+        return read_image(self._path(i))

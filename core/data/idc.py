@@ -1,0 +1,198 @@
+"""IDC (invasive ductal carcinoma, breast) in its native Kaggle layout.
+
+On disk::
+
+    <root>/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png     50×50 RGB (smaller at
+                                                                      slide edges)
+
+X/Y are the patch's top-left pixel in the slide; C is the label (1 = IDC tumour) and must agree
+with the folder it sits in. The file index is built once with ``os.scandir`` plus a 24-byte PNG
+header read per file (for patch sizes), and cached as parquet under
+``config.cache_dir()/idc_index/`` keyed by the tree's directory mtimes (adding or removing a file
+changes its folder's mtime). Splits are by patient: no patient is on two sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import config
+from core.data.base import DatasetError, PatchDataset, check_unique_ids, make_meta
+from core.data.imageio import png_size, read_image
+from core.data.splits import manifest_split, patient_strata
+
+NAME_PATTERN = re.compile(r"^(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
+LABEL_FOLDERS = ("0", "1")
+EXAMPLES = 3
+INDEX_COLUMNS = ("path", "patient", "folder_label", "name_label", "x", "y", "height", "width")
+
+
+def _subdirs(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as entries:
+        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+
+
+def looks_like_idc(root: Path) -> bool:
+    try:
+        patients = _subdirs(Path(root))
+    except OSError:
+        return False
+    return any(
+        os.path.isdir(os.path.join(p.path, label)) for p in patients[:20] for label in LABEL_FOLDERS
+    )
+
+
+def _label_dirs(root: Path) -> list[tuple[str, str, str]]:
+    """(patient, label, folder path) for every <patient>/<0|1> folder."""
+    return [
+        (patient.name, label, os.path.join(patient.path, label))
+        for patient in _subdirs(root)
+        for label in LABEL_FOLDERS
+        if os.path.isdir(os.path.join(patient.path, label))
+    ]
+
+
+def _tree_key(root: Path, label_dirs) -> str:
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    for _, _, folder in label_dirs:
+        digest.update(f"{folder}:{os.stat(folder).st_mtime_ns}".encode())
+    digest.update(str(os.stat(root).st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
+def _scan(label_dirs) -> tuple[pd.DataFrame, list[str]]:
+    rows, unreadable = [], []
+    for patient, label, folder in label_dirs:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".png"):
+                    continue
+                size = png_size(entry.path)
+                if size is None:
+                    unreadable.append(entry.path)
+                    continue
+                rows.append((entry.path, patient, int(label), entry.name, *size))
+    table = pd.DataFrame(
+        rows, columns=["path", "patient", "folder_label", "name", "height", "width"]
+    )
+    parsed = table["name"].str.extract(NAME_PATTERN)
+    table["name_patient"] = parsed["patient"]
+    table["name_label"] = pd.to_numeric(parsed["c"]).astype("Int64")
+    table["x"] = pd.to_numeric(parsed["x"]).astype("Int64")
+    table["y"] = pd.to_numeric(parsed["y"]).astype("Int64")
+    return table.sort_values("path", ignore_index=True), sorted(unreadable)
+
+
+def _index_path(root: Path, key: str) -> Path:
+    return config.cache_dir() / "idc_index" / f"{key}.parquet"
+
+
+def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The file index (cached parquet) and the unreadable files found while building it."""
+    root = Path(root)
+    label_dirs = _label_dirs(root)
+    if not label_dirs:
+        raise DatasetError(f"{root}: no <patient>/0 or <patient>/1 folders; point at the IDC root.")
+    path = _index_path(root, _tree_key(root, label_dirs))
+    if path.exists():
+        table = pd.read_parquet(path)
+        return table, list(table.attrs.get("unreadable", []))
+    table, unreadable = _scan(label_dirs)
+    table.attrs["unreadable"] = unreadable
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return table, unreadable
+
+
+def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
+    def report(what: str, examples) -> str:
+        examples = list(examples)
+        return f"{len(examples)} {what}, e.g. {', '.join(map(str, examples[:EXAMPLES]))}"
+
+    problems = []
+    if unreadable:
+        problems.append(report("files that are not PNGs (skipped)", unreadable))
+    odd_name = table["name_label"].isna()
+    if odd_name.any():
+        problems.append(
+            report(
+                "file names not <patient>_idx5_x<X>_y<Y>_class<C>.png (kept, label from folder)",
+                table.loc[odd_name, "path"],
+            )
+        )
+    mismatch = ~odd_name & (table["name_label"] != table["folder_label"]).fillna(False)
+    if mismatch.any():
+        problems.append(
+            report(
+                "files whose class<C> disagrees with their folder (folder label used)",
+                table.loc[mismatch, "path"],
+            )
+        )
+    other_patient = ~odd_name & (table["name_patient"] != table["patient"]).fillna(False)
+    if other_patient.any():
+        problems.append(
+            report(
+                "files named for another patient than their folder",
+                table.loc[other_patient, "path"],
+            )
+        )
+    return problems
+
+
+class IDCDataset(PatchDataset):
+    format = "idc"
+
+    def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
+        root = Path(root)
+        table, unreadable = load_index(root)
+        if table.empty:
+            raise DatasetError(f"{root}: patient folders hold no .png patches.")
+        ids = table["name"].str.slice(0, -4)
+        check_unique_ids(ids, root)
+        positive = table.groupby("patient")["folder_label"].mean()
+        assignments, manifest_id, manifest_path = manifest_split(
+            "idc",
+            root,
+            positive.index.to_series(),
+            patient_strata(positive),
+            seed,
+            fractions,
+            "patient",
+        )
+        meta = make_meta(
+            ids=ids.tolist(),
+            split=table["patient"].map(assignments).tolist(),
+            label=table["folder_label"].to_numpy(),
+            patient=table["patient"].tolist(),
+            x=table["x"],
+            y=table["y"],
+            extra={"height": table["height"].to_numpy(), "width": table["width"].to_numpy()},
+        )
+        side = (int(table["height"].max()), int(table["width"].max()))
+        super().__init__(
+            root,
+            meta,
+            side,
+            seed=seed,
+            manifest_id=manifest_id,
+            problems=_problems(table, unreadable),
+        )
+        self.manifest_path = manifest_path
+        self._paths = table["path"].to_numpy()
+
+    @property
+    def edge_patches(self) -> int:
+        """Patches smaller than the set's patch size (slide edges); kept, padded when batched."""
+        h, w = self.image_size
+        return int(((self.meta["height"] < h) | (self.meta["width"] < w)).sum())
+
+    def _read_native(self, i: int) -> np.ndarray:
+        return read_image(Path(self._paths[i]))

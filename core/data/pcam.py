@@ -1,0 +1,178 @@
+"""PatchCamelyon (PCam) in its published HDF5 layout.
+
+On disk (any subset of the three splits; each split needs both files)::
+
+    camelyonpatch_level_2_split_{train,valid,test}_x.h5   dataset "x": N×96×96×3 uint8
+    camelyonpatch_level_2_split_{train,valid,test}_y.h5   dataset "y": N×1×1×1 uint8 (0/1)
+    camelyonpatch_level_2_split_{split}_meta.csv          optional: coord_y, coord_x,
+                                                         tumor_patch, center_tumor_patch, wsi
+
+Label 1 (tumour) means at least one tumour pixel in the centre 32×32 of the patch. Patch ids are
+``<split>_<row>``; with the meta csv, ``patient`` is the source slide (``wsi``) and x/y its
+coordinates. Labels are read once at open; pixels are read one patch at a time from an h5 handle
+opened lazily in each process (h5py handles don't survive fork), never the whole array, and never
+by fancy indexing of scattered rows (~15× slower than a loop of single reads on these files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data.base import DatasetError, PatchDataset, make_meta
+
+PREFIX = "camelyonpatch_level_2_split_"
+PCAM_SPLITS = ("train", "valid", "test")
+CHUNK_CACHE_BYTES = 8 * 1024 * 1024  # room for whole compressed chunks: no re-decompression
+
+
+def split_file(root: Path, split: str, kind: str) -> Path:
+    return Path(root) / f"{PREFIX}{split}_{kind}.h5"
+
+
+def looks_like_pcam(root: Path) -> bool:
+    return any(Path(root).glob(f"{PREFIX}*.h5")) or any(Path(root).glob(f"{PREFIX}*.h5.gz"))
+
+
+def _open_h5(path: Path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+    except OSError as err:
+        raise DatasetError(
+            f"{path}: not a readable HDF5 file ({err.__class__.__name__}); "
+            "re-download it (it may be truncated or corrupt)."
+        ) from None
+
+
+def _dataset(h5file, key: str, path: Path):
+    if key not in h5file:
+        raise DatasetError(f"{path}: no dataset {key!r} inside; expected PCam's '{key}' array.")
+    return h5file[key]
+
+
+def _check_images(x, path: Path) -> tuple[int, tuple[int, int]]:
+    if x.dtype != np.uint8:
+        raise DatasetError(f"{path}: 'x' is {x.dtype}, expected uint8 RGB patches.")
+    if x.ndim != 4 or x.shape[3] != 3:
+        raise DatasetError(f"{path}: 'x' has shape {x.shape}, expected N×H×W×3.")
+    return x.shape[0], (x.shape[1], x.shape[2])
+
+
+def _read_labels(path: Path, n_images: int, x_path: Path) -> np.ndarray:
+    with _open_h5(path) as f:
+        y = _dataset(f, "y", path)
+        if y.shape[0] != n_images:
+            raise DatasetError(
+                f"{path}: {y.shape[0]} labels but {x_path.name} has {n_images} patches; "
+                "use the x/y files of the same split and download."
+            )
+        try:
+            labels = np.asarray(y[()]).reshape(n_images, -1)[:, 0].astype(np.int64)
+        except OSError:
+            raise DatasetError(f"{path}: labels unreadable (truncated?); re-download it.") from None
+    if not np.isin(labels, (0, 1)).all():
+        raise DatasetError(f"{path}: labels must be 0 or 1, found {sorted(set(labels))[:5]}.")
+    return labels
+
+
+def _read_meta_csv(root: Path, split: str, n: int) -> pd.DataFrame | None:
+    path = Path(root) / f"{PREFIX}{split}_meta.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    missing = {"coord_x", "coord_y", "wsi"} - set(table.columns)
+    if missing:
+        raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected PCam's meta csv.")
+    if len(table) != n:
+        raise DatasetError(f"{path}: {len(table)} rows but the split has {n} patches.")
+    return table
+
+
+def _check_gzipped(root: Path) -> None:
+    for gz in sorted(Path(root).glob(f"{PREFIX}*.h5.gz")):
+        if not gz.with_suffix("").exists():
+            raise DatasetError(
+                f"{gz}: PCam is published gzip-compressed; run `gunzip {gz.name}` first "
+                "(h5py cannot read .h5.gz)."
+            )
+
+
+def _split_meta(root: Path, split: str) -> tuple[pd.DataFrame, tuple[int, int]] | None:
+    x_path, y_path = split_file(root, split, "x"), split_file(root, split, "y")
+    if not x_path.exists() and not y_path.exists():
+        return None
+    for need, other in ((x_path, y_path), (y_path, x_path)):
+        if not need.exists():
+            raise DatasetError(f"{need}: missing (found {other.name}); put both files in {root}.")
+    with _open_h5(x_path) as f:
+        n, size = _check_images(_dataset(f, "x", x_path), x_path)
+    labels = _read_labels(y_path, n, x_path)
+    extra = _read_meta_csv(root, split, n)
+    meta = make_meta(
+        ids=[f"{split}_{i}" for i in range(n)],
+        split=split,
+        label=labels,
+        patient=None if extra is None else extra["wsi"].astype(str).tolist(),
+        x=None if extra is None else extra["coord_x"].tolist(),
+        y=None if extra is None else extra["coord_y"].tolist(),
+    )
+    meta["row"] = np.arange(n)
+    return meta, size
+
+
+class PCamDataset(PatchDataset):
+    format = "pcam"
+
+    def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
+        root = Path(root)
+        _check_gzipped(root)
+        parts, sizes = [], set()
+        for split in PCAM_SPLITS:
+            found = _split_meta(root, split)
+            if found is not None:
+                parts.append(found[0])
+                sizes.add(found[1])
+        if not parts:
+            raise DatasetError(f"{root}: no {PREFIX}<split>_x.h5 / _y.h5 files found.")
+        if len(sizes) > 1:
+            raise DatasetError(f"{root}: splits have different patch sizes {sorted(sizes)}.")
+        super().__init__(
+            root,
+            pd.concat(parts, ignore_index=True),
+            sizes.pop(),
+            seed=seed,
+            manifest_id="pcam-official",
+        )
+        # fractions are ignored: PCam ships official splits.
+        self._rows = self.meta["row"].to_numpy()
+        self._splits = self.meta["split"].to_numpy()
+        self._handles: dict = {}
+        self._pid: int | None = None
+
+    def _images(self, split: str):
+        if self._pid != os.getpid():  # first access in this process (or a forked worker)
+            self._handles, self._pid = {}, os.getpid()
+        if split not in self._handles:
+            path = split_file(self.root, split, "x")
+            self._handles[split] = _dataset(_open_h5(path), "x", path)
+        return self._handles[split]
+
+    def _read_native(self, i: int) -> np.ndarray:
+        split = self._splits[i]
+        try:
+            return self._images(split)[int(self._rows[i])]
+        except OSError:
+            raise DatasetError(
+                f"{split_file(self.root, split, 'x')}: patch {self._rows[i]} unreadable "
+                "(truncated or corrupt file); re-download it."
+            ) from None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_handles"], state["_pid"] = {}, None
+        return state

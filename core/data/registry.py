@@ -1,0 +1,81 @@
+"""Format registry: name -> (detector, reader). Detection order matters: PCam and HCD are
+recognised by their files, IDC by its <patient>/<0|1> folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import config
+from core.data.base import SYNTHETIC_MARKER, DatasetEntry, DatasetError, PatchDataset
+from core.data.hcd import HCDDataset, looks_like_hcd
+from core.data.idc import IDCDataset, looks_like_idc
+from core.data.pcam import PCamDataset, looks_like_pcam
+
+
+@dataclass(frozen=True)
+class Reader:
+    detect: Callable[[Path], bool]
+    dataset: type[PatchDataset]
+
+
+READERS: dict[str, Reader] = {
+    "pcam": Reader(looks_like_pcam, PCamDataset),
+    "hcd": Reader(looks_like_hcd, HCDDataset),
+    "idc": Reader(looks_like_idc, IDCDataset),
+}
+
+
+def detect_format(path) -> str:
+    """ "pcam" | "hcd" | "idc"; a DatasetError saying what was looked for otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such folder; give the folder that holds the dataset.")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a folder; give the folder that holds the dataset.")
+    for name, reader in READERS.items():
+        if reader.detect(path):
+            return name
+    raise DatasetError(
+        f"{path}: not a dataset (no camelyonpatch_*.h5, no id,label csv with .tif files, "
+        "no <patient>/<0|1>/*.png folders)."
+    )
+
+
+def open_dataset(path, seed: int = 0, fractions=(0.7, 0.15, 0.15), format: str | None = None):
+    fmt = format or detect_format(path)
+    if fmt not in READERS:
+        raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {sorted(READERS)}.")
+    return READERS[fmt].dataset(Path(path), seed=seed, fractions=fractions)
+
+
+def _candidates(root: Path, depth: int):
+    yield root
+    if depth == 0:
+        return
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+    for child in children:
+        yield from _candidates(child, depth - 1)
+
+
+def list_datasets(root=None, depth: int = 2) -> list[DatasetEntry]:
+    """Datasets at or below ``root`` (default: the data root), e.g. demo/pcam, demo/hcd."""
+    root = Path(root) if root is not None else config.data_root()
+    if not root.is_dir():
+        return []
+    entries, claimed = [], []
+    for path in _candidates(root, depth):
+        if any(config.is_within(path, done) for done in claimed):
+            continue  # inside a dataset already found (e.g. IDC patient folders)
+        try:
+            fmt = detect_format(path)
+        except DatasetError:
+            continue
+        claimed.append(path)
+        name = path.relative_to(root).as_posix() if path != root else path.name
+        entries.append(DatasetEntry(name, path, fmt, (path / SYNTHETIC_MARKER).exists()))
+    return entries
