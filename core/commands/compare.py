@@ -1,8 +1,94 @@
-"""`python -m core compare` (not implemented yet)."""
+"""`python -m core compare --checkpoints A.pt B.pt --data PATH [--split test] [--json]`.
+
+Prints one row of metrics per checkpoint and the paired tests between them (with `--json`, one
+object keyed by checkpoint path). Predictions are read from the cache when present.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+
+from core.commands.evaluate import add_evaluation_arguments, open_inputs, tqdm_progress
+
+TABLE_COLUMNS = [
+    "n",
+    "auc",
+    "ap",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "specificity",
+    "brier",
+    "ece",
+]
+
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: (print("compare: not implemented yet"), 2)[1])
+    p = sub.add_parser("compare", help="compare checkpoints on the same dataset split")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="two or more checkpoints")
+    add_evaluation_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from core.checkpoints import CheckpointError
+    from core.compare import evaluate_checkpoints, metrics_json, model_names
+
+    if len(args.checkpoints) < 2:
+        print("error: give at least two --checkpoints to compare", file=sys.stderr)
+        return 2
+    ds, error = open_inputs(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        preds = evaluate_checkpoints(
+            args.checkpoints,
+            ds,
+            split=args.split,
+            tta=args.tta,
+            progress=tqdm_progress("compare"),
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        by_name = metrics_json(preds, args.threshold, n_boot=args.bootstrap, seed=args.seed)
+    except (CheckpointError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = dict(zip(model_names(args.checkpoints), args.checkpoints, strict=True))
+    if args.json:
+        print(json.dumps({names[n]: row for n, row in by_name.items()}, indent=2))
+    else:
+        print(format_table(by_name, args))
+    return 0
+
+
+def format_table(by_name: dict, args) -> str:
+    import pandas as pd
+
+    table = pd.DataFrame({name: row for name, row in by_name.items()}).T[TABLE_COLUMNS]
+    table = table.apply(pd.to_numeric).astype({"n": int})
+    table["auc_ci95"] = [
+        "n/a" if row["auc_ci95"] is None else "{:.3f}–{:.3f}".format(*row["auc_ci95"])
+        for row in by_name.values()
+    ]
+    lines = [
+        f"{args.data} [{args.split}] threshold {args.threshold}",
+        table.to_string(float_format="{:.4f}".format),
+    ]
+    seen = set()
+    for name, row in by_name.items():
+        for other, test in row["paired"].items():
+            if (other, name) in seen:
+                continue
+            seen.add((name, other))
+            delong = test.get("delong_p")
+            lines.append(
+                f"{name} vs {other}: McNemar exact p={test['mcnemar_p']:.4g} "
+                f"(b={test['a_right_b_wrong']}, c={test['a_wrong_b_right']})"
+                + ("" if delong is None else f", DeLong AUC p={delong:.4g}")
+            )
+    return "\n".join(lines)

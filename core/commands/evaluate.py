@@ -1,8 +1,118 @@
-"""`python -m core evaluate` (not implemented yet)."""
+"""`python -m core evaluate --checkpoint CKPT --data PATH [--split test] [--json]`.
+
+Prints the metrics of one checkpoint on one split (patch level; for datasets with patients also
+a patient-level summary). Predictions come from, and go to, the cache of core.evaluate.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+
+from core.evaluate import SPLITS
+
+
+def add_evaluation_arguments(p) -> None:
+    """Options shared by `evaluate` and `compare`."""
+    p.add_argument("--data", required=True, help="dataset folder (pcam, hcd or idc layout)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--threshold", type=float, default=0.5, help="call tumour when P >= this")
+    p.add_argument("--tta", action="store_true", help="average over the 8 D4 transforms")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the AUC 95%% CI")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: (print("evaluate: not implemented yet"), 2)[1])
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    add_evaluation_arguments(p)
+    p.set_defaults(func=run)
+
+
+def tqdm_progress(desc: str):
+    """A progress(done, total) callback drawing a tqdm bar on a terminal (silent otherwise)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="patch", disable=None, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def open_inputs(args):
+    """(dataset, None) or (None, one-line error)."""
+    from core.data import DatasetError, open_dataset
+
+    try:
+        return open_dataset(args.data), None
+    except (DatasetError, FileNotFoundError) as err:
+        return None, str(err)
+
+
+def run(args) -> int:
+    from core.checkpoints import CheckpointError
+    from core.evaluate import evaluate_checkpoint
+
+    ds, error = open_inputs(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint,
+            ds,
+            split=args.split,
+            tta=args.tta,
+            threshold=args.threshold,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            progress=tqdm_progress("evaluate"),
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+    except (CheckpointError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def format_result(result: dict) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
+
+    keys = (
+        "n",
+        "auc",
+        "accuracy",
+        "balanced_accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "brier",
+        "ece",
+    )
+    lines = [f"{result['checkpoint']} on {result['data']} [{result['split']}]"]
+    lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
+    if result.get("auc_ci95"):
+        lines.append(f"  {'auc 95% CI':18} {result['auc_ci95'][0]:.4f}–{result['auc_ci95'][1]:.4f}")
+    (tn, fp), (fn, tp) = result["confusion_matrix"]
+    lines.append(f"  confusion (rows true normal/tumour): [[{tn} {fp}] [{fn} {tp}]]")
+    if result.get("patients"):
+        lines.append(
+            "  patients: " + ", ".join(f"{k}={fmt(v)}" for k, v in result["patients"].items())
+        )
+    return "\n".join(lines)

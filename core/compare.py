@@ -1,0 +1,348 @@
+"""Comparing N checkpoints on the same patches.
+
+``evaluate_checkpoints`` runs (or reads from cache) ``core.evaluate.predict_split`` for each
+checkpoint; everything else works on the resulting ``{model name: predictions}`` dict:
+
+- ``threshold_free`` — per model ROC/PR curves, AUC with its seeded bootstrap CI, AP,
+  reliability curve (computed once; does not depend on thresholds).
+- ``at_thresholds`` — per model confusion matrix and metrics at its own threshold, the
+  seed-style classification report, and paired tests (McNemar at the thresholds, DeLong for AUC)
+  between every pair of models.
+- ``disagreements`` — patches where the models disagree and/or are all wrong, most confident first.
+- ``*_figure`` — plotly figures for the page and for export.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import metrics
+from core.evaluate import labelled, predict_split
+
+KEY_COLUMNS = ("index", "id", "label")
+DISAGREEMENT_KINDS = {
+    "disagree": "models disagree",
+    "all_wrong": "all models wrong",
+    "disagree_or_all_wrong": "models disagree or all are wrong",
+}
+
+
+def model_names(paths) -> list[str]:
+    """Short unique names: the file stem, or ``parent/stem`` when stems collide (best.pt …)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(names)) != len(names):
+        names = [str(p) for p in paths]
+    return names
+
+
+def evaluate_checkpoints(
+    paths, ds, split: str = "test", tta: bool = False, progress=None, **predict_kwargs
+) -> dict[str, pd.DataFrame]:
+    """``{name: predictions}`` for each checkpoint (cached per checkpoint, see core.evaluate).
+
+    ``progress(done, total)`` counts patches over all models together.
+    """
+    paths = list(paths)
+    results = {}
+    for k, (name, path) in enumerate(zip(model_names(paths), paths, strict=True)):
+
+        def model_progress(done, total, k=k):
+            if progress is not None:
+                progress(k * total + done, len(paths) * total)
+
+        results[name] = predict_split(
+            path, ds, split=split, tta=tta, progress=model_progress, **predict_kwargs
+        )
+    if progress is not None:
+        progress(1, 1)
+    return results
+
+
+def joined(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per labelled patch: index, id, label (+patient/x/y) and ``prob:<model>``."""
+    frames = [labelled(frame) for frame in preds.values()]
+    base = frames[0].drop(columns="prob").reset_index(drop=True)
+    for name, frame in zip(preds, frames, strict=True):
+        if not np.array_equal(frame["index"].to_numpy(), base["index"].to_numpy()):
+            raise ValueError(f"{name}: predictions are not on the same patches as the others")
+        base[f"prob:{name}"] = frame["prob"].to_numpy()
+    return base
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Threshold-free results of one model."""
+
+    auc: float | None
+    auc_ci: tuple[float, float] | None
+    ap: float | None
+    roc: dict
+    pr: dict
+    reliability: dict
+    brier: float
+    ece: float
+
+
+def threshold_free(
+    preds: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0, n_bins: int = 10
+) -> dict[str, Curves]:
+    results = {}
+    for name, frame in preds.items():
+        y, prob = (labelled(frame)[c].to_numpy() for c in ("label", "prob"))
+        both = np.unique(y).size == 2
+        m = metrics.binary_metrics(y, prob)
+        results[name] = Curves(
+            auc=m["auc"],
+            auc_ci=metrics.bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed),
+            ap=m["ap"],
+            roc=metrics.roc(y, prob) if both else {},
+            pr=metrics.pr(y, prob) if both else {},
+            reliability=metrics.reliability(y, prob, n_bins=n_bins),
+            brier=m["brier"],
+            ece=m["ece"],
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class AtThresholds:
+    table: pd.DataFrame  # one row per model: metrics at its threshold
+    confusion: dict[str, np.ndarray]  # 2×2 counts per model
+    reports: dict[str, dict]  # sklearn classification_report per model
+    paired: pd.DataFrame  # one row per pair of models
+
+
+def _thresholds_for(preds, thresholds) -> dict[str, float]:
+    if thresholds is None or isinstance(thresholds, int | float):
+        return dict.fromkeys(preds, 0.5 if thresholds is None else float(thresholds))
+    return {name: float(thresholds[name]) for name in preds}
+
+
+def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThresholds:
+    """Metrics of each model at its threshold (a dict by model name, one float, or None = 0.5)."""
+    thresholds = _thresholds_for(preds, thresholds)
+    rows, confusion, reports = [], {}, {}
+    for name, frame in preds.items():
+        y, prob = (labelled(frame)[c].to_numpy() for c in ("label", "prob"))
+        m = metrics.binary_metrics(y, prob, thresholds[name])
+        confusion[name] = np.asarray(m.pop("confusion_matrix"))
+        reports[name] = metrics.report(y, prob, thresholds[name])
+        rows.append({"model": name, **m})
+    table = pd.DataFrame(rows).set_index("model")
+    return AtThresholds(table, confusion, reports, paired_tests(preds, thresholds))
+
+
+def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFrame:
+    """McNemar (exact, at each model's threshold) and DeLong (AUC) for every pair of models."""
+    thresholds = _thresholds_for(preds, thresholds)
+    table = joined(preds)
+    y = table["label"].to_numpy()
+    rows = []
+    for a, b in itertools.combinations(preds, 2):
+        prob_a, prob_b = table[f"prob:{a}"].to_numpy(), table[f"prob:{b}"].to_numpy()
+        mc = metrics.mcnemar(
+            y,
+            metrics.predict_labels(prob_a, thresholds[a]),
+            metrics.predict_labels(prob_b, thresholds[b]),
+        )
+        row = {
+            "model_a": a,
+            "model_b": b,
+            "a_right_b_wrong": mc["b"],
+            "a_wrong_b_right": mc["c"],
+            "mcnemar_p": mc["p_value"],
+            "mcnemar_chi2_cc_p": mc["p_chi2_cc"],
+        }
+        if np.unique(y).size == 2:
+            dl = metrics.delong(y, prob_a, prob_b)
+            row.update(auc_diff=dl["auc_diff"], delong_z=dl["z"], delong_p=dl["p_value"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def disagreements(
+    preds: dict[str, pd.DataFrame],
+    thresholds=None,
+    kind: str = "disagree_or_all_wrong",
+    sort_by: str = "confidence",
+) -> pd.DataFrame:
+    """Patches where the models disagree and/or all are wrong.
+
+    Adds ``pred:<model>`` and ``confidence`` = mean over models of |P(tumour) − threshold|
+    (how sure the models are, each relative to its own threshold) and ``spread`` = max − min
+    P(tumour). Sorted descending by ``sort_by`` ("confidence" or "spread"): confident mistakes
+    and sharp disagreements first.
+    """
+    if kind not in DISAGREEMENT_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(DISAGREEMENT_KINDS)}")
+    thresholds = _thresholds_for(preds, thresholds)
+    table = joined(preds)
+    probs = np.column_stack([table[f"prob:{name}"] for name in preds])
+    cuts = np.array([thresholds[name] for name in preds])
+    calls = (probs >= cuts).astype(int)
+    for k, name in enumerate(preds):
+        table[f"pred:{name}"] = calls[:, k]
+    disagree = calls.min(axis=1) != calls.max(axis=1)
+    all_wrong = (calls != table["label"].to_numpy()[:, None]).all(axis=1)
+    keep = {
+        "disagree": disagree,
+        "all_wrong": all_wrong,
+        "disagree_or_all_wrong": disagree | all_wrong,
+    }[kind]
+    table["confidence"] = np.abs(probs - cuts).mean(axis=1)
+    table["spread"] = probs.max(axis=1) - probs.min(axis=1)
+    table["all_wrong"] = all_wrong
+    return table[keep].sort_values(sort_by, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def threshold_for_sensitivity(preds: dict[str, pd.DataFrame], min_sensitivity: float) -> dict:
+    """Per model, the highest threshold reaching ``min_sensitivity`` (see core.metrics)."""
+    return {
+        name: metrics.threshold_for_sensitivity(
+            labelled(frame)["label"], labelled(frame)["prob"], min_sensitivity
+        )
+        for name, frame in preds.items()
+    }
+
+
+def metrics_json(preds, thresholds=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """One JSON-able object keyed by model: metrics at the threshold, AUC CI, report, and the
+    paired tests against every other model."""
+    free = threshold_free(preds, n_boot=n_boot, seed=seed)
+    at = at_thresholds(preds, thresholds)
+    out = {}
+    for name in preds:
+        row = {k: _plain(v) for k, v in at.table.loc[name].items()}
+        row["confusion_matrix"] = at.confusion[name].tolist()
+        row["auc_ci95"] = list(free[name].auc_ci) if free[name].auc_ci else None
+        row["report"] = at.reports[name]
+        row["paired"] = _paired_for(at.paired, name)
+        out[name] = row
+    return out
+
+
+def _paired_for(paired: pd.DataFrame, name: str) -> dict:
+    out = {}
+    for _, row in paired.iterrows():
+        if name in (row["model_a"], row["model_b"]):
+            other = row["model_b"] if row["model_a"] == name else row["model_a"]
+            out[other] = {k: _plain(v) for k, v in row.items() if k not in ("model_a", "model_b")}
+    return out
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- figures (plotly) -----------------------------------------------------------------------
+
+
+def _ci_label(name: str, curves: Curves) -> str:
+    if curves.auc is None:
+        return f"{name} (AUC n/a)"
+    if curves.auc_ci is None:
+        return f"{name} (AUC {curves.auc:.3f})"
+    lo, hi = curves.auc_ci
+    return f"{name} (AUC {curves.auc:.3f}, 95% CI {lo:.3f}–{hi:.3f})"
+
+
+def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
+    """Overlaid ROC curves, AUC ± CI in the legend, each model's operating point marked."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="chance"))
+    for name, curves in free.items():
+        if curves.roc:
+            fig.add_trace(
+                go.Scatter(x=curves.roc["fpr"], y=curves.roc["tpr"], name=_ci_label(name, curves))
+            )
+        row = None if at is None else at.table.loc[name]
+        if row is not None and pd.notna(row["sensitivity"]) and pd.notna(row["specificity"]):
+            fig.add_trace(
+                go.Scatter(
+                    x=[1 - row["specificity"]],
+                    y=[row["sensitivity"]],
+                    mode="markers",
+                    marker={"size": 11, "symbol": "x"},
+                    name=f"{name} @ {row['threshold']:.2f}",
+                )
+            )
+    fig.update_layout(
+        title="ROC", xaxis_title="1 − specificity", yaxis_title="sensitivity", height=430
+    )
+    return fig
+
+
+def pr_figure(free: dict[str, Curves]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, curves in free.items():
+        if curves.pr:
+            label = f"{name} (AP {curves.ap:.3f})"
+            fig.add_trace(go.Scatter(x=curves.pr["recall"], y=curves.pr["precision"], name=label))
+    fig.update_layout(
+        title="Precision–recall", xaxis_title="recall", yaxis_title="precision", height=430
+    )
+    return fig
+
+
+def reliability_figure(free: dict[str, Curves]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect")
+    )
+    for name, curves in free.items():
+        rel = curves.reliability
+        fig.add_trace(
+            go.Scatter(
+                x=rel["mean_prob"],
+                y=rel["frac_tumour"],
+                mode="lines+markers",
+                name=f"{name} (ECE {curves.ece:.3f}, Brier {curves.brier:.3f})",
+                customdata=rel["count"],
+                hovertemplate="mean P %{x:.2f}<br>tumour %{y:.2f}<br>n=%{customdata}",
+            )
+        )
+    fig.update_layout(
+        title="Reliability",
+        xaxis_title="mean P(tumour) in bin",
+        yaxis_title="fraction tumour",
+        height=430,
+    )
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, title: str, normalised: bool = False):
+    """2×2 heatmap, rows = true class, columns = predicted class."""
+    import plotly.graph_objects as go
+
+    from core.config import CLASS_NAMES
+
+    values = metrics.row_normalised(cm) if normalised else cm
+    text = [[f"{v:.1%}" if normalised else f"{int(v)}" for v in row] for row in values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=[f"pred {c}" for c in CLASS_NAMES],
+            y=[f"true {c}" for c in CLASS_NAMES],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    fig.update_layout(title=title, height=300, yaxis={"autorange": "reversed"})
+    return fig

@@ -1,0 +1,287 @@
+"""Predictions of one checkpoint on one dataset split, cached on disk.
+
+Cache layout: ``config.cache_dir()/predictions/<sha12>-<key16>.parquet``, one row per patch with
+columns ``index`` (position in the dataset), ``id``, ``label`` (-1 if unknown), ``prob``
+(P(tumour)) and ``patient``/``x``/``y`` where the dataset knows them. ``key16`` hashes the
+checkpoint's sha256, the dataset identity (resolved root, format, split manifest id), the split,
+the TTA flag and ``CACHE_VERSION``: a retrained checkpoint or a re-split dataset never reuses
+stale predictions, and opening the same comparison again does no model forward at all.
+
+Data path: a background thread reads the next sorted batch (``ds.read_batch``) and turns it into
+the model's input (``core.preprocess.to_model_input``) while the main thread runs the forward
+pass, so the model, not the loader, is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import config
+from core.d4 import D4_GROUP
+
+CACHE_VERSION = 1
+SPLITS = ("test", "valid", "train", "all")
+PREFETCH_BATCHES = 2
+
+Progress = Callable[[int, int], None]  # progress(done, total), in patches
+
+
+def predict_split(
+    checkpoint_path,
+    ds,
+    split: str = "test",
+    tta: bool = False,
+    progress: Progress | None = None,
+    batch_size: int = 128,
+    device=None,
+) -> pd.DataFrame:
+    """P(tumour) for every patch of ``split`` ("all" = every patch), from the cache if present.
+
+    ``tta`` averages the softmax over the 8 dihedral transforms (``core.d4``).
+    """
+    cache = prediction_cache_path(checkpoint_path, ds, split, tta)
+    if cache.exists():
+        return pd.read_parquet(cache)
+    indices = split_indices(ds, split)
+    probs = _predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
+    frame = prediction_frame(ds, indices, probs)
+    _write_parquet_atomic(frame, cache)
+    return frame
+
+
+def split_indices(ds, split: str) -> np.ndarray:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return np.sort(ds.indices(split=None if split == "all" else split))
+
+
+def prediction_cache_path(checkpoint_path, ds, split: str, tta: bool) -> Path:
+    sha = file_sha256(checkpoint_path)
+    identity = {
+        "checkpoint_sha256": sha,
+        "dataset_root": str(Path(ds.root).resolve()),
+        "format": ds.format,
+        "manifest_id": ds.manifest_id,
+        "split": split,
+        "tta": bool(tta),
+        "version": CACHE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return config.cache_dir() / "predictions" / f"{sha[:12]}-{key}.parquet"
+
+
+def file_sha256(path) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file; check the path")
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key so a rewritten file is hashed again
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def prediction_frame(ds, indices: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    meta = ds.meta.iloc[indices]
+    frame = pd.DataFrame(
+        {
+            "index": indices.astype(np.int64),
+            "id": meta["id"].astype(str).to_numpy(),
+            "label": meta["label"].astype(np.int64).to_numpy(),
+            "prob": np.asarray(probs, dtype=np.float64),
+        }
+    )
+    for column in ("patient", "x", "y"):
+        if column in meta and meta[column].notna().any():
+            frame[column] = meta[column].to_numpy()
+    return frame
+
+
+def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device):
+    import torch
+
+    from core.checkpoints import load_checkpoint
+    from core.preprocess import to_model_input
+    from core.train import resolve_device
+
+    device = resolve_device(str(device or "auto"))
+    loaded = load_checkpoint(checkpoint_path, device=device)
+    # channels_last: faster inference on CPU and GPU alike (docs/FACTS), same numerics
+    model = loaded.model.to(memory_format=torch.channels_last)
+
+    def load(chunk):
+        return to_model_input(ds.read_batch(chunk), loaded.card, device, channels_last=True)
+
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    probs, done = [], 0
+    for chunk, x in zip(chunks, prefetch(map(load, chunks)), strict=True):
+        probs.append(forward_probs(model, x, tta))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(indices))
+    return np.concatenate(probs) if probs else np.zeros(0)
+
+
+def forward_probs(model, x, tta: bool = False) -> np.ndarray:
+    """Softmax P(tumour), averaged over the D4 group when ``tta`` (identity alone otherwise).
+
+    Autocast on CUDA only (``core.preprocess.autocast_for``): fp32 elsewhere.
+    """
+    import torch
+
+    from core.preprocess import autocast_for
+
+    views = D4_GROUP if tta else D4_GROUP[:1]  # D4_GROUP[0] is the identity
+    with torch.inference_mode(), autocast_for(x.device):
+        total = sum(torch.softmax(model(view.apply(x)).float(), dim=1)[:, 1] for view in views)
+    return (total / len(views)).cpu().numpy()
+
+
+def prefetch(items: Iterable, depth: int = PREFETCH_BATCHES) -> Iterator:
+    """Iterate ``items`` produced by a background thread, at most ``depth`` ahead.
+
+    An exception in the producer is re-raised in the consumer; leaving the loop early stops the
+    producer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                if not _put(buffer, (True, item), stop):
+                    return
+            _put(buffer, (True, done), stop)
+        except BaseException as error:  # handed to the consumer, which raises it
+            _put(buffer, (False, error), stop)
+
+    thread = threading.Thread(target=produce, daemon=True, name="histolens-prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _put(buffer: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            buffer.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def labelled(preds: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a known label (the "all" split may include unlabelled patches)."""
+    return preds[preds["label"] >= 0]
+
+
+def patient_table(preds: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Per-patient summary for datasets that know patients (IDC): patch count, true and
+    predicted tumour fraction, mean P(tumour), patch accuracy, sensitivity, specificity, AUC.
+
+    One row per patient, sorted by patient; empty when no patient is known.
+    """
+    from core.metrics import binary_metrics
+
+    known = labelled(preds)
+    if "patient" not in known or known["patient"].isna().all():
+        return pd.DataFrame()
+    rows = []
+    for patient, group in known.dropna(subset=["patient"]).groupby("patient", sort=True):
+        m = binary_metrics(group["label"], group["prob"], threshold)
+        rows.append(
+            {
+                "patient": patient,
+                "n": m["n"],
+                "tumour_fraction": m["n_tumour"] / m["n"],
+                "predicted_fraction": float((group["prob"] >= threshold).mean()),
+                "mean_prob": float(group["prob"].mean()),
+                "accuracy": m["accuracy"],
+                "sensitivity": m["sensitivity"],
+                "specificity": m["specificity"],
+                "auc": m["auc"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def patient_summary(preds: pd.DataFrame, threshold: float = 0.5) -> dict | None:
+    """Patient-level figures: how well each patient's tumour burden (fraction of tumour
+    patches) is estimated, and the spread of per-patient accuracy. None without patients."""
+    table = patient_table(preds, threshold)
+    if table.empty:
+        return None
+    error = table["predicted_fraction"] - table["tumour_fraction"]
+    spread = table["tumour_fraction"].std() > 0 and table["predicted_fraction"].std() > 0
+    return {
+        "n_patients": int(len(table)),
+        "burden_mae": float(error.abs().mean()),
+        "burden_correlation": float(table["tumour_fraction"].corr(table["predicted_fraction"]))
+        if spread
+        else None,
+        "accuracy_median": float(table["accuracy"].median()),
+        "accuracy_min": float(table["accuracy"].min()),
+        "auc_median": float(table["auc"].dropna().median()) if table["auc"].notna().any() else None,
+    }
+
+
+def evaluate_checkpoint(
+    checkpoint_path,
+    ds,
+    split: str = "test",
+    tta: bool = False,
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    **predict_kwargs,
+) -> dict:
+    """The `python -m core evaluate --json` object: metrics on the labelled patches of the split,
+    the AUC's bootstrap 95% CI and, where patients are known, the patient-level summary."""
+    from core.metrics import binary_metrics, bootstrap_auc_ci
+
+    preds = predict_split(checkpoint_path, ds, split=split, tta=tta, **predict_kwargs)
+    known = labelled(preds)
+    if known.empty:
+        raise ValueError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
+    y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
+    ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed) if n_boot else None
+    return {
+        "checkpoint": str(checkpoint_path),
+        "data": str(ds.root),
+        "format": ds.format,
+        "split": split,
+        "tta": bool(tta),
+        **binary_metrics(y, prob, threshold),
+        "auc_ci95": list(ci) if ci else None,
+        "patients": patient_summary(known, threshold),
+    }

@@ -1,0 +1,143 @@
+"""core.evaluate: predictions on a split, the parquet cache, D4 TTA, patient aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core import evaluate
+from core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from core.d4 import D4_GROUP
+from core.data import open_dataset
+from core.models import build_model
+from core.preprocess import predict_proba
+
+
+def make_checkpoint(path, seed=0, arch="idc_cnn", input_size=None):
+    """An untrained (randomly initialised, seeded) model saved as a real checkpoint."""
+    torch.manual_seed(seed)
+    model, _ = build_model(arch)
+    return save_checkpoint(path, model, ModelCard.for_model(arch, input_size=input_size))
+
+
+@pytest.fixture
+def pcam(demo_root):
+    return open_dataset(demo_root / "pcam")
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "a.pt")
+
+
+@pytest.fixture
+def forward_counter(monkeypatch):
+    """Counts model forward calls of every checkpoint predict_split loads."""
+    calls = {"forward": 0, "load": 0}
+    real_load = load_checkpoint
+
+    def counting_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        calls["load"] += 1
+        loaded.model.register_forward_hook(
+            lambda *_: calls.__setitem__("forward", calls["forward"] + 1)
+        )
+        return loaded
+
+    monkeypatch.setattr("core.checkpoints.load_checkpoint", counting_load)
+    return calls
+
+
+def test_predictions_cover_the_split_and_match_direct_inference(pcam, ckpt):
+    preds = evaluate.predict_split(ckpt, pcam, split="test", batch_size=16)
+    indices = pcam.indices(split="test")
+    assert len(preds) == len(indices) > 0
+    assert preds["index"].tolist() == sorted(indices.tolist())
+    assert preds["id"].tolist() == pcam.meta["id"].iloc[preds["index"]].tolist()
+    assert preds["label"].tolist() == pcam.meta["label"].iloc[preds["index"]].tolist()
+    assert preds["prob"].between(0, 1).all()
+    direct = predict_proba(load_checkpoint(ckpt), pcam.read_batch(preds["index"].to_numpy()))
+    np.testing.assert_allclose(preds["prob"], direct, atol=1e-5)
+
+
+def test_second_evaluation_is_served_from_cache_without_forward(pcam, ckpt, forward_counter):
+    progress = []
+    first = evaluate.predict_split(
+        ckpt, pcam, batch_size=8, progress=lambda done, total: progress.append((done, total))
+    )
+    assert forward_counter["forward"] == -(-len(first) // 8)  # one forward per batch
+    assert progress[-1] == (len(first), len(first))
+    cache = evaluate.prediction_cache_path(ckpt, pcam, "test", False)
+    assert cache.exists() and cache.is_relative_to(evaluate.config.cache_dir())
+
+    forward_counter.update(forward=0, load=0)
+    second = evaluate.predict_split(ckpt, pcam, batch_size=8)
+    assert forward_counter == {"forward": 0, "load": 0}
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_cache_key_changes_with_split_tta_and_weights(pcam, ckpt, tmp_path, forward_counter):
+    key = evaluate.prediction_cache_path
+    base = key(ckpt, pcam, "test", False)
+    assert len({base, key(ckpt, pcam, "valid", False), key(ckpt, pcam, "test", True)}) == 3
+    evaluate.predict_split(ckpt, pcam)
+    make_checkpoint(ckpt, seed=1)  # retrained: same path, new weights
+    assert key(ckpt, pcam, "test", False) != base
+    forward_counter.update(forward=0)
+    evaluate.predict_split(ckpt, pcam)
+    assert forward_counter["forward"] > 0
+
+
+def test_tta_is_the_mean_over_the_eight_dihedral_views(pcam, ckpt):
+    preds = evaluate.predict_split(ckpt, pcam, tta=True).head(6)
+    images = pcam.read_batch(preds["index"].to_numpy())
+    loaded = load_checkpoint(ckpt)
+    nchw = images.transpose(0, 3, 1, 2)
+    views = [np.ascontiguousarray(view.apply(nchw).transpose(0, 2, 3, 1)) for view in D4_GROUP]
+    expected = np.mean([predict_proba(loaded, v) for v in views], axis=0)
+    np.testing.assert_allclose(preds["prob"], expected, atol=1e-5)
+    plain = evaluate.predict_split(ckpt, pcam, tta=False).head(6)
+    assert not np.allclose(plain["prob"], preds["prob"])
+
+
+def test_split_all_and_unknown_split(pcam, ckpt):
+    assert len(evaluate.split_indices(pcam, "all")) == len(pcam)
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluate.predict_split(ckpt, pcam, split="holdout")
+
+
+def test_prefetch_keeps_order_and_reraises_loader_errors():
+    assert list(evaluate.prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(evaluate.prefetch(failing()))
+
+
+def test_idc_patient_table_aggregates_per_patient(demo_root, tmp_path):
+    idc = open_dataset(demo_root / "idc")
+    ckpt = make_checkpoint(tmp_path / "idc.pt", arch="idc_cnn")
+    preds = evaluate.predict_split(ckpt, idc, split="all")
+    assert {"patient", "x", "y"} <= set(preds.columns)
+    table = evaluate.patient_table(preds, threshold=0.5)
+    known = preds[preds["label"] >= 0]
+    assert sorted(table["patient"]) == sorted(known["patient"].unique())
+    assert table["n"].sum() == len(known)
+    by_hand = known.groupby("patient")["label"].mean()
+    np.testing.assert_allclose(
+        table.set_index("patient")["tumour_fraction"], by_hand.loc[table["patient"]]
+    )
+    summary = evaluate.patient_summary(preds)
+    assert summary["n_patients"] == len(table)
+    assert 0 <= summary["burden_mae"] <= 1
+
+
+def test_patient_table_is_empty_without_patients(pcam, ckpt):
+    preds = evaluate.predict_split(ckpt, pcam).drop(columns=["patient"], errors="ignore")
+    assert evaluate.patient_table(preds).empty
+    assert evaluate.patient_summary(preds) is None
