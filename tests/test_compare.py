@@ -1,0 +1,126 @@
+"""core.compare on hand-made predictions, and the `evaluate` / `compare` commands end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core import compare, metrics
+from core.__main__ import main
+
+
+def _preds(seed=0, n=200):
+    """Two models' predictions on the same labelled patches (plus one unlabelled patch)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    label[-1] = -1
+    base = pd.DataFrame({"index": np.arange(n), "id": [f"p{i}" for i in range(n)], "label": label})
+    good = np.clip(0.6 * (label == 1) + rng.normal(0.2, 0.2, n), 0, 1)
+    weak = np.clip(0.3 * (label == 1) + rng.normal(0.35, 0.25, n), 0, 1)
+    return {"good": base.assign(prob=good), "weak": base.assign(prob=weak)}
+
+
+def test_model_names_are_short_and_unique():
+    assert compare.model_names(["a/best.pt", "b/last.pt"]) == ["best", "last"]
+    assert compare.model_names(["run1/best.pt", "run2/best.pt"]) == ["run1/best", "run2/best"]
+
+
+def test_at_thresholds_uses_each_models_own_threshold():
+    preds = _preds()
+    at = compare.at_thresholds(preds, {"good": 0.5, "weak": 0.4})
+    for name, t in (("good", 0.5), ("weak", 0.4)):
+        known = preds[name][preds[name]["label"] >= 0]
+        expected = metrics.binary_metrics(known["label"], known["prob"], t)
+        assert at.confusion[name].tolist() == expected["confusion_matrix"]
+        assert at.table.loc[name, "f1"] == pytest.approx(expected["f1"])
+        assert at.table.loc[name, "n"] == len(known)
+    moved = compare.at_thresholds(preds, {"good": 0.8, "weak": 0.4})
+    assert moved.confusion["good"].tolist() != at.confusion["good"].tolist()
+    assert moved.confusion["weak"].tolist() == at.confusion["weak"].tolist()
+
+
+def test_paired_tests_count_discordant_patches():
+    preds = _preds()
+    paired = compare.paired_tests(preds, 0.5)
+    assert len(paired) == 1
+    row = paired.iloc[0]
+    known = [frame[frame["label"] >= 0] for frame in preds.values()]
+    right = [(f["prob"] >= 0.5).astype(int).to_numpy() == f["label"].to_numpy() for f in known]
+    assert row["a_right_b_wrong"] == np.sum(right[0] & ~right[1])
+    assert row["a_wrong_b_right"] == np.sum(~right[0] & right[1])
+    assert row["auc_diff"] == pytest.approx(
+        roc_auc_score(known[0]["label"], known[0]["prob"])
+        - roc_auc_score(known[1]["label"], known[1]["prob"])
+    )
+    assert row["delong_p"] < 0.05  # "good" is clearly better on 199 patches
+
+
+@pytest.mark.parametrize("kind", list(compare.DISAGREEMENT_KINDS))
+def test_disagreements_select_and_sort(kind):
+    preds = _preds()
+    table = compare.disagreements(preds, {"good": 0.5, "weak": 0.45}, kind=kind)
+    calls = table[["pred:good", "pred:weak"]].to_numpy()
+    differ = calls[:, 0] != calls[:, 1]
+    wrong = (calls != table["label"].to_numpy()[:, None]).all(axis=1)
+    selected = {"disagree": differ, "all_wrong": wrong, "disagree_or_all_wrong": differ | wrong}
+    assert len(table) > 0 and selected[kind].all()
+    assert table["confidence"].is_monotonic_decreasing
+    # nothing that qualifies is left out
+    joined = compare.joined(preds)
+    good, weak = (joined["prob:good"] >= 0.5), (joined["prob:weak"] >= 0.45)
+    lab = joined["label"] == 1
+    expected = {
+        "disagree": good != weak,
+        "all_wrong": (good != lab) & (weak != lab),
+        "disagree_or_all_wrong": (good != weak) | ((good != lab) & (weak != lab)),
+    }[kind]
+    assert len(table) == expected.sum()
+
+
+def test_threshold_free_curves_and_legend_show_auc_with_ci():
+    preds = _preds()
+    free = compare.threshold_free(preds, n_boot=100, seed=0)
+    lo, hi = free["good"].auc_ci
+    assert lo < free["good"].auc < hi
+    fig = compare.roc_figure(free, at=compare.at_thresholds(preds, 0.5))
+    names = [trace.name for trace in fig.data]
+    assert any("good (AUC" in n and "95% CI" in n for n in names)
+    assert any(n.startswith("weak @ 0.50") for n in names)
+
+
+def test_metrics_json_keyed_by_model_with_paired_tests():
+    out = compare.metrics_json(_preds(), 0.5, n_boot=50)
+    assert set(out) == {"good", "weak"}
+    assert set(out["good"]["paired"]) == {"weak"}
+    json.dumps(out)  # JSON-able
+
+
+def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
+    from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+
+    a = make_checkpoint(tmp_path / "a.pt", seed=0)
+    b = make_checkpoint(tmp_path / "b.pt", seed=1, arch="hcd_cnn")
+    data = str(demo_root / "pcam")
+
+    assert main(["evaluate", "--checkpoint", str(a), "--data", data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    needed = {"n", "auc", "accuracy", "balanced_accuracy", "f1", "precision", "recall"}
+    assert needed | {"confusion_matrix"} <= set(result)
+    assert np.sum(result["confusion_matrix"]) == result["n"]
+
+    args = ["compare", "--checkpoints", str(a), str(b), "--data", data, "--bootstrap", "50"]
+    assert main([*args, "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert set(table) == {str(a), str(b)}
+    assert table[str(a)]["auc"] == pytest.approx(result["auc"])  # same cached predictions
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "McNemar exact p=" in text and "DeLong" in text
+
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", data]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.pt" in err and len(err.splitlines()) == 1
