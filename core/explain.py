@@ -1,0 +1,459 @@
+"""Class activation maps (pytorch-grad-cam), overlays, and how far the maps can be trusted.
+
+- ``CAM_METHODS`` is the registry of pytorch-grad-cam classes offered everywhere (UI, CLI, tests).
+- ``compute_cams`` explains a uint8 batch with one method: preprocessing comes from the model
+  card (never pytorch-grad-cam's ``preprocess_image``, whose mean=std=0.5 is not our models'),
+  the target layer from the card (overridable), the CAM object lives in a ``with`` block so its
+  hooks are removed, and the returned maps are float32 N×H×W in [0, 1] at the *input's* H×W.
+- A CAM object calls ``model.eval()``, registers hooks on the model and (AblationCAM) swaps a
+  layer in place, so a model shared between threads (``st.cache_resource``) is only touched under
+  its own lock: concurrent calls give the same maps as serial ones.
+- Faithfulness: ROAD (``pytorch_grad_cam.metrics.road``) removes the most / least relevant pixels
+  first and records the change in softmax confidence; on the demo sets, whose tumour masks are
+  known, the pointing game and the share of CAM energy inside the mask measure localisation.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import weakref
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.ablation_layer import AblationLayer
+from pytorch_grad_cam.metrics.road import (
+    ROADLeastRelevantFirstAverage,
+    ROADMostRelevantFirstAverage,
+)
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+)
+
+from core.checkpoints import LoadedModel
+from core.config import CLASS_NAMES
+from core.d4 import D4_GROUP
+from core.models import get_target_layer
+from core.preprocess import to_model_input
+
+CAM_METHODS: dict[str, type] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+}
+# Gradient-free methods run one forward pass per channel of the target layer: slow on CPU.
+SLOW_METHODS = frozenset({"scorecam", "ablationcam"})
+
+# Which class a map explains: a fixed class index, or None for each patch's own prediction.
+TARGETS: dict[str, int | None] = {**{name: i for i, name in enumerate(CLASS_NAMES)}, "pred": None}
+
+COLORMAPS: dict[str, int] = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "magma": cv2.COLORMAP_MAGMA,
+    "hot": cv2.COLORMAP_HOT,
+}
+
+ROAD_PERCENTILES = (20, 40, 60, 80)
+CAM_BATCH_SIZE = 32
+
+# One lock per model object, shared by all threads of the process on purpose: the lock must be
+# as shared as the cached model it protects. Weak keys let unloaded models (and locks) go away.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass(frozen=True)
+class CamResult:
+    cams: np.ndarray  # float32 N×H×W in [0, 1], at the input images' H×W
+    probs: np.ndarray  # float32 (N,) P(tumour)
+    classes: np.ndarray  # int (N,) class index each map explains
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """The lock that guards every hook registration / layer swap on ``model``."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
+def compute_cams(
+    loaded: LoadedModel,
+    images: np.ndarray,
+    method: str = "gradcam",
+    target: str = "pred",
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    tta: bool = False,
+    target_layer: str | None = None,
+    batch_size: int = CAM_BATCH_SIZE,
+) -> CamResult:
+    """CAMs of ``method`` for uint8 RGB ``images`` (N×H×W×3 or H×W×3), in batches.
+
+    ``target`` is "tumour", "normal" or "pred" (each patch's predicted class). ``tta`` averages
+    the maps over the 8 D4 transforms after undoing each one; ``aug_smooth`` is pytorch-grad-cam's
+    own flip/brightness smoothing; ``eigen_smooth`` takes the first principal component.
+    ``batch_size`` also sets how many perturbed copies ScoreCAM / AblationCAM score at once.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    layer = get_target_layer(loaded.model, target_layer or loaded.card.target_layer)
+    parts = [
+        _cams_for_batch(
+            loaded,
+            images[i : i + batch_size],
+            layer,
+            method,
+            target,
+            aug_smooth,
+            eigen_smooth,
+            tta,
+            batch_size,
+        )
+        for i in range(0, len(images), batch_size)
+    ]
+    cams, probs, classes = zip(*parts, strict=True) if parts else ((), (), ())
+    h, w = images.shape[1:3]
+    return CamResult(
+        cams=np.concatenate(cams) if parts else np.zeros((0, h, w), np.float32),
+        probs=np.concatenate(probs) if parts else np.zeros(0, np.float32),
+        classes=np.concatenate(classes) if parts else np.zeros(0, int),
+    )
+
+
+def _cams_for_batch(
+    loaded, images, layer, method, target, aug_smooth, eigen_smooth, tta, batch_size
+):
+    model = loaded.model
+    x = to_model_input(images, loaded.card, loaded.device)
+    maps = logits = None
+    with model_lock(model):
+        try:
+            with _make_cam(method, model, layer, batch_size) as cam:
+                maps, logits = _run_cam(
+                    cam, model, x, TARGETS[target], aug_smooth, eigen_smooth, tta
+                )
+        finally:
+            model.zero_grad(set_to_none=True)  # do not leave .grad tensors on a shared model
+    if maps is None:  # pytorch-grad-cam's __exit__ swallows IndexError; never pass that on silently
+        raise RuntimeError(f"{method} failed on {loaded.path} (IndexError inside pytorch-grad-cam)")
+    probs = torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu().numpy()
+    fixed = TARGETS[target]
+    classes = (
+        logits.detach().argmax(dim=1).cpu().numpy() if fixed is None else np.full(len(x), fixed)
+    )
+    return to_unit_maps(maps, images.shape[1:3]), probs.astype(np.float32), classes
+
+
+def _make_cam(method: str, model, layer, batch_size: int):
+    cls = CAM_METHODS[method]
+    # AblationCAM's default AblationLayer() is one module-level instance shared by every call:
+    # give each CAM its own so concurrent models never share ablation state.
+    extra = {"ablation_layer": AblationLayer()} if cls is AblationCAM else {}
+    cam = cls(model=model, target_layers=[layer], **extra)
+    cam.batch_size = batch_size  # read by ScoreCAM and AblationCAM when scoring perturbed copies
+    return cam
+
+
+def _run_cam(cam, model, x, fixed_class, aug_smooth, eigen_smooth, tta):
+    """Returns (maps N×h×w at the model input size, logits). Targets are fixed up front whenever
+    several forward passes must agree on the class (TTA, aug_smooth)."""
+    x = x.requires_grad_(True)  # gradients reach the activations even if weights are frozen
+    if not (tta or aug_smooth):
+        targets = None if fixed_class is None else _targets(fixed_class, len(x))
+        maps = cam(input_tensor=x, targets=targets, eigen_smooth=eigen_smooth)
+        return maps, cam.outputs
+    with torch.no_grad():
+        logits = model(x)
+    classes = logits.argmax(dim=1).tolist() if fixed_class is None else [fixed_class] * len(x)
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    if not tta:
+        return cam(
+            input_tensor=x, targets=targets, aug_smooth=True, eigen_smooth=eigen_smooth
+        ), logits
+    maps = [
+        g.invert(
+            cam(
+                input_tensor=g.apply(x),
+                targets=targets,
+                aug_smooth=aug_smooth,
+                eigen_smooth=eigen_smooth,
+            )
+        )
+        for g in D4_GROUP
+    ]
+    return np.mean(maps, axis=0), logits
+
+
+def _targets(fixed_class: int, n: int) -> list[ClassifierOutputTarget]:
+    return [ClassifierOutputTarget(fixed_class)] * n
+
+
+def to_unit_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize N×h×w maps to ``size`` (h, w) and rescale each to [0, 1].
+
+    NaN/inf (e.g. AblationCAM dividing by a zero score) become 0; a constant map becomes all zeros
+    rather than dividing by zero.
+    """
+    h, w = size
+    out = np.empty((len(maps), h, w), np.float32)
+    for i, m in enumerate(
+        np.nan_to_num(np.asarray(maps, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    ):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) if m.shape != (h, w) else m
+        m = m - m.min()
+        peak = m.max()
+        out[i] = m / peak if peak > 1e-8 else 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def overlay(
+    image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet"
+) -> np.ndarray:
+    """uint8 H×W×3 image with the CAM drawn over it; ``alpha`` is the heatmap's opacity."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
+    if cam.shape != image.shape[:2]:
+        cam = to_unit_maps(cam[None], image.shape[:2])[0]
+    return show_cam_on_image(
+        image.astype(np.float32) / 255.0,
+        cam,
+        use_rgb=True,
+        colormap=COLORMAPS[colormap],
+        image_weight=1.0 - alpha,
+    )
+
+
+# --- gallery ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GalleryColumn:
+    model: str  # label of the checkpoint
+    method: str
+    result: CamResult
+
+
+@dataclass(frozen=True)
+class Gallery:
+    images: np.ndarray  # uint8 N×H×W×3, rows of the grid
+    names: tuple[str, ...]
+    columns: tuple[GalleryColumn, ...]  # model × method
+
+    def overlays(self, alpha: float = 0.5, colormap: str = "jet") -> list[list[np.ndarray]]:
+        """rows × columns of uint8 overlays."""
+        return [
+            [overlay(image, col.result.cams[i], alpha, colormap) for col in self.columns]
+            for i, image in enumerate(self.images)
+        ]
+
+
+def explain_gallery(
+    models: Mapping[str, LoadedModel],
+    images: np.ndarray,
+    names: Sequence[str],
+    methods: Sequence[str],
+    target: str = "pred",
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    tta: bool = False,
+) -> Gallery:
+    """CAMs for a whole page of patches: one batched call per model × method."""
+    columns = tuple(
+        GalleryColumn(
+            label,
+            method,
+            compute_cams(loaded, images, method, target, aug_smooth, eigen_smooth, tta),
+        )
+        for label, loaded in models.items()
+        for method in methods
+    )
+    return Gallery(images=np.asarray(images), names=tuple(names), columns=columns)
+
+
+def overlays_zip(gallery: Gallery, alpha: float = 0.5, colormap: str = "jet") -> bytes:
+    """A zip of PNGs: ``<patch>__<model>__<method>.png`` per overlay plus ``<patch>__original.png``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, image, row in zip(
+            gallery.names, gallery.images, gallery.overlays(alpha, colormap), strict=True
+        ):
+            stem = _safe_stem(name)
+            zf.writestr(f"{stem}__original.png", _png_bytes(image))
+            for col, picture in zip(gallery.columns, row, strict=True):
+                zf.writestr(
+                    f"{stem}__{_safe_stem(col.model)}__{_safe_stem(col.method)}.png",
+                    _png_bytes(picture),
+                )
+    return buffer.getvalue()
+
+
+def _safe_stem(text: str) -> str:
+    return (
+        "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._") or "patch"
+    )
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- faithfulness -----------------------------------------------------------------------------
+
+
+def road_scores(
+    loaded: LoadedModel,
+    images: np.ndarray,
+    cams: np.ndarray,
+    classes: np.ndarray,
+    percentiles: Sequence[int] = ROAD_PERCENTILES,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image ROAD (MoRF, LeRF): mean change of softmax confidence in ``classes`` after
+    imputing the most / least relevant pixels. Faithful maps: MoRF very negative, LeRF near 0.
+
+    The imputer adds noise, so it runs under a fixed torch seed (same inputs -> same scores).
+    """
+    x = to_model_input(images, loaded.card, loaded.device)
+    cams_in = to_unit_maps(cams, tuple(x.shape[-2:]))
+    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+    with model_lock(loaded.model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        morf = ROADMostRelevantFirstAverage(list(percentiles))(x, cams_in, targets, loaded.model)
+        lerf = ROADLeastRelevantFirstAverage(list(percentiles))(x, cams_in, targets, loaded.model)
+    return np.asarray(morf, np.float32), np.asarray(lerf, np.float32)
+
+
+def pointing_hits(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """True where each map's maximum falls inside the ground-truth mask (the pointing game)."""
+    flat = cams.reshape(len(cams), -1).argmax(axis=1)
+    return masks.reshape(len(masks), -1)[np.arange(len(masks)), flat]
+
+
+def energy_in_mask(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each map's total mass that lies inside the mask (0 for an all-zero map)."""
+    total = cams.reshape(len(cams), -1).sum(axis=1)
+    inside = (cams * masks).reshape(len(cams), -1).sum(axis=1)
+    return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
+
+
+def faithfulness_table(
+    models: Mapping[str, LoadedModel],
+    images: np.ndarray,
+    methods: Sequence[str],
+    masks: np.ndarray | None = None,
+    target: str = "tumour",
+    percentiles: Sequence[int] = ROAD_PERCENTILES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per model × method on the given sample, ranked within each model (1 = best).
+
+    Columns: ``road_morf`` (lower is better), ``road_lerf`` (higher), ``road_combined`` =
+    (LeRF − MoRF)/2 (higher); with ``masks`` (bool N×H×W, tumour patches) also
+    ``pointing_hit_rate``, ``random_point_rate`` (hit rate of a uniformly random point = mean mask
+    area) and ``energy_in_mask``. ``rank`` orders methods by the mean of their per-score ranks.
+    """
+    rows = []
+    for label, loaded in models.items():
+        for method in methods:
+            result = compute_cams(loaded, images, method, target)
+            morf, lerf = road_scores(loaded, images, result.cams, result.classes, percentiles, seed)
+            row = {
+                "model": label,
+                "method": method,
+                "n": len(images),
+                "road_morf": float(morf.mean()),
+                "road_lerf": float(lerf.mean()),
+                "road_combined": float(((lerf - morf) / 2).mean()),
+            }
+            if masks is not None:
+                row |= localisation_scores(result.cams, masks)
+            rows.append(row)
+    return rank_methods(pd.DataFrame(rows))
+
+
+def localisation_scores(cams: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    masks = np.asarray(masks, bool)
+    return {
+        "pointing_hit_rate": float(pointing_hits(cams, masks).mean()),
+        "random_point_rate": float(masks.reshape(len(masks), -1).mean(axis=1).mean()),
+        "energy_in_mask": float(energy_in_mask(cams, masks).mean()),
+    }
+
+
+# Score columns and whether higher is better; the rank averages the ranks of those present.
+RANKED_SCORES = {"road_combined": True, "pointing_hit_rate": True, "energy_in_mask": True}
+
+
+def rank_methods(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    scores = [c for c in RANKED_SCORES if c in table]
+    ranks = pd.concat(
+        [
+            table.groupby("model")[c].rank(ascending=not RANKED_SCORES[c], method="min")
+            for c in scores
+        ],
+        axis=1,
+    )
+    table = table.assign(mean_rank=ranks.mean(axis=1))
+    table["rank"] = table.groupby("model")["mean_rank"].rank(method="min").astype(int)
+    return table.sort_values(["model", "rank"]).reset_index(drop=True)
+
+
+def tumour_sample(ds, n: int = 16, split: str | None = "test", seed: int = 0):
+    """Up to ``n`` tumour patches that have a ground-truth mask (demo sets): (indices, images, masks)."""
+    candidates = ds.indices(split=split, label=1)
+    rng = np.random.default_rng(seed)
+    chosen, masks = [], []
+    for i in rng.permutation(candidates):
+        mask = ds.mask(int(i))
+        if mask is not None and mask.any():
+            chosen.append(int(i))
+            masks.append(np.asarray(mask, bool))
+        if len(chosen) == n:
+            break
+    images = ds.read_batch(chosen) if chosen else np.zeros((0, *ds.image_size, 3), np.uint8)
+    return (
+        np.asarray(chosen, int),
+        images,
+        np.asarray(masks, bool).reshape(len(chosen), *images.shape[1:3]),
+    )
