@@ -191,8 +191,9 @@ def write_idc(out: Path, rng, sizes: DemoSizes) -> Path:
 WRITERS = {"pcam": write_pcam, "hcd": write_hcd, "idc": write_idc}
 
 
-def write_demo(out_dir, sizes: DemoSizes = DemoSizes(), seed: int = DEMO_SEED) -> dict[str, Path]:
+def write_demo(out_dir, sizes: DemoSizes | None = None, seed: int = DEMO_SEED) -> dict[str, Path]:
     """Write the three demo sets under ``out_dir``; same seed, same pixels."""
+    sizes = sizes or DemoSizes()
     out_dir = Path(out_dir)
     _write_marker(out_dir)
     written = {}
@@ -201,7 +202,7 @@ def write_demo(out_dir, sizes: DemoSizes = DemoSizes(), seed: int = DEMO_SEED) -
     return written
 
 
-def ensure_demo() -> Path:
+def ensure_demo(sizes: DemoSizes | None = None) -> Path:
     """Write ``config.demo_root()`` if it is absent (first launch); safe if two start at once."""
     target = config.demo_root()
     if (target / SYNTHETIC_MARKER).exists():
@@ -209,7 +210,7 @@ def ensure_demo() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".demo-{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    write_demo(staging)
+    write_demo(staging, sizes)
     try:
         os.rename(staging, target)
     except OSError:  # another process finished first

@@ -15,6 +15,7 @@ train/valid/test (seeded, stratified by label); HCD has no slide ids, so that sp
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,34 @@ def _summarise_missing(kind: str, ids: list[str], where: Path) -> str:
     return f"{len(ids)} {kind} ({where}), e.g. {shown}"
 
 
+def _common_size(paths: list[Path]) -> tuple[int, int]:
+    """The set's patch size: the most common header size among a few files (one odd or
+    unreadable file must not decide it; it fails when read, naming itself)."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(image_size_of(path))
+        except DatasetError:
+            continue
+    if not sizes:
+        return image_size_of(paths[0])  # raises, naming the file
+    return Counter(sizes).most_common(1)[0][0]
+
+
+def _check_submission(root: Path, test_ids: list[str]) -> list[str]:
+    """Kaggle's sample_submission.csv lists the test ids: report those without a file."""
+    path = root / SUBMISSION_CSV
+    if not path.exists():
+        return []
+    table = pd.read_csv(path, dtype={"id": str})
+    if "id" not in table.columns:
+        return [f"{path}: no 'id' column; test/ files kept as unlabelled without a check"]
+    missing = sorted(set(table["id"]) - set(test_ids))
+    return (
+        [_summarise_missing("submission ids with no test/ .tif", missing, path)] if missing else []
+    )
+
+
 class HCDDataset(PatchDataset):
     format = "hcd"
 
@@ -95,6 +124,7 @@ class HCDDataset(PatchDataset):
             "hcd", root, labelled["id"], labelled["label"].to_numpy(), seed, fractions, "id"
         )
         test_ids = _tif_ids(root / "test") if image_dir != root and (root / "test").is_dir() else []
+        problems += _check_submission(root, test_ids)
         ids = labelled["id"].tolist() + unlabelled + test_ids
         meta = make_meta(
             ids=ids,
@@ -107,7 +137,7 @@ class HCDDataset(PatchDataset):
             dtype=object,
         )
         check_unique_ids(meta["id"], root)
-        size = image_size_of(image_dir / f"{files[0]}.tif")
+        size = _common_size([image_dir / f"{i}.tif" for i in files[:20]])
         super().__init__(
             root,
             meta,

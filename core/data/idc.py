@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core import config
-from core.data.base import DatasetError, PatchDataset, check_unique_ids, make_meta
+from core.data.base import DatasetError, PatchDataset, make_meta
 from core.data.imageio import png_size, read_image
 from core.data.splits import manifest_split, patient_strata
 
@@ -147,6 +147,17 @@ def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
     return problems
 
 
+def _check_unique_names(ids: pd.Series, paths: pd.Series, root: Path) -> None:
+    """The same file name in two folders would give two patches one id."""
+    repeated = ids.duplicated(keep=False)
+    if repeated.any():
+        first = ids[repeated].iloc[0]
+        where = " and ".join(paths[ids == first].iloc[:2])
+        raise DatasetError(
+            f"{root}: {int(ids[repeated].nunique())} duplicate ids, e.g. {where}; keep one copy."
+        )
+
+
 class IDCDataset(PatchDataset):
     format = "idc"
 
@@ -156,7 +167,7 @@ class IDCDataset(PatchDataset):
         if table.empty:
             raise DatasetError(f"{root}: patient folders hold no .png patches.")
         ids = table["name"].str.slice(0, -4)
-        check_unique_ids(ids, root)
+        _check_unique_names(ids, table["path"], root)
         positive = table.groupby("patient")["folder_label"].mean()
         assignments, manifest_id, manifest_path = manifest_split(
             "idc",
