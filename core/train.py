@@ -71,7 +71,7 @@ class TrainConfig:
     class_weighting: bool = False  # loss weights inversely proportional to class counts
     scheduler: str = "cosine"  # cosine (per step) | plateau (on validation score)
     patience: int = 3  # early stopping: epochs without a better validation score
-    limit_batches: int | None = None  # cap train and valid batches per epoch (quick runs)
+    limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 on CUDA
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored elsewhere)
     log_every: int = 10  # optimizer steps between metrics lines
@@ -224,7 +224,7 @@ class Augmentation:
     card's preprocessing, as at inference."""
 
     stain_scale: float = 0.05  # alpha ~ U(1 - s, 1 + s) per stain channel
-    stain_shift: float = 0.01  # beta ~ U(-s, s), in skimage's HED units
+    stain_shift: float = 0.005  # beta ~ U(-s, s), in skimage's HED units (~2-7 grey levels)
     brightness: float = 0.05  # factor ~ U(1 - b, 1 + b)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -369,14 +369,13 @@ def evaluate(
     criterion: nn.Module,
     rt: Runtime,
     *,
-    limit: int | None = None,
     dist_info: Dist = Dist(),
 ) -> dict[str, Any]:
     """Loss, accuracy and ROC AUC (scikit-learn) over ``loader``; shards are gathered across
     ranks so every rank returns the same numbers."""
     model.eval()
     labels_all, probs_all, loss_sum = [], [], 0.0
-    for images, labels in _batches(loader, limit):
+    for images, labels in loader:
         with rt.autocast():
             logits = model(rt.inputs(images.to(rt.device, non_blocking=True)))
         labels = labels.to(rt.device)
@@ -414,6 +413,16 @@ def resolve_config(cfg: TrainConfig, ds) -> TrainConfig:
         model=model,
         img_size=cfg.img_size or max(patch, MIN_INPUT_SIZE),
     )
+
+
+def validation_indices(ds, cfg: TrainConfig, world: int) -> np.ndarray:
+    """The validation split; with ``limit_batches``, a fixed seeded random subset of it (the
+    same every epoch, both classes in proportion) rather than its first rows."""
+    indices = ds.indices(split="valid")
+    budget = cfg.limit_batches * cfg.batch_size * world if cfg.limit_batches else len(indices)
+    if budget >= len(indices):
+        return indices
+    return np.sort(np.random.default_rng(cfg.seed).choice(indices, budget, replace=False))
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -579,7 +588,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     model.to(device, memory_format=torch.channels_last if on_cuda else torch.preserve_format)
 
     train_reader = BatchReader(ds, ds.indices(split="train"))
-    valid_reader = BatchReader(ds, ds.indices(split="valid"))
+    valid_reader = BatchReader(ds, validation_indices(ds, cfg, dist_info.world))
     default_workers = min(4, os.cpu_count() or 1) if on_cuda else 0  # CPU: cores do the math
     workers = cfg.workers if cfg.workers is not None else default_workers
     loader_args = dict(seed=cfg.seed, dist_info=dist_info, workers=workers, pin_memory=on_cuda)
@@ -682,9 +691,7 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
         bar.close()
         # The unwrapped model: DDP's forward syncs buffers across ranks, which would deadlock
         # when validation shards have different batch counts.
-        val = evaluate(
-            s.model, s.valid_loader, s.criterion, s.rt, limit=cfg.limit_batches, dist_info=dist_info
-        )
+        val = evaluate(s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info)
         score = validation_score(val)
         if cfg.scheduler == "plateau":
             s.scheduler.step(score)

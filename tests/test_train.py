@@ -1,0 +1,260 @@
+"""core.train in-process: config checks, device choice, loaders, augmentation, evaluate, fit,
+resume, early stopping, failure and cancellation written to the run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from core import jobs
+from core.checkpoints import ModelCard, load_checkpoint, load_payload
+from core.d4 import D4_GROUP
+from core.data import DatasetError, open_dataset
+from core.train import (
+    Augmentation,
+    BatchReader,
+    Dist,
+    Runtime,
+    TrainConfig,
+    TrainingCancelled,
+    class_weights,
+    evaluate,
+    fit,
+    make_loader,
+    resolve_device,
+    seed_everything,
+)
+
+
+def write_idc_tree(root, patients: int, per_class: int = 4, size: int = 50):
+    """A tiny IDC tree (<patient>/<0|1>/<patient>_idx5_x.._y.._classC.png): tumour patches dark,
+    normal patches bright, so a model that reads brightness separates them perfectly."""
+    rng = np.random.default_rng(0)
+    for p in range(patients):
+        patient = str(9000 + p)
+        for label in (0, 1):
+            folder = root / patient / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                base = 60 if label else 200
+                pixels = rng.integers(base - 20, base + 20, (size, size, 3), dtype=np.uint8)
+                name = f"{patient}_idx5_x{50 * k}_y{50 * label}_class{label}.png"
+                Image.fromarray(pixels).save(folder / name)
+    return root
+
+
+def quick(data, **overrides) -> TrainConfig:
+    settings = dict(data=str(data), epochs=1, batch_size=16, limit_batches=3, log_every=2)
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(epochs=0), dict(lr=0), dict(scheduler="step"), dict(device="tpu"), dict(img_size=8)],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="Invalid training config"):
+        TrainConfig(data="x", **bad)
+
+
+def test_config_is_frozen_and_round_trips_through_dict():
+    cfg = TrainConfig(data="x", epochs=3)
+    with pytest.raises(FrozenInstanceError):
+        cfg.epochs = 4
+    assert TrainConfig.from_dict({**cfg.__dict__, "unknown_key": 1}) == cfg
+
+
+def test_resolve_device_prefers_accelerators_and_refuses_missing_ones():
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_seed_everything_makes_initial_weights_reproducible():
+    seed_everything(3)
+    a = nn.Linear(4, 2).weight.detach().clone()
+    seed_everything(3)
+    b = nn.Linear(4, 2).weight.detach().clone()
+    seed_everything(4)
+    c = nn.Linear(4, 2).weight.detach().clone()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_class_weights_balance_the_classes():
+    weights = class_weights(np.array([0, 0, 0, 1]))
+    assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
+    # each class then carries the same total weight
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+
+
+def test_augmentation_without_jitter_is_a_d4_transform_of_each_patch():
+    images = torch.randint(0, 256, (8, 12, 12, 3), dtype=torch.uint8)
+    plain = Augmentation(stain_scale=0, stain_shift=0, brightness=0)
+    out = plain(images, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    for original, augmented in zip(images, out, strict=True):
+        chw = original.permute(2, 0, 1)
+        candidates = [t.apply(chw).permute(1, 2, 0) for t in D4_GROUP]
+        # exp(log(x)) round trip may move a value by one grey level
+        assert min((c.int() - augmented.int()).abs().max().item() for c in candidates) <= 1
+    again = plain(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_stain_jitter_is_light_but_real():
+    images = torch.full((16, 8, 8, 3), 150, dtype=torch.uint8)
+    out = Augmentation()(images, torch.Generator().manual_seed(1))
+    diff = (out.float() - images.float()).abs().mean(dim=(1, 2, 3))
+    assert diff.max() < 20  # light: a few grey levels
+    assert (diff > 0.5).sum() >= 8  # but most patches change
+
+
+def test_loaders_shard_train_and_cover_valid_exactly_once(demo_root):
+    ds = open_dataset(demo_root / "idc")
+    reader = BatchReader(ds, ds.indices(split="train"))
+    args = dict(seed=0, workers=0, pin_memory=False)
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(reader, 32, shuffle=True, dist_info=Dist(rank, 2), **args)
+        positions = [p for batch in loader.sampler for p in batch]
+        seen.append(set(positions))
+        images, labels = next(iter(loader))
+        assert images.dtype == torch.uint8 and images.shape[1:] == (50, 50, 3)
+        assert labels.dtype == torch.int64
+    assert not seen[0] & seen[1]
+    valid = BatchReader(ds, ds.indices(split="valid"))
+    shards = [
+        [
+            p
+            for b in make_loader(valid, 32, shuffle=False, dist_info=Dist(r, 2), **args).sampler
+            for p in b
+        ]
+        for r in (0, 1)
+    ]
+    assert sorted(shards[0] + shards[1]) == list(range(len(valid)))
+
+
+class Darkness(nn.Module):
+    """Logit of tumour = how dark the patch is (the toy IDC tree's tumour patches are dark)."""
+
+    def forward(self, x):
+        score = 0.5 - x.mean(dim=(1, 2, 3))  # inputs are in [0, 1] (idc_cnn card)
+        return torch.stack([-score, score], dim=1)
+
+
+class Undecided(nn.Module):
+    def forward(self, x):
+        return torch.zeros(len(x), 2)
+
+
+def test_evaluate_matches_scikit_learn(tmp_path):
+    ds = open_dataset(write_idc_tree(tmp_path / "idc", patients=6))
+    reader = BatchReader(ds, np.arange(len(ds)))
+    loader = make_loader(
+        reader, 7, shuffle=False, seed=0, dist_info=Dist(), workers=0, pin_memory=False
+    )
+    rt = Runtime(torch.device("cpu"), ModelCard.for_model("idc_cnn"))
+    result = evaluate(Darkness(), loader, nn.CrossEntropyLoss(), rt)
+    assert result["n"] == len(ds)
+    assert result["auc"] == pytest.approx(1.0) and result["accuracy"] == pytest.approx(1.0)
+    # an undecided model: P = 0.5 everywhere -> AUC 0.5, loss ln 2, every patch called tumour
+    undecided = evaluate(Undecided(), loader, nn.CrossEntropyLoss(), rt)
+    assert undecided["auc"] == pytest.approx(roc_auc_score(reader.labels, np.full(len(ds), 0.5)))
+    assert undecided["loss"] == pytest.approx(np.log(2))
+    assert undecided["accuracy"] == pytest.approx(reader.labels.mean())
+
+
+def test_fit_writes_the_run_directory_with_full_checkpoints(demo_root, tmp_path):
+    run = tmp_path / "run"
+    status = fit(quick(demo_root / "idc", epochs=2), run)
+    assert status["state"] == "finished" and status["epochs_run"] == 2
+    for name in ("config.json", "metrics.jsonl", "status.json", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "idc_cnn" and config["img_size"] == 50  # resolved from the data
+    metrics = jobs.read_metrics(run)
+    assert set(metrics["split"]) == {"train", "valid"}
+    assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
+    assert metrics["step"].is_monotonic_increasing
+    for name in ("best.pt", "last.pt"):
+        loaded = load_checkpoint(run / name)
+        card = loaded.card
+        assert card.arch == "idc_cnn" and card.input_size == 50 and card.dataset_format == "idc"
+        assert card.split_manifest_id == open_dataset(demo_root / "idc").manifest_id
+        assert card.synthetic_data and card.train_config["epochs"] == 2
+        assert 0 <= card.metrics["valid_auc"] <= 1
+    last = load_payload(run / "last.pt")
+    assert last["loop"]["epoch"] == 2 and last["optimizer"]["state"]
+
+
+def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
+    run = tmp_path / "run"
+    fit(quick(demo_root / "idc", epochs=1), run)
+    first_epoch = jobs.read_metrics(run)
+    # a torn run: lines of an unfinished epoch 1 that resume must drop and redo
+    jobs.append_metrics(run, [{"epoch": 1, "split": "train", "loss": 9.9, "step": 99}])
+    status = fit(quick(demo_root / "idc", epochs=2), run, resume=True)
+    assert status["state"] == "finished" and status["epochs_run"] == 2
+    metrics = jobs.read_metrics(run)
+    assert 9.9 not in set(metrics["loss"])
+    assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
+    assert metrics[metrics.epoch == 0].reset_index(drop=True).equals(first_epoch)
+    assert load_payload(run / "last.pt")["loop"]["epoch"] == 2
+
+
+def test_early_stopping_keeps_the_best_epoch(demo_root, tmp_path, monkeypatch):
+    import core.train
+
+    scores = iter([0.8, 0.9, 0.85, 0.7, 0.95])  # best at epoch 1, then two worse epochs
+    real_evaluate = core.train.evaluate
+
+    def scripted(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "auc": next(scores)}
+
+    monkeypatch.setattr(core.train, "evaluate", scripted)
+    run = tmp_path / "r"
+    status = fit(quick(demo_root / "idc", epochs=5, patience=2, limit_batches=1), run)
+    assert status["stopped_early"] and status["epochs_run"] == 4
+    assert status["best"] == {"epoch": 1, "score": 0.9}
+    assert load_checkpoint(run / "best.pt").card.metrics["valid_auc"] == 0.9
+    assert load_checkpoint(run / "last.pt").card.metrics["valid_auc"] == 0.7
+
+
+def test_class_weighting_and_plateau_scheduler_run(demo_root, tmp_path):
+    cfg = quick(
+        demo_root / "idc", epochs=2, class_weighting=True, scheduler="plateau", limit_batches=2
+    )
+    assert fit(cfg, tmp_path / "r")["state"] == "finished"
+
+
+def test_a_failing_run_records_its_error_and_traceback(tmp_path):
+    data = write_idc_tree(tmp_path / "idc", patients=2)  # too few patients for a valid split
+    run = tmp_path / "run"
+    with pytest.raises(DatasetError):
+        fit(quick(data), run)
+    status = jobs.read_status(run)
+    assert status["state"] == "failed"
+    assert "valid split is empty" in status["error"] and "Traceback" in status["traceback"]
+
+
+def test_should_stop_cancels_cleanly(demo_root, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingCancelled):
+        fit(quick(demo_root / "idc"), run, should_stop=lambda: True)
+    assert jobs.read_status(run)["state"] == "cancelled"
