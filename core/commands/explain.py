@@ -1,8 +1,64 @@
-"""`python -m core explain` (not implemented yet)."""
+"""`python -m core explain --checkpoint CKPT --image PATH [--method gradcam]
+[--target tumour|normal|pred] [--alpha 0.5] [--colormap jet] [--tta] --out OUT.png`.
+
+Writes the CAM overlay as a PNG (at the model's input size) and prints P(tumour). The image goes
+through the same checks as an upload in the app (type by content, size caps, mode conversion).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+TARGET_CHOICES = ("tumour", "normal", "pred")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("explain", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: (print("explain: not implemented yet"), 2)[1])
+    p = sub.add_parser("explain", help="CAM overlay of one patch image")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    p.add_argument("--image", required=True, help="patch image (PNG, JPEG or TIFF)")
+    p.add_argument("--method", default="gradcam", help="CAM method (see core.explain.CAM_METHODS)")
+    p.add_argument(
+        "--target", default="pred", choices=TARGET_CHOICES, help="class the map explains"
+    )
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--tta", action="store_true", help="average the map over the 8 D4 transforms")
+    p.add_argument("--target-layer", default=None, help="dotted path overriding the card's layer")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from core.checkpoints import CheckpointError, load_checkpoint
+    from core.config import CLASS_NAMES
+    from core.explain import compute_cams, overlay
+    from core.uploads import UploadError, load_upload
+
+    image_path, out = Path(args.image), Path(args.out)
+    try:
+        loaded = load_checkpoint(args.checkpoint)
+        data = image_path.read_bytes()
+        patch = load_upload(image_path.name, data, size=loaded.card.input_size)
+        result = compute_cams(
+            loaded,
+            patch.image,
+            args.method,
+            args.target,
+            tta=args.tta,
+            target_layer=args.target_layer,
+        )
+        picture = overlay(patch.image, result.cams[0], args.alpha, args.colormap)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(out, format="PNG")
+    except (CheckpointError, UploadError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if patch.notice:
+        print(f"note: {patch.notice}", file=sys.stderr)
+    prob = float(result.probs[0])
+    print(f"P(tumour) = {prob:.4f}")
+    print(f"{args.method} map of class {CLASS_NAMES[int(result.classes[0])]!r} written to {out}")
+    return 0
