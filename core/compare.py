@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import metrics
+from core import config, metrics
 from core.evaluate import labelled, predict_split
 
 KEY_COLUMNS = ("index", "id", "label")
@@ -212,11 +212,13 @@ def threshold_for_sensitivity(preds: dict[str, pd.DataFrame], min_sensitivity: f
     }
 
 
-def metrics_json(preds, thresholds=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def metrics_json(
+    preds, thresholds=None, n_boot: int = 1000, seed: int = 0, free=None, at=None
+) -> dict:
     """One JSON-able object keyed by model: metrics at the threshold, AUC CI, report, and the
-    paired tests against every other model."""
-    free = threshold_free(preds, n_boot=n_boot, seed=seed)
-    at = at_thresholds(preds, thresholds)
+    paired tests against every other model (``free``/``at`` reuse results already computed)."""
+    free = free or threshold_free(preds, n_boot=n_boot, seed=seed)
+    at = at or at_thresholds(preds, thresholds)
     out = {}
     for name in preds:
         row = {k: _plain(v) for k, v in at.table.loc[name].items()}
@@ -241,6 +243,48 @@ def _plain(value):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     return value.item() if isinstance(value, np.generic) else value
+
+
+def checkpoint_choices() -> list[Path]:
+    """Checkpoints the pages offer: ``*.pt`` in the checkpoints folder (sorted by name), then
+    each training run's ``best.pt`` (newest run first)."""
+    shipped = sorted(config.checkpoints_dir().glob("*.pt"))
+    runs = sorted(
+        config.runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    return shipped + runs
+
+
+def predictions_table(preds, thresholds=None) -> pd.DataFrame:
+    """All models' probabilities and calls per patch (the predictions CSV export)."""
+    thresholds = _thresholds_for(preds, thresholds)
+    table = joined(preds)
+    for name in preds:
+        table[f"pred:{name}"] = (table[f"prob:{name}"] >= thresholds[name]).astype(int)
+    return table
+
+
+def patient_mosaics(ds, preds: dict[str, pd.DataFrame], patient: str, max_side: int = 900):
+    """``{model: uint8 image}``: the patient's slide rebuilt from its patches, each patch tinted
+    by that model's P(tumour) (blue 0 → red 1); plus ``"labels"``, tinted by the ground truth."""
+    from core.data.visual import overlay_labels, overlay_probs, slide_mosaic
+
+    images = {}
+    for name, frame in preds.items():
+        probs = dict(zip(frame["id"].astype(str), frame["prob"], strict=True))
+        mosaic = slide_mosaic(ds, patient, probs=probs, max_side=max_side)
+        images[name] = overlay_probs(mosaic)
+    images["labels"] = overlay_labels(mosaic)
+    return images
+
+
+def figures_html(figures) -> str:
+    """One self-contained HTML page holding the given plotly figures (plotly.js inlined once,
+    so the file opens offline)."""
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=(k == 0)) for k, fig in enumerate(figures)
+    ]
+    return "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
 
 
 # -- figures (plotly) -----------------------------------------------------------------------
@@ -335,7 +379,7 @@ def confusion_figure(cm: np.ndarray, title: str, normalised: bool = False):
     text = [[f"{v:.1%}" if normalised else f"{int(v)}" for v in row] for row in values]
     fig = go.Figure(
         go.Heatmap(
-            z=values,
+            z=values.tolist(),
             x=[f"pred {c}" for c in CLASS_NAMES],
             y=[f"true {c}" for c in CLASS_NAMES],
             text=text,

@@ -1,4 +1,307 @@
+"""Compare: 2–4 checkpoints on the same dataset split, side by side.
+
+UI only: widgets in, core.compare / core.evaluate / core.explain out. Predictions are cached on
+disk by core.evaluate, so re-opening a comparison does no model forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
 import streamlit as st
 
-st.title("Compare")
-st.info("This page is being built.")
+from core import config
+from core.compare import (
+    DISAGREEMENT_KINDS,
+    at_thresholds,
+    checkpoint_choices,
+    confusion_figure,
+    disagreements,
+    evaluate_checkpoints,
+    figures_html,
+    metrics_json,
+    model_names,
+    patient_mosaics,
+    pr_figure,
+    predictions_table,
+    reliability_figure,
+    roc_figure,
+    threshold_for_sensitivity,
+    threshold_free,
+)
+from core.data import list_datasets, open_dataset
+from core.data.demo import ensure_demo
+from core.data.visual import mosaic_groups
+from core.evaluate import SPLITS, patient_table, prediction_cache_path
+
+MAX_MODELS = 4
+BOOTSTRAP = 1000
+STEP = 0.001  # threshold slider step: untrained or very confident models need fine steps
+TABLE_COLUMNS = [
+    "threshold",
+    "auc",
+    "ap",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "brier",
+    "ece",
+    "n",
+]
+
+
+@st.cache_resource(show_spinner=False)
+def dataset(path: str):
+    return open_dataset(path)
+
+
+@st.cache_resource(show_spinner=False)
+def loaded_model(path: str, sha: str):
+    from core.checkpoints import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+@st.cache_data(show_spinner="Curves and bootstrap CIs…", max_entries=16)
+def curves(cache_keys: tuple[str, ...], _preds):
+    return threshold_free(_preds, n_boot=BOOTSTRAP, seed=0)
+
+
+def threshold_key(name: str) -> str:
+    return f"compare_threshold::{name}"
+
+
+def apply_sensitivity_target(preds, target: float, shared: bool) -> None:
+    """Button callback: move every model's threshold slider to its sensitivity ≥ target point."""
+    # rounded down to the slider's step, so the sensitivity stays at or above the target
+    chosen = {
+        name: math.floor(pick["threshold"] / STEP) * STEP
+        for name, pick in threshold_for_sensitivity(preds, target).items()
+    }
+    for name, value in chosen.items():
+        st.session_state[threshold_key(name)] = value
+    if shared:  # one slider: the lowest threshold keeps every model at or above the target
+        st.session_state[threshold_key("shared")] = min(chosen.values())
+
+
+st.title("⚖️ Compare models")
+st.caption(f"{config.RESEARCH_NOTICE} Same patches, same split, several checkpoints.")
+
+ensure_demo()
+entries = list_datasets()
+checkpoints = checkpoint_choices()
+if not entries or len(checkpoints) < 2:
+    st.info(
+        "Comparing needs a dataset and at least two checkpoints. Train some with "
+        "`python -m core train --data data/demo/pcam --out runs/NAME` or on the Training page; "
+        f"checkpoints are read from `{config.checkpoints_dir()}` and the runs folder."
+    )
+    st.stop()
+
+with st.sidebar:
+    entry = st.selectbox("Dataset", entries, format_func=lambda e: f"{e.name} ({e.format})")
+    split = st.selectbox("Split", SPLITS, index=0)
+    chosen = st.multiselect(
+        "Checkpoints (2–4)",
+        checkpoints,
+        default=checkpoints[:2],
+        format_func=lambda p: (
+            p.name if p.parent == config.checkpoints_dir() else f"{p.parent.name}/{p.name}"
+        ),
+        max_selections=MAX_MODELS,
+    )
+    tta = st.toggle(
+        "D4 test-time augmentation", help="average over the 8 rotations/flips (8× slower)"
+    )
+
+if len(chosen) < 2:
+    st.info("Pick at least two checkpoints in the sidebar.")
+    st.stop()
+
+ds = dataset(str(entry.path))
+bar = st.progress(0.0, text="Evaluating…")
+try:
+    preds = evaluate_checkpoints(
+        chosen,
+        ds,
+        split=split,
+        tta=tta,
+        progress=lambda done, total: bar.progress(
+            min(done / max(total, 1), 1.0), text=f"Evaluating… {done}/{total} patches"
+        ),
+    )
+except (ValueError, OSError) as err:
+    bar.empty()
+    st.error(str(err))
+    st.stop()
+bar.empty()
+names = model_names(chosen)
+paths = dict(zip(names, chosen, strict=True))
+if any(frame["label"].ge(0).sum() == 0 for frame in preds.values()):
+    st.warning(f"Split {split!r} of {entry.name} has no labelled patches: nothing to score.")
+    st.stop()
+
+# -- thresholds ---------------------------------------------------------------------------------
+st.subheader("Thresholds")
+c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+shared = c1.toggle("One shared threshold", value=False)
+target = c2.number_input("Target sensitivity", 0.5, 1.0, 0.9, 0.01)
+c3.button(
+    f"Choose thresholds for sensitivity ≥ {target:.2f}",
+    on_click=apply_sensitivity_target,
+    args=(preds, target, shared),
+)
+if shared:
+    st.session_state.setdefault(threshold_key("shared"), 0.5)
+    value = st.slider(
+        "Threshold (all models)", 0.0, 1.0, step=STEP, format="%.3f", key=threshold_key("shared")
+    )
+    thresholds = dict.fromkeys(names, value)
+else:
+    for name in names:
+        st.session_state.setdefault(threshold_key(name), 0.5)
+    thresholds = {
+        name: col.slider(
+            f"Threshold · {name}", 0.0, 1.0, step=STEP, format="%.3f", key=threshold_key(name)
+        )
+        for name, col in zip(names, st.columns(len(names)), strict=True)
+    }
+
+keys = tuple(str(prediction_cache_path(p, ds, split, tta)) for p in chosen)
+free = curves(keys, preds)
+at = at_thresholds(preds, thresholds)
+
+# -- confusion matrices -------------------------------------------------------------------------
+st.subheader("Confusion matrices")
+for name, col in zip(names, st.columns(len(names)), strict=True):
+    with col:
+        row = at.table.loc[name]
+        st.markdown(f"**{name}** @ {thresholds[name]:.2f}")
+        for metric, col_ in zip(("sensitivity", "specificity"), st.columns(2), strict=True):
+            value = row[metric]
+            col_.metric(metric.capitalize(), "n/a" if pd.isna(value) else f"{value:.3f}")
+        st.plotly_chart(confusion_figure(at.confusion[name], f"{name}: counts"), key=f"cm::{name}")
+        st.plotly_chart(
+            confusion_figure(at.confusion[name], f"{name}: row-normalised", normalised=True),
+            key=f"cmn::{name}",
+        )
+
+# -- curves ---------------------------------------------------------------------------------------
+st.subheader("ROC, precision–recall and calibration")
+figures = [roc_figure(free, at=at), pr_figure(free), reliability_figure(free)]
+for fig, col in zip(figures, st.columns(3), strict=True):
+    col.plotly_chart(fig)
+
+# -- metrics table and paired tests --------------------------------------------------------------
+st.subheader("Metrics")
+table = at.table[TABLE_COLUMNS].copy()
+table.insert(
+    2,
+    "auc_95ci",
+    ["n/a" if free[n].auc_ci is None else "{:.3f}–{:.3f}".format(*free[n].auc_ci) for n in names],
+)
+st.dataframe(
+    table,
+    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in TABLE_COLUMNS[:-1]},
+)
+st.caption(
+    "Paired tests on the same patches: McNemar = exact binomial test on the patches one model "
+    "gets right and the other wrong (at the thresholds above); DeLong = difference of ROC AUCs."
+)
+st.dataframe(at.paired, hide_index=True)
+with st.expander("Classification report per model (as the seeds print it)"):
+    for name, col in zip(names, st.columns(len(names)), strict=True):
+        col.markdown(f"**{name}**")
+        col.dataframe(
+            {k: v for k, v in at.reports[name].items() if isinstance(v, dict)}, width="stretch"
+        )
+
+# -- patients (IDC) ------------------------------------------------------------------------------
+groups = [g for g in mosaic_groups(ds) if g in set(next(iter(preds.values())).get("patient", []))]
+if groups:
+    st.subheader("Patients")
+    patient = st.selectbox("Patient / slide", groups)
+    mosaics = patient_mosaics(
+        ds, {n: f[f["patient"] == patient] for n, f in preds.items()}, patient
+    )
+    for (label, image), col in zip(mosaics.items(), st.columns(len(mosaics)), strict=True):
+        caption = (
+            "ground truth (red tumour, green normal)"
+            if label == "labels"
+            else f"{label}: P(tumour) blue 0 → red 1"
+        )
+        col.image(image, caption=caption)
+    with st.expander("Per-patient table"):
+        for name in names:
+            st.markdown(f"**{name}**")
+            st.dataframe(patient_table(preds[name], thresholds[name]), hide_index=True)
+
+# -- disagreement browser ------------------------------------------------------------------------
+st.subheader("Disagreements")
+d1, d2, d3, d4 = st.columns(4)
+kind = d1.selectbox("Show", list(DISAGREEMENT_KINDS), format_func=DISAGREEMENT_KINDS.get)
+sort_by = d2.selectbox(
+    "Sort by",
+    ["confidence", "spread"],
+    help="confidence = mean |P − threshold|; spread = max − min P",
+)
+page_size = d3.number_input("Patches", 1, 32, 6)
+show_cams = d4.toggle("Grad-CAM per model", value=True)
+rows = disagreements(preds, thresholds, kind=kind, sort_by=sort_by)
+st.caption(f"{len(rows)} patches; showing the first {min(page_size, len(rows))}.")
+shown = rows.head(int(page_size))
+if len(shown):
+    images = ds.read_batch(shown["index"].to_numpy())
+    gallery = None
+    if show_cams:
+        from core.evaluate import file_sha256
+        from core.explain import explain_gallery
+
+        models = {n: loaded_model(str(paths[n]), file_sha256(paths[n])) for n in names}
+        with st.spinner("Grad-CAM…"):
+            gallery = explain_gallery(models, images, shown["id"].tolist(), ["gradcam"])
+        overlays = gallery.overlays()
+    for k, (_, row) in enumerate(shown.iterrows()):
+        cols = st.columns(1 + (len(names) if gallery else 0))
+        truth = "tumour" if row["label"] == 1 else "normal"
+        cols[0].image(images[k], caption=f"{row['id']} · true {truth}", width="stretch")
+        if gallery:
+            for col, name, picture in zip(cols[1:], names, overlays[k], strict=True):
+                col.image(
+                    picture, caption=f"{name}: P(tumour) {row[f'prob:{name}']:.2f}", width="stretch"
+                )
+        else:
+            cols[0].caption(" · ".join(f"{n} P(tumour) {row[f'prob:{n}']:.2f}" for n in names))
+
+# -- exports -------------------------------------------------------------------------------------
+st.subheader("Export")
+e1, e2, e3 = st.columns(3)
+e1.download_button(
+    "Predictions CSV",
+    lambda: predictions_table(preds, thresholds).to_csv(index=False),
+    file_name=f"predictions_{entry.name.replace('/', '_')}_{split}.csv",
+    mime="text/csv",
+    on_click="ignore",
+)
+e2.download_button(
+    "Metrics JSON",
+    lambda: json.dumps(metrics_json(preds, thresholds, free=free, at=at), indent=2, default=float),
+    file_name=f"metrics_{entry.name.replace('/', '_')}_{split}.json",
+    mime="application/json",
+    on_click="ignore",
+)
+e3.download_button(
+    "Figures (HTML)",
+    lambda: figures_html(figures),
+    file_name=f"figures_{entry.name.replace('/', '_')}_{split}.html",
+    mime="text/html",
+    on_click="ignore",
+)
