@@ -20,6 +20,7 @@ Only validation metrics are reported: the test split stays untouched until evalu
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -75,6 +76,7 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 on CUDA
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored elsewhere)
     log_every: int = 10  # optimizer steps between metrics lines
+    best_fp16: bool = False  # store best.pt weights as float16 (half the file; load as float32)
 
     def __post_init__(self) -> None:
         problems = [
@@ -628,7 +630,9 @@ def _restore(s: _Setup, last_path: Path) -> LoopState:
 def _save_epoch(s: _Setup, run_dir: Path, state: LoopState, val: dict, improved: bool) -> None:
     card = replace(s.rt.card, metrics={f"valid_{k}": v for k, v in val.items()})
     if improved:
-        save_checkpoint(run_dir / "best.pt", s.model, card)
+        # .half() converts floating-point tensors only (BatchNorm counters stay int64).
+        best = copy.deepcopy(s.model).half() if s.cfg.best_fp16 else s.model
+        save_checkpoint(run_dir / "best.pt", best, card)
     save_checkpoint(
         run_dir / "last.pt",
         s.model,
@@ -669,6 +673,7 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
             record.pop("steps_in_epoch")
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+            record["images_per_s"] *= dist_info.world  # every rank runs at rank 0's pace
             if writer:
                 writer.log(record, cfg, epoch * steps + done, steps)
 

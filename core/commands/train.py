@@ -73,6 +73,12 @@ def register(sub) -> None:
     p.add_argument(
         "--log-every", type=int, dest="log_every", help="steps between metrics lines (default 10)"
     )
+    p.add_argument(
+        "--best-fp16",
+        dest="best_fp16",
+        action=argparse.BooleanOptionalAction,
+        help="store best.pt weights as float16 (smaller file to ship)",
+    )
     p.set_defaults(func=run)
 
 
