@@ -3,8 +3,16 @@
 import streamlit as st
 
 from core.config import RESEARCH_NOTICE
+from core.data.demo import ensure_demo
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
+
+# A fresh clone has no data: write the synthetic demo once (a few seconds), then never again.
+try:
+    with st.spinner("First launch: writing the synthetic demo datasets…"):
+        ensure_demo()
+except OSError as err:
+    st.sidebar.warning(f"Could not write the demo datasets: {err}")
 
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),

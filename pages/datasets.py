@@ -1,4 +1,275 @@
+"""Datasets: summary, class balance, a filtered gallery, colour statistics and slide mosaics.
+
+UI only: every number and picture comes from core.data (readers, summarize, core.data.visual,
+core.data.charts). Datasets are opened once per (path, seed) with st.cache_resource; pages of
+the gallery, colour statistics and mosaics are cached with st.cache_data so paging is instant.
+Only folders inside the data root (HISTOLENS_DATA) can be opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-st.title("Datasets")
-st.info("This page is being built.")
+from core import config
+from core.data import DatasetError, list_datasets, open_dataset, summarize
+from core.data.charts import class_balance_figure, colour_histogram_figure
+from core.data.demo import ensure_demo
+from core.data.visual import (
+    colour_stats,
+    gallery_page,
+    mask_overlay,
+    mosaic_groups,
+    overlay_labels,
+    slide_mosaic,
+)
+
+GRID = 8  # 8×8 gallery
+PER_PAGE = GRID * GRID
+ALL = "all"
+LABEL_NAMES = {0: "normal (0)", 1: "tumour (1)", -1: "unlabelled"}
+
+
+@st.cache_resource(show_spinner="Opening the dataset (the first time indexes it)…")
+def dataset(path: str, seed: int):
+    return open_dataset(path, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def summary(path: str, seed: int) -> dict:
+    return summarize(dataset(path, seed), details=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def page_of_gallery(path: str, seed: int, split, label, patient, page: int):
+    return gallery_page(dataset(path, seed), split, label, patient, page, PER_PAGE)
+
+
+def with_progress(text: str, compute):
+    """Run ``compute(progress_callback)`` under a progress bar that disappears when done.
+    Called inside the cached functions below, so a cache hit replays an empty slot."""
+    bar = st.progress(0.0, text=text)
+    result = compute(lambda fraction: bar.progress(min(float(fraction), 1.0), text=text))
+    bar.empty()
+    return result
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def colour_statistics(path: str, seed: int, n: int):
+    return with_progress(
+        "Reading the sample…",
+        lambda progress: colour_stats(dataset(path, seed), n=n, seed=seed, progress=progress),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def mosaic(path: str, seed: int, patient: str):
+    return with_progress(
+        "Rebuilding the slide…",
+        lambda progress: slide_mosaic(dataset(path, seed), patient, progress=progress),
+    )
+
+
+def choose_path() -> Path | None:
+    """The dataset folder picked in the sidebar; None (with an error shown) if not allowed."""
+    entries = list_datasets()
+    with st.sidebar:
+        st.subheader("Dataset")
+        entry = st.selectbox(
+            "Dataset",
+            entries,
+            format_func=lambda e: f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})",
+            key="datasets_entry",
+            on_change=reset_page,
+        )
+        typed = st.text_input(
+            "…or a folder under the data root",
+            key="datasets_path",
+            help=f"Relative to {config.data_root()} (nothing outside it can be opened).",
+        )
+        st.number_input("Split seed", 0, 2**31 - 1, 0, key="datasets_seed")
+    if typed.strip():
+        path = Path(typed.strip()).expanduser()
+        path = path if path.is_absolute() else config.data_root() / path
+        if not config.is_within(path, config.data_root()):
+            st.error(
+                f"{path} is outside the data root {config.data_root()}; move or link it there."
+            )
+            return None
+        return path
+    if entry is None:
+        st.info(f"No datasets under {config.data_root()}. Run `python -m core demo`.")
+        return None
+    return entry.path
+
+
+def summary_card(info: dict) -> None:
+    if info["synthetic"]:
+        st.warning("**Synthetic demo data**: painted tissue, not patients.", icon="🧪")
+    cols = st.columns(5)
+    cols[0].metric("Format", info["format"].upper())
+    cols[1].metric("Patches", f"{info['n']:,}")
+    cols[2].metric("Patients / slides", "—" if info["patients"] is None else info["patients"])
+    cols[3].metric("Patch size", "×".join(map(str, info["image_size"])))
+    cols[4].metric("Edge patches", info["edge_patches"], help="smaller than the patch size")
+    table = pd.DataFrame(
+        {
+            split: {
+                "patches": c["n"],
+                "normal (0)": c["labels"]["0"],
+                "tumour (1)": c["labels"]["1"],
+            }
+            for split, c in info["splits"].items()
+        }
+    ).T
+    st.dataframe(table, width="content")
+    st.caption(f"Split manifest `{info['manifest_id']}`")
+    for note in info["notes"]:
+        st.info(note, icon="ℹ️")
+    if info["problems"]:
+        with st.expander(f"⚠️ {len(info['problems'])} problem(s) found while indexing"):
+            for problem in info["problems"]:
+                st.markdown(f"- {problem}")
+
+
+def reset_page() -> None:
+    st.session_state["gallery_page"] = 1
+    st.session_state.pop("gallery_selected", None)
+
+
+def gallery_filters(ds, info: dict):
+    """(split, label, patient) from three select boxes; None means no filter."""
+    cols = st.columns(3)
+    split = cols[0].selectbox(
+        "Split", [ALL, *info["splits"]], key="gallery_split", on_change=reset_page
+    )
+    labels = sorted(ds.meta["label"].unique().tolist(), reverse=True)
+    label = cols[1].selectbox(
+        "Label",
+        [ALL, *labels],
+        format_func=lambda v: LABEL_NAMES.get(v, v),
+        key="gallery_label",
+        on_change=reset_page,
+    )
+    patients = sorted(ds.meta["patient"].dropna().unique().tolist())
+    patient = (
+        cols[2].selectbox(
+            "Patient / slide", [ALL, *patients], key="gallery_patient", on_change=reset_page
+        )
+        if patients
+        else ALL
+    )
+    return (None if v == ALL else v for v in (split, label, patient))
+
+
+def select_patch(i: int) -> None:
+    st.session_state["gallery_selected"] = i
+
+
+def gallery(path: str, seed: int, ds, info: dict) -> None:
+    split, label, patient = gallery_filters(ds, info)
+    first = page_of_gallery(path, seed, split, label, patient, 0)
+    page = st.number_input(f"Page (of {first.n_pages})", 1, first.n_pages, 1, key="gallery_page")
+    shown = page_of_gallery(path, seed, split, label, patient, int(page) - 1)
+    tag = " synthetic" if info["synthetic"] else ""
+    st.caption(f"Showing {len(shown.indices)} of {shown.n_matching:,}{tag} patches")
+    grid, detail = st.columns([3, 1])
+    with grid:
+        for start in range(0, len(shown.indices), GRID):
+            cells = st.columns(GRID)
+            for cell, k in zip(
+                cells, range(start, min(start + GRID, len(shown.indices))), strict=False
+            ):
+                i = int(shown.indices[k])
+                cell.image(
+                    shown.images[k],
+                    caption=LABEL_NAMES[int(ds.meta.at[i, "label"])],
+                    width="stretch",
+                )
+                cell.button(
+                    "🔍", key=f"zoom_{i}", on_click=select_patch, args=(i,), width="stretch"
+                )
+    with detail:
+        patch_detail(ds, info, st.session_state.get("gallery_selected"))
+
+
+def patch_detail(ds, info: dict, i: int | None) -> None:
+    if i is None or i >= len(ds):
+        st.caption("Click 🔍 under a patch to enlarge it.")
+        return
+    image = ds.read(i)
+    kind = "Synthetic patch" if info["synthetic"] else "Patch"
+    st.markdown(f"**{kind} #{i}** `{ds.meta.at[i, 'id']}`")
+    st.image(image, width=288)
+    mask = ds.mask(i)
+    if mask is not None:
+        st.image(mask_overlay(image, mask), width=288, caption="ground-truth tumour mask (red)")
+    row = ds.meta.iloc[i].to_dict()
+    row["label"] = LABEL_NAMES[int(row["label"])]
+    row["size"] = "×".join(map(str, image.shape[:2]))
+    st.dataframe(pd.Series({k: str(v) for k, v in row.items()}, name="value"), width="stretch")
+
+
+def colour_section(path: str, seed: int) -> None:
+    n = st.select_slider("Patches sampled", [64, 128, 256, 512, 1024], 256, key="colour_n")
+    stats = colour_statistics(path, seed, int(n))
+    cols = st.columns(2)
+    cols[0].dataframe(
+        pd.DataFrame({"mean": stats.mean.round(1), "std": stats.std.round(1)}, index=list("RGB")),
+        width="content",
+    )
+    cols[1].metric("Near-white background patches", f"{stats.white_fraction:.1%}")
+    st.plotly_chart(colour_histogram_figure(stats), key="colour_hist")
+    st.caption(f"{stats.n} patches drawn with seed {seed}.")
+
+
+def mosaic_section(path: str, seed: int, ds) -> None:
+    groups = mosaic_groups(ds)
+    if not groups:
+        st.caption("No patient or slide coordinates in this dataset (HCD has none).")
+        return
+    patient = st.selectbox("Patient / slide", groups, key="mosaic_patient")
+    built = mosaic(path, seed, patient)
+    show_labels = st.toggle(
+        "Overlay labels (red tumour, green normal)", value=True, key="mosaic_labels"
+    )
+    st.image(overlay_labels(built) if show_labels else built.image, width="content")
+    st.caption(
+        f"{built.n_patches} patches at scale {built.scale:.2f}. Predicted probabilities are "
+        "overlaid on the Compare page."
+    )
+
+
+st.title("🗂️ Datasets")
+st.caption(config.RESEARCH_NOTICE)
+try:
+    with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
+        ensure_demo()
+except OSError as err:
+    st.warning(f"Could not write the demo datasets: {err}")
+
+chosen = choose_path()
+if chosen is None:
+    st.stop()
+seed = int(st.session_state.get("datasets_seed", 0))
+try:
+    ds = dataset(str(chosen), seed)
+    info = summary(str(chosen), seed)
+except DatasetError as err:
+    st.error(str(err))
+    st.stop()
+
+summary_card(info)
+tab_gallery, tab_balance, tab_colour, tab_mosaic = st.tabs(
+    ["Gallery", "Class balance", "Colour statistics", "Slide mosaic"]
+)
+with tab_gallery:
+    gallery(str(chosen), seed, ds, info)
+with tab_balance:
+    st.plotly_chart(class_balance_figure(info), key="balance")
+with tab_colour:
+    colour_section(str(chosen), seed)
+with tab_mosaic:
+    mosaic_section(str(chosen), seed, ds)

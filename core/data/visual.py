@@ -70,6 +70,25 @@ def colour_stats(
 
 
 @dataclass(frozen=True)
+class GalleryPage:
+    indices: np.ndarray  # positions in the dataset, in display order
+    images: np.ndarray  # uint8 N×h×w×3 (padded to image_size)
+    n_matching: int  # patches matching the filters
+    n_pages: int
+
+
+def gallery_page(
+    ds: PatchDataset, split=None, label=None, patient=None, page: int = 0, per_page: int = 64
+) -> GalleryPage:
+    """One page of the patches matching the filters (page numbers start at 0, clamped)."""
+    matching = ds.indices(split=split, label=label, patient=patient)
+    n_pages = max(1, -(-len(matching) // per_page))
+    page = min(max(page, 0), n_pages - 1)
+    chosen = matching[page * per_page : (page + 1) * per_page]
+    return GalleryPage(chosen, ds.read_batch(chosen), len(matching), n_pages)
+
+
+@dataclass(frozen=True)
 class Mosaic:
     image: np.ndarray  # uint8 H×W×3, the slide rebuilt from its patches (white where none)
     labels: np.ndarray  # int8 H×W: -1 no patch, else the patch label
@@ -150,4 +169,11 @@ def overlay_probs(mosaic: Mosaic, alpha: float = 0.45) -> np.ndarray:
     p = mosaic.probs[where][:, None]
     colour = (1 - p) * LOW_PROB_RGB + p * TUMOUR_RGB
     out[where] = (1 - alpha) * out[where] + alpha * colour
+    return out.astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The patch with its ground-truth tumour mask tinted red (demo sets)."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * TUMOUR_RGB
     return out.astype(np.uint8)

@@ -1,0 +1,93 @@
+"""AppTest: the app and the Datasets page run on the demo data, and the filters change the view."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+PAGE = str(REPO / "pages" / "datasets.py")
+
+
+@pytest.fixture
+def demo_data(demo_root, tmp_path, monkeypatch):
+    """A data root holding the session's demo (copied: pages may write caches beside it)."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data / "demo")
+    monkeypatch.setenv("HISTOLENS_DATA", str(data))
+    return data
+
+
+def shown_caption(at) -> str:
+    return next(c.value for c in at.caption if c.value.startswith("Showing"))
+
+
+def zoom_keys(at) -> list[str]:
+    return [b.key for b in at.button if b.key and b.key.startswith("zoom_")]
+
+
+def test_app_runs_and_reaches_datasets(demo_data):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    at.switch_page("pages/datasets.py").run()
+    assert not at.exception
+    assert at.title[0].value.startswith("🗂️ Datasets")
+
+
+def test_datasets_page_shows_summary_gallery_and_synthetic_label(demo_data):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert at.selectbox(key="datasets_entry").options == [
+        "demo/hcd (hcd, synthetic)",
+        "demo/idc (idc, synthetic)",
+        "demo/pcam (pcam, synthetic)",
+    ]
+    assert any("Synthetic demo data" in w.value for w in at.warning)
+    assert len(zoom_keys(at)) == 64
+    assert "synthetic patches" in shown_caption(at)
+
+
+@pytest.mark.parametrize("entry", [0, 1, 2])
+def test_every_demo_format_renders(demo_data, entry):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.selectbox(key="datasets_entry").select_index(entry).run()
+    assert not at.exception
+    assert zoom_keys(at)
+
+
+def test_filter_change_changes_the_gallery(demo_data):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    names = at.selectbox(key="datasets_entry").options
+    at.selectbox(key="datasets_entry").select_index(
+        names.index("demo/pcam (pcam, synthetic)")
+    ).run()
+    before_caption, before_keys = shown_caption(at), zoom_keys(at)
+    at.selectbox(key="gallery_split").select("test").run()
+    assert not at.exception
+    assert shown_caption(at) != before_caption and "of 256" in shown_caption(at)
+    assert zoom_keys(at) != before_keys
+    at.selectbox(key="gallery_label").select(1).run()
+    assert "of 128" in shown_caption(at)
+
+
+def test_enlarge_and_page(demo_data):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    first_page = zoom_keys(at)
+    chosen = first_page[3]
+    at.button(key=chosen).click().run()
+    assert not at.exception
+    assert any(f"Synthetic patch #{chosen.removeprefix('zoom_')}*" in m.value for m in at.markdown)
+    at.number_input(key="gallery_page").set_value(2).run()
+    assert not at.exception
+    assert zoom_keys(at) and not set(zoom_keys(at)) & set(first_page)
+
+
+def test_path_outside_data_root_is_refused(demo_data, tmp_path):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.text_input(key="datasets_path").input(str(tmp_path)).run()
+    assert not at.exception
+    assert any("outside the data root" in e.value for e in at.error)
