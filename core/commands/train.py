@@ -82,24 +82,31 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _config_and_dir(args):
-    from core import jobs
+_NOT_CONFIG = ("command", "func", "out", "resume")
+
+
+def config_from_args(args, saved: dict | None = None):
+    """TrainConfig from parsed flags; flags override ``saved`` (the config of a resumed run)."""
     from core.train import TrainConfig
 
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in ("command", "func", "out", "resume")
-    }
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    return TrainConfig.from_dict({**(saved or {}), **overrides})
+
+
+def _config_and_dir(args):
+    from core import jobs
+
     if "resume" in args:
-        run_dir = args.resume
-        saved = jobs.read_config(run_dir)
+        saved = jobs.read_config(args.resume)
         if not saved:
             raise ValueError(
-                f"{run_dir / jobs.CONFIG_FILE} not found; --resume needs a run directory written by `python -m core train`"
+                f"{args.resume / jobs.CONFIG_FILE} not found; --resume needs a run directory "
+                "written by `python -m core train`"
             )
-        return TrainConfig.from_dict({**saved, **overrides}), run_dir, True
+        return config_from_args(args, saved), args.resume, True
     if "data" not in args or "out" not in args:
         raise ValueError("--data PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
-    return TrainConfig(**overrides), args.out, False
+    return config_from_args(args), args.out, False
 
 
 def _stop_on_sigterm() -> list[bool]:

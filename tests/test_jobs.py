@@ -1,0 +1,149 @@
+"""core.jobs: run directories on disk, status merging, torn metrics lines, dead-process
+detection, the config -> command-line mapping, and real background runs started and cancelled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, fields
+
+import pytest
+
+from core import jobs
+
+
+def test_run_dirs_are_unique_and_listed_newest_first(tmp_path):
+    a = jobs.make_run_dir("resnet18", tmp_path)
+    b = jobs.make_run_dir("resnet18", tmp_path)
+    assert a != b and a.parent == b.parent == tmp_path
+    jobs.write_status(a, state="finished", created="2026-01-01T00:00:00+00:00")
+    jobs.write_status(b, state="finished", created="2026-01-02T00:00:00+00:00")
+    (tmp_path / "not-a-run").mkdir()
+    assert [r.path for r in jobs.list_runs(tmp_path)] == [b, a]
+
+
+def test_list_runs_reads_the_runs_folder_from_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOLENS_RUNS", str(tmp_path / "elsewhere"))
+    assert jobs.list_runs() == []
+    run = jobs.make_run_dir("x")
+    jobs.write_config(run, {"data": "d", "model": "idc_cnn"})
+    assert [(r.path, r.config["model"]) for r in jobs.list_runs()] == [(run, "idc_cnn")]
+
+
+def test_write_status_merges_fields_and_leaves_no_temp_files(tmp_path):
+    jobs.write_status(tmp_path, state="running", pid=1)
+    status = jobs.write_status(tmp_path, progress={"fraction": 0.5})
+    assert (
+        status["state"] == "running"
+        and status["pid"] == 1
+        and status["progress"]["fraction"] == 0.5
+    )
+    assert json.loads((tmp_path / "status.json").read_text()) == status
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_read_metrics_skips_a_torn_last_line_and_has_all_columns(tmp_path):
+    assert list(jobs.read_metrics(tmp_path).columns) == list(jobs.METRIC_COLUMNS)
+    jobs.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 0, "step": 2, "spl')  # killed mid-write
+    frame = jobs.read_metrics(tmp_path)
+    assert len(frame) == 1 and frame.loc[0, "loss"] == 0.7
+    assert set(jobs.METRIC_COLUMNS) <= set(frame.columns)
+
+
+def test_keep_metrics_drops_unfinished_epochs(tmp_path):
+    jobs.append_metrics(tmp_path, [{"epoch": e, "step": e} for e in (0, 0, 1, 2)])
+    jobs.keep_metrics(tmp_path, before_epoch=1)
+    assert list(jobs.read_metrics(tmp_path)["epoch"]) == [0, 0]
+
+
+def test_a_dead_pid_shows_as_failed_killed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    jobs.write_status(tmp_path, state="running", pid=proc.pid, host=os.uname().nodename)
+    (tmp_path / "train.log").write_text("epoch 1/3 ...\n")
+    status = jobs.read_status(tmp_path)
+    assert status["state"] == "failed" and status["killed"]
+    assert "--resume" in status["error"] and "epoch 1/3" in status["traceback"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="needs procfs")
+def test_a_reused_pid_running_another_program_counts_as_dead():
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours, other = subprocess.Popen([*sleeper, "core"]), subprocess.Popen(sleeper)
+    try:
+        assert jobs.pid_alive(ours.pid) and not jobs.pid_alive(other.pid)
+    finally:
+        ours.kill(), other.kill(), ours.wait(), other.wait()
+
+
+def test_a_run_from_another_host_is_never_declared_dead(tmp_path):
+    jobs.write_status(tmp_path, state="running", pid=2**22 + 7, host="some-gpu-node")
+    assert jobs.read_status(tmp_path)["state"] == "running"
+
+
+def test_cancel_of_a_run_whose_process_is_gone_marks_it_cancelled(tmp_path):
+    jobs.write_status(tmp_path, state="queued")
+    assert jobs.cancel_run(tmp_path)
+    assert jobs.read_status(tmp_path)["state"] == "cancelled"
+    assert not jobs.cancel_run(tmp_path)  # already over
+
+
+def test_every_config_field_round_trips_through_the_command_line(tmp_path):
+    from core.__main__ import build_parser
+    from core.commands.train import config_from_args
+    from core.train import TrainConfig
+
+    cfg = TrainConfig(
+        data="/data/x", model="resnet18", epochs=3, batch_size=8, lr=0.01, weight_decay=0.0,
+        img_size=64, device="cpu", seed=5, pretrained=True, augment=False,
+        class_weighting=True, scheduler="plateau", patience=2, limit_batches=4, workers=1,
+        amp=False, log_every=3, best_fp16=True,
+    )  # fmt: skip
+    assert {f.name for f in fields(cfg)} == set(asdict(cfg))
+    argv = ["train", *jobs.config_to_argv(asdict(cfg)), "--out", str(tmp_path)]
+    parsed = config_from_args(build_parser().parse_args(argv))
+    assert parsed == cfg
+    # None (decided by the trainer) is left out, so the trainer's defaults apply
+    assert config_from_args(
+        build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    ) == TrainConfig(data="d")
+
+
+def wait_for_state(run, states, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.read_status(run)
+        if status.get("state") in states:
+            return status
+        time.sleep(0.25)
+    raise AssertionError(
+        f"{run}: still {jobs.read_status(run).get('state')} after {timeout}s; log:\n{jobs.tail_log(run)}"
+    )
+
+
+@pytest.mark.slow
+def test_start_run_in_the_background_then_cancel(demo_root, tmp_path):
+    cfg = {"data": str(demo_root / "idc"), "epochs": 50, "batch_size": 8, "log_every": 1}
+    run = jobs.start_run(cfg, runs_dir=tmp_path)
+    assert jobs.read_status(run)["state"] in ("queued", "running")
+    assert [r.path for r in jobs.list_runs(tmp_path)] == [run]
+    wait_for_state(run, ("running",))
+    deadline = time.monotonic() + 120
+    while jobs.read_metrics(run).empty and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert jobs.cancel_run(run)
+    status = wait_for_state(run, ("cancelled", "failed"), timeout=60)
+    assert status["state"] == "cancelled", status
+    assert wait_for_exit(status["pid"])
+
+
+def wait_for_exit(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while jobs.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not jobs.pid_alive(pid)
