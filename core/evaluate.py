@@ -53,7 +53,7 @@ def predict_split(
     if cache.exists():
         return pd.read_parquet(cache)
     indices = split_indices(ds, split)
-    probs = _predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
+    probs = predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
     frame = prediction_frame(ds, indices, probs)
     _write_parquet_atomic(frame, cache)
     return frame
@@ -117,7 +117,10 @@ def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device):
+def predict_indices(
+    checkpoint_path, ds, indices, tta=False, progress=None, batch_size=128, device=None
+) -> np.ndarray:
+    """P(tumour) of the given patches (no cache): the prefetching loader + forward loop."""
     import torch
 
     from core.checkpoints import load_checkpoint
