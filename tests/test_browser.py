@@ -1,0 +1,119 @@
+"""Real-browser smoke test: `streamlit run` + Playwright driving Debian's chromium.
+
+No browser is downloaded: the set-up uses /usr/bin/chromium, installing it with apt when it is
+missing and we are root; otherwise the test skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def ensure_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"{CHROMIUM} missing and not root with apt-get: install Debian's chromium")
+    subprocess.run(
+        "apt-get update && apt-get install -y chromium", shell=True, check=True, timeout=600
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health in {timeout}s")
+
+
+@pytest.fixture
+def app_url(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data / "demo")
+    port = free_port()
+    env = dict(os.environ, HISTOLENS_DATA=str(data))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_datasets_page_shows_gallery_images(app_url):
+    ensure_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.get_by_role("link", name="Datasets").first.click(timeout=60_000)
+            page.get_by_text("Showing 64 of").first.wait_for(timeout=60_000)
+            gallery = page.locator("[data-testid='stImage'] img")
+            gallery.nth(63).wait_for(timeout=60_000)
+            assert gallery.count() >= 64
+            assert page.get_by_text("Synthetic demo data").count() >= 1
+        finally:
+            browser.close()
