@@ -271,3 +271,79 @@ def cancel_run(run_dir: Path, grace_s: float = 0.0) -> bool:
         return True
     write_status(run_dir, state="cancelled", ended=now_iso())
     return True
+
+
+# -- what the Training page shows (plain data and plotly figures, no streamlit) -------------
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:  # None or NaN
+        return "–"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
+    """One row per run: what it trains, where it is, how fast, how good (validation)."""
+    rows = []
+    for run in runs:
+        progress = run.status.get("progress") or {}
+        best = run.status.get("best") or {}
+        rows.append(
+            {
+                "run": run.name,
+                "state": run.state,
+                "model": run.config.get("model") or "auto",
+                "dataset": Path(str(run.config.get("data", ""))).name,
+                "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
+                "progress": float(progress.get("fraction", 0.0)),
+                "images/s": progress.get("images_per_s"),
+                "ETA": format_seconds(progress.get("eta_s")) if run.state == "running" else "",
+                "best valid score": best.get("score"),
+                "created": run.status.get("created", ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+CURVE_PANELS = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"), ("lr", "learning rate"))
+
+
+def curves_figure(metrics: Mapping[str, pd.DataFrame]):
+    """Loss / accuracy / AUC / lr against the optimizer step, one colour per run; training
+    windows as thin lines, validation (once per epoch) as markers."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in CURVE_PANELS])
+    for i, (name, frame) in enumerate(metrics.items()):
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
+        for j, (column, _) in enumerate(CURVE_PANELS):
+            for split, mode, dash in (("train", "lines", None), ("valid", "lines+markers", "dot")):
+                rows = frame[(frame["split"] == split) & frame[column].notna()]
+                if rows.empty or (column == "lr" and split == "valid"):
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=rows["step"],
+                        y=rows[column],
+                        mode=mode,
+                        name=f"{name} · {split}",
+                        legendgroup=f"{name} · {split}",
+                        showlegend=j == 0,
+                        line={
+                            "color": colour,
+                            "dash": dash,
+                            "width": 1.5 if split == "train" else 2.5,
+                        },
+                    ),
+                    row=j // 2 + 1,
+                    col=j % 2 + 1,
+                )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(
+        height=560, margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.15}
+    )
+    return fig

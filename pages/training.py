@@ -1,4 +1,170 @@
+"""Training: start runs as background processes, watch their live curves, cancel them.
+
+UI only. core.jobs starts `python -m core train` in its own process and reads run directories
+from disk, so runs survive an app restart and runs started from the command line show up too.
+Each browser session keeps its own choices in st.session_state; runs never share a directory.
+"""
+
+from __future__ import annotations
+
 import streamlit as st
 
+from core import jobs
+from core.config import RESEARCH_NOTICE
+from core.data import list_datasets
+from core.data.demo import ensure_demo
+
+REFRESH = "2s"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULERS = ("cosine", "plateau")
+AUTO_MODEL = "auto (recommended for the patch size)"
+DEFAULTS = {
+    "training_epochs": 10,
+    "training_batch": 64,
+    "training_lr": 1e-3,
+    "training_augment": True,
+    "training_class_weighting": False,
+    "training_device": "auto",
+    "training_seed": 0,
+    "training_scheduler": "cosine",
+    "training_patience": 3,
+    "training_limit": 0,
+    "training_selected": [],
+}
+
+
+@st.cache_data(show_spinner=False)
+def model_descriptions() -> dict[str, str]:
+    from core.models import MODELS  # imports torch: only when this page runs
+
+    return {name: spec.description for name, spec in MODELS.items()}
+
+
+def dataset_choices() -> dict[str, str]:
+    entries = list_datasets()
+    if not entries:
+        ensure_demo()  # first launch: the embedded synthetic demo
+        entries = list_datasets()
+    return {
+        str(e.path): f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})" for e in entries
+    }
+
+
+def start_form() -> None:
+    datasets = dataset_choices()
+    models = model_descriptions()
+    with st.form("training_start"):
+        st.subheader("Start a run")
+        data = st.selectbox(
+            "Dataset", list(datasets), format_func=datasets.get, key="training_data"
+        )
+        model = st.selectbox(
+            "Model",
+            [AUTO_MODEL, *models],
+            format_func=lambda m: m if m == AUTO_MODEL else f"{m} — {models[m]}",
+            key="training_model",
+        )
+        c1, c2, c3, c4 = st.columns(4)
+        c1.number_input("Epochs", 1, 1000, step=1, key="training_epochs")
+        c2.number_input("Batch size", 1, 4096, step=8, key="training_batch")
+        c3.number_input("Learning rate", 1e-7, 1.0, format="%.5f", key="training_lr")
+        c4.selectbox("Device", DEVICES, key="training_device", help="auto = cuda > mps > cpu")
+        st.checkbox(
+            "Augmentation: 8 dihedral flips/rotations + light stain jitter", key="training_augment"
+        )
+        st.checkbox("Weight the loss by inverse class frequency", key="training_class_weighting")
+        with st.expander("Advanced"):
+            a1, a2, a3, a4 = st.columns(4)
+            a1.number_input("Seed", 0, 2**31 - 1, key="training_seed")
+            a2.selectbox("LR schedule", SCHEDULERS, key="training_scheduler")
+            a3.number_input("Early-stopping patience", 1, 100, key="training_patience")
+            a4.number_input("Max batches per epoch (0 = all)", 0, 10**6, key="training_limit")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if submitted:
+        state = st.session_state
+        cfg = {
+            "data": data,
+            "model": None if model == AUTO_MODEL else model,
+            "epochs": int(state.training_epochs),
+            "batch_size": int(state.training_batch),
+            "lr": float(state.training_lr),
+            "augment": bool(state.training_augment),
+            "class_weighting": bool(state.training_class_weighting),
+            "device": state.training_device,
+            "seed": int(state.training_seed),
+            "scheduler": state.training_scheduler,
+            "patience": int(state.training_patience),
+            "limit_batches": int(state.training_limit) or None,
+        }
+        run = jobs.start_run(cfg)
+        state.training_selected = [run.name, *state.training_selected]
+        st.success(f"Started {run.name} in the background.")
+
+
+def run_panel(run: jobs.RunInfo) -> None:
+    status = run.status
+    progress = status.get("progress") or {}
+    with st.container(border=True):
+        head, button = st.columns([5, 1])
+        head.markdown(f"**{run.name}** · `{run.state}` · {run.config.get('model') or 'auto'}")
+        if run.state in jobs.ACTIVE_STATES and button.button(
+            "Cancel", key=f"training_cancel::{run.name}"
+        ):
+            jobs.cancel_run(run.path)
+            st.toast(f"Cancelling {run.name}…")
+        rate = progress.get("images_per_s")
+        text = (
+            f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')} · "
+            f"step {progress.get('step', 0)}/{progress.get('steps_per_epoch', '?')} · "
+            f"{rate or 0:.0f} images/s · ETA {jobs.format_seconds(progress.get('eta_s'))}"
+        )
+        st.progress(min(float(progress.get("fraction", 0.0)), 1.0), text=text)
+        if status.get("notice"):
+            st.info(status["notice"])
+        if run.state == "failed":
+            st.error(status.get("error") or "failed")
+            if status.get("traceback"):
+                with st.expander("Traceback"):
+                    st.code(status["traceback"], language="text")
+        if run.state == "finished" and (run.path / "best.pt").is_file():
+            st.caption(f"best checkpoint: `{run.path / 'best.pt'}`")
+
+
+@st.fragment(run_every=REFRESH)
+def runs_section() -> None:
+    runs = jobs.list_runs()
+    st.subheader("Runs")
+    if not runs:
+        st.info(
+            "No runs yet. Start one above, or with `python -m core train --data PATH --out RUN_DIR`."
+        )
+        return
+    st.dataframe(
+        jobs.runs_table(runs),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)
+        },
+    )
+    by_name = {r.name: r for r in runs}
+    # Keep only runs that still exist (another session may have removed a folder).
+    st.session_state.training_selected = [
+        n for n in st.session_state.training_selected if n in by_name
+    ]
+    if not st.session_state.training_selected:
+        st.session_state.training_selected = [runs[0].name]
+    chosen = st.multiselect("Runs to show", list(by_name), key="training_selected")
+    for name in chosen:
+        run_panel(by_name[name])
+    if chosen:
+        curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
+        st.plotly_chart(jobs.curves_figure(curves), key="training_curves")
+
+
 st.title("Training")
-st.info("This page is being built.")
+st.caption(RESEARCH_NOTICE)
+for key, value in DEFAULTS.items():
+    st.session_state.setdefault(key, value)
+start_form()
+runs_section()

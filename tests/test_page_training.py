@@ -1,0 +1,81 @@
+"""The Training page under AppTest: it starts a real (tiny) background run and its status,
+polled through the page's own refresh, moves to finished; failed and killed runs show errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
+
+
+@pytest.fixture
+def data_root(demo_root, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "demo").symlink_to(demo_root, target_is_directory=True)
+    monkeypatch.setenv("HISTOLENS_DATA", str(root))
+    return root
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.slow
+def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
+    at = page()
+    at.selectbox(key="training_data").set_value(str(data_root / "demo" / "idc"))
+    at.number_input(key="training_epochs").set_value(1)
+    at.number_input(key="training_batch").set_value(16)
+    at.number_input(key="training_limit").set_value(2)
+    at.selectbox(key="training_device").set_value("cpu")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    runs = jobs.list_runs()
+    assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
+    deadline = time.monotonic() + 150
+    while (
+        jobs.read_status(runs[0].path)["state"] in jobs.ACTIVE_STATES
+        and time.monotonic() < deadline
+    ):
+        time.sleep(1)
+        at.run()  # AppTest advances the run_every fragment on run()
+        assert not at.exception, at.exception
+    at.run()
+    assert jobs.read_status(runs[0].path)["state"] == "finished", jobs.tail_log(runs[0].path)
+    assert "`finished`" in " ".join(m.value for m in at.markdown)
+    assert at.multiselect(key="training_selected").value == [runs[0].name]
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_a_failed_and_a_killed_run_show_their_errors(data_root, tmp_path):
+    failed = jobs.make_run_dir("resnet18")
+    jobs.write_config(failed, {"data": "x", "model": "resnet18"})
+    jobs.write_status(
+        failed, state="failed", error="boom: out of memory", traceback="Traceback ..."
+    )
+    killed = jobs.make_run_dir("idc_cnn")
+    jobs.write_config(killed, {"data": "x", "model": "idc_cnn"})
+    jobs.write_status(killed, state="running", pid=2**22 + 11, host=os.uname().nodename)
+    at = page()
+    at.multiselect(key="training_selected").set_value([failed.name, killed.name]).run()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "boom: out of memory" in errors and "--resume" in errors
+    table = at.dataframe[0].value
+    assert set(table["state"]) == {"failed"}
+
+
+def test_the_page_runs_standalone_with_no_runs(data_root):
+    at = page()
+    assert any("No runs yet" in i.value for i in at.info)
