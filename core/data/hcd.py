@@ -109,6 +109,7 @@ def _check_submission(root: Path, test_ids: list[str]) -> list[str]:
 
 class HCDDataset(PatchDataset):
     format = "hcd"
+    read_threads = 4
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -17,10 +18,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def read_image(path: Path) -> np.ndarray:
     """uint8 H×W×3 RGB; a corrupt, truncated or non-8-bit file is a DatasetError."""
     try:
-        with Image.open(path) as image:
+        # One read of the whole (small) file: Pillow's TIFF parser otherwise issues ~40 tiny
+        # reads per file, which dominate a gallery page.
+        with Image.open(io.BytesIO(Path(path).read_bytes())) as image:
             if image.mode not in EIGHT_BIT_MODES:
                 raise DatasetError(f"{path}: mode {image.mode}, expected 8-bit RGB; re-export it.")
-            array = np.asarray(image.convert("RGB"))
+            array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: file missing; restore it or re-index the dataset.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
