@@ -255,6 +255,33 @@ def checkpoint_choices() -> list[Path]:
     return shipped + runs
 
 
+def trained_on_index(entries, checkpoint_path) -> int:
+    """Index of the dataset entry the checkpoint was trained on (by path, then by the name's
+    tail, then by format); 0 when nothing matches or the card cannot be read."""
+    from core.checkpoints import CheckpointError, read_card
+
+    try:
+        card = read_card(checkpoint_path)
+    except (CheckpointError, OSError):
+        return 0
+    trained = Path(card.dataset)
+    places = (
+        [trained] if trained.is_absolute() else [Path.cwd() / trained, config.REPO_ROOT / trained]
+    )
+    places = {p.resolve() for p in places}
+    tests = [lambda e: e.format == card.dataset_format]
+    if card.dataset:
+        tests[:0] = [
+            lambda e: Path(e.path).resolve() in places,
+            lambda e: card.dataset.rstrip("/").endswith(e.name),
+        ]
+    for test in tests:
+        for k, entry in enumerate(entries):
+            if test(entry):
+                return k
+    return 0
+
+
 def predictions_table(preds, thresholds=None) -> pd.DataFrame:
     """All models' probabilities and calls per patch (the predictions CSV export)."""
     thresholds = _thresholds_for(preds, thresholds)

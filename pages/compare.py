@@ -30,6 +30,7 @@ from core.compare import (
     roc_figure,
     threshold_for_sensitivity,
     threshold_free,
+    trained_on_index,
 )
 from core.data import list_datasets, open_dataset
 from core.data.demo import ensure_demo
@@ -107,8 +108,6 @@ if not entries or len(checkpoints) < 2:
     st.stop()
 
 with st.sidebar:
-    entry = st.selectbox("Dataset", entries, format_func=lambda e: f"{e.name} ({e.format})")
-    split = st.selectbox("Split", SPLITS, index=0)
     chosen = st.multiselect(
         "Checkpoints (2–4)",
         checkpoints,
@@ -118,6 +117,13 @@ with st.sidebar:
         ),
         max_selections=MAX_MODELS,
     )
+    entry = st.selectbox(
+        "Dataset",
+        entries,
+        index=trained_on_index(entries, chosen[0]) if chosen else 0,
+        format_func=lambda e: f"{e.name} ({e.format})",
+    )
+    split = st.selectbox("Split", SPLITS, index=0)
     tta = st.toggle(
         "D4 test-time augmentation", help="average over the 8 rotations/flips (8× slower)"
     )
@@ -236,7 +242,7 @@ if groups:
         caption = (
             "ground truth (red tumour, green normal)"
             if label == "labels"
-            else f"{label}: P(tumour) blue 0 → red 1"
+            else f"{label}: mosaic, P(tumour) blue 0 → red 1"
         )
         col.image(image, caption=caption)
     with st.expander("Per-patient table"):
@@ -247,7 +253,7 @@ if groups:
 # -- disagreement browser ------------------------------------------------------------------------
 st.subheader("Disagreements")
 d1, d2, d3, d4 = st.columns(4)
-kind = d1.selectbox("Show", list(DISAGREEMENT_KINDS), format_func=DISAGREEMENT_KINDS.get)
+kind = d1.selectbox("Show", list(DISAGREEMENT_KINDS), index=2, format_func=DISAGREEMENT_KINDS.get)
 sort_by = d2.selectbox(
     "Sort by",
     ["confidence", "spread"],
@@ -276,7 +282,9 @@ if len(shown):
         if gallery:
             for col, name, picture in zip(cols[1:], names, overlays[k], strict=True):
                 col.image(
-                    picture, caption=f"{name}: P(tumour) {row[f'prob:{name}']:.2f}", width="stretch"
+                    picture,
+                    caption=f"{name}: Grad-CAM, P(tumour) {row[f'prob:{name}']:.2f}",
+                    width="stretch",
                 )
         else:
             cols[0].caption(" · ".join(f"{n} P(tumour) {row[f'prob:{n}']:.2f}" for n in names))

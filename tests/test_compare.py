@@ -99,6 +99,21 @@ def test_metrics_json_keyed_by_model_with_paired_tests():
     json.dumps(out)  # JSON-able
 
 
+def test_dataset_preselected_from_the_checkpoint_card(demo_root, tmp_path):
+    from test_evaluate import make_checkpoint
+
+    from core.data import list_datasets
+
+    entries = list_datasets(demo_root)
+    pcam = next(k for k, e in enumerate(entries) if e.format == "pcam")
+    idc = next(k for k, e in enumerate(entries) if e.format == "idc")
+    by_path = make_checkpoint(tmp_path / "a.pt", dataset=str(demo_root / "pcam"))
+    by_format = make_checkpoint(tmp_path / "b.pt", dataset="elsewhere/x", dataset_format="idc")
+    assert compare.trained_on_index(entries, by_path) == pcam
+    assert compare.trained_on_index(entries, by_format) == idc
+    assert compare.trained_on_index(entries, tmp_path / "missing.pt") == 0
+
+
 def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
     from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
 

@@ -15,11 +15,11 @@ from core.models import build_model
 from core.preprocess import predict_proba
 
 
-def make_checkpoint(path, seed=0, arch="idc_cnn", input_size=None):
+def make_checkpoint(path, seed=0, arch="idc_cnn", **card_fields):
     """An untrained (randomly initialised, seeded) model saved as a real checkpoint."""
     torch.manual_seed(seed)
     model, _ = build_model(arch)
-    return save_checkpoint(path, model, ModelCard.for_model(arch, input_size=input_size))
+    return save_checkpoint(path, model, ModelCard.for_model(arch, **card_fields))
 
 
 @pytest.fixture

@@ -68,3 +68,24 @@ def test_sensitivity_helper_sets_thresholds(app_env):
     assert not at.exception
     for value in sensitivities(at):
         assert float(value) >= 0.95
+
+
+def image_captions(at) -> list[str]:
+    return [img.caption for element in at.get("image") for img in element.proto.imgs]
+
+
+def test_idc_shows_each_models_patient_mosaic_and_gradcams(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.run()
+    data = at.sidebar.selectbox[0]
+    data.select_index(next(k for k, o in enumerate(data.options) if "(idc)" in o)).run()
+    assert not at.exception
+    assert "Patients" in [s.value for s in at.subheader]
+    captions = image_captions(at)
+    assert sum("P(tumour) blue 0" in c for c in captions) == 2  # one mosaic per model
+    assert any(c.startswith("ground truth") for c in captions)
+    # disagreement browser: each shown patch has one Grad-CAM per model beside it
+    originals = sum("· true" in c for c in captions)
+    assert originals > 0
+    assert sum(c.startswith("alpha: Grad-CAM") for c in captions) == originals
+    assert sum(c.startswith("beta: Grad-CAM") for c in captions) == originals
