@@ -7,13 +7,6 @@ from core.data.demo import ensure_demo
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
 
-# A fresh clone has no data: write the synthetic demo once (a few seconds), then never again.
-try:
-    with st.spinner("First launch: writing the synthetic demo datasets…"):
-        ensure_demo()
-except OSError as err:
-    st.sidebar.warning(f"Could not write the demo datasets: {err}")
-
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/datasets.py", title="Datasets", icon="🗂️"),
@@ -23,4 +16,13 @@ pages = [
 ]
 pg = st.navigation(pages)
 st.sidebar.caption(f"⚠️ {RESEARCH_NOTICE}")
+
+# A fresh clone has no data: write the synthetic demo once (a few seconds), then never again.
+# After st.navigation, so the real page list shows while it is written.
+try:
+    with st.spinner("First launch: writing the synthetic demo datasets…"):
+        ensure_demo()
+except OSError as err:
+    st.sidebar.warning(f"Could not write the demo datasets: {err}")
+
 pg.run()

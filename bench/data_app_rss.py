@@ -63,7 +63,7 @@ def browse(url: str, pid: int, shots: Path) -> list[tuple[str, float]]:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(url)
-        page.get_by_role("link", name="Datasets").first.click()
+        page.get_by_role("link", name="Datasets", exact=True).click(timeout=60_000)
         options = None
         index = 0
         while True:

@@ -189,7 +189,12 @@ def gallery(path: str, seed: int, ds, info: dict) -> None:
                     width="stretch",
                 )
                 cell.button(
-                    "🔍", key=f"zoom_{i}", on_click=select_patch, args=(i,), width="stretch"
+                    "View",
+                    icon=":material/zoom_in:",
+                    key=f"zoom_{i}",
+                    on_click=select_patch,
+                    args=(i,),
+                    width="stretch",
                 )
     with detail:
         patch_detail(ds, info, st.session_state.get("gallery_selected"))
@@ -197,7 +202,7 @@ def gallery(path: str, seed: int, ds, info: dict) -> None:
 
 def patch_detail(ds, info: dict, i: int | None) -> None:
     if i is None or i >= len(ds):
-        st.caption("Click 🔍 under a patch to enlarge it.")
+        st.caption("Click **View** under a patch to enlarge it.")
         return
     image = ds.read(i)
     kind = "Synthetic patch" if info["synthetic"] else "Patch"

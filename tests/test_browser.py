@@ -109,11 +109,13 @@ def test_datasets_page_shows_gallery_images(app_url):
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.goto(app_url, wait_until="domcontentloaded")
-            page.get_by_role("link", name="Datasets").first.click(timeout=60_000)
+            # exact: Streamlit lists pages/ as lower-case "datasets" until st.navigation runs
+            page.get_by_role("link", name="Datasets", exact=True).click(timeout=60_000)
             page.get_by_text("Showing 64 of").first.wait_for(timeout=60_000)
             gallery = page.locator("[data-testid='stImage'] img")
             gallery.nth(63).wait_for(timeout=60_000)
             assert gallery.count() >= 64
             assert page.get_by_text("Synthetic demo data").count() >= 1
+            assert page.get_by_role("link", name="Home", exact=True).count() == 1
         finally:
             browser.close()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,17 +204,24 @@ def write_demo(out_dir, sizes: DemoSizes | None = None, seed: int = DEMO_SEED) -
     return written
 
 
+_DEMO_LOCK = threading.Lock()  # app sessions are threads of one process: write once
+
+
 def ensure_demo(sizes: DemoSizes | None = None) -> Path:
-    """Write ``config.demo_root()`` if it is absent (first launch); safe if two start at once."""
+    """Write ``config.demo_root()`` if it is absent (first launch). Concurrent callers wait
+    (threads) or lose a rename race harmlessly (processes): each writes to its own staging dir."""
     target = config.demo_root()
-    if (target / SYNTHETIC_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".demo-{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_demo(staging, sizes)
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
+    with _DEMO_LOCK:
+        if (target / SYNTHETIC_MARKER).exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        try:
+            write_demo(staging, sizes)
+            os.rename(staging, target)
+        except OSError:
+            if not (target / SYNTHETIC_MARKER).exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
