@@ -233,8 +233,12 @@ class Augmentation:
         n, h, w, _ = images.shape
         x = images.permute(0, 3, 1, 2)  # NCHW view: D4 acts on the last two axes
         n_ops = len(D4_GROUP) if h == w else 2  # quarter turns need square patches
-        ops = torch.randint(0, n_ops, (n,), generator=generator)
-        x = torch.cat([D4_GROUP[int(t)].apply(x[i : i + 1]) for i, t in enumerate(ops)])
+        ops = torch.randint(0, n_ops, (n,), generator=generator).to(x.device)
+        out = torch.empty_like(x)
+        for j in range(n_ops):  # one batched op per transform, not one per patch
+            chosen = ops == j
+            out[chosen] = D4_GROUP[j].apply(x[chosen])
+        x = out
         rgb = x.permute(0, 2, 3, 1).float().div_(255.0).clamp_(min=1e-6)
         u = torch.rand(n, 7, generator=generator).to(x.device)
         alpha = 1 + self.stain_scale * (2 * u[:, 0:3] - 1)
@@ -306,9 +310,8 @@ def train_one_epoch(
     record every ``log_every`` steps and at the end: loss/accuracy/AUC over that window."""
     model.train()
     total = steps_in(loader, limit)
-    window: dict[str, list] = {"loss": [], "labels": [], "probs": []}
+    window = _Window()
     epoch_loss, epoch_correct, epoch_n = 0.0, 0, 0
-    window_start, window_images = time.perf_counter(), 0
     for step, (images, labels) in enumerate(_batches(loader, limit), start=1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled()
@@ -329,39 +332,52 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        probs = torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu().numpy()
-        labels_np = labels.cpu().numpy()
-        loss_value = loss.item()
-        window["loss"].append(loss_value * len(labels_np))
-        window["labels"].append(labels_np)
-        window["probs"].append(probs)
-        window_images += len(labels_np)
-        epoch_loss += loss_value * len(labels_np)
-        epoch_correct += int(((probs >= 0.5) == labels_np).sum())
-        epoch_n += len(labels_np)
-        if on_log is not None and (step % log_every == 0 or step == total):
-            y, p = np.concatenate(window["labels"]), np.concatenate(window["probs"])
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            on_log(
-                {
-                    "epoch": epoch,
-                    "step_in_epoch": step,
-                    "steps_in_epoch": total,
-                    "split": "train",
-                    "loss": sum(window["loss"]) / len(y),
-                    "accuracy": float(((p >= 0.5) == y).mean()),
-                    "auc": _auc(y, p),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": window_images / elapsed,
-                }
-            )
-            window = {"loss": [], "labels": [], "probs": []}
-            window_start, window_images = time.perf_counter(), 0
+        window.add(loss, logits, labels)
+        if step % log_every == 0 or step == total:
+            record = window.flush()  # the only host-device sync, once per window
+            epoch_loss += record["loss"] * record["n"]
+            epoch_correct += round(record["accuracy"] * record["n"])
+            epoch_n += record["n"]
+            if on_log is not None:
+                lr = optimizer.param_groups[0]["lr"]
+                on_log(
+                    {"epoch": epoch, "step_in_epoch": step, "split": "train", **record, "lr": lr}
+                )
     return {
         "loss": epoch_loss / max(epoch_n, 1),
         "accuracy": epoch_correct / max(epoch_n, 1),
         "n": epoch_n,
     }
+
+
+class _Window:
+    """Training batches since the last log line, kept on the device until ``flush``."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses, self.probs, self.labels = [], [], []
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.losses.append(loss.detach() * len(labels))
+        self.probs.append(torch.softmax(logits.detach().float(), dim=1)[:, 1])
+        self.labels.append(labels)
+
+    def flush(self) -> dict[str, Any]:
+        y = torch.cat(self.labels).cpu().numpy()
+        p = torch.cat(self.probs).cpu().numpy()
+        loss = float(torch.stack(self.losses).sum()) / len(y)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.reset()
+        return {
+            "loss": loss,
+            "accuracy": float(((p >= 0.5) == y).mean()),
+            "auc": _auc(y, p),
+            "images_per_s": len(y) / elapsed,
+            "n": len(y),
+        }
 
 
 @torch.inference_mode()
@@ -670,7 +686,7 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
 
         def on_log(record, epoch=epoch, bar=bar):
             done = record.pop("step_in_epoch")
-            record.pop("steps_in_epoch")
+            record.pop("n")
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
             record["images_per_s"] *= dist_info.world  # every rank runs at rank 0's pace
