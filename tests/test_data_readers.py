@@ -94,3 +94,46 @@ def test_empty_folder_is_not_a_dataset(tmp_path):
         detect_format(tmp_path)
     with pytest.raises(DatasetError, match="no such folder"):
         open_dataset(tmp_path / "missing")
+
+
+def _read_in_child(ds, i):
+    return ds.read(i)
+
+
+def test_forked_worker_reads_after_parent(fake_set):
+    """DataLoader-style fork after the parent has read (h5 handle must be reopened)."""
+    import multiprocessing
+
+    ds = open_dataset(fake_set.root)
+    expected = ds.read(1)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        np.testing.assert_array_equal(pool.apply(_read_in_child, (ds, 1)), expected)
+
+
+def test_pcam_keeps_no_h5_handle_until_first_read(fake_pcam):
+    import h5py
+
+    before = len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+    ds = open_dataset(fake_pcam.root)
+    assert (
+        len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)) == before
+    )  # __init__ validated, then closed
+    ds.read(0)
+    assert (
+        len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)) == before + 1
+    )  # one lazy handle (train split)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._handles == {}
+
+
+def test_idc_index_is_cached_and_rebuilt_when_the_tree_changes(fake_idc, monkeypatch):
+    from core.data import idc
+
+    open_dataset(fake_idc.root)
+    monkeypatch.setattr(idc, "_scan", lambda dirs: pytest.fail("index rebuilt needlessly"))
+    assert len(open_dataset(fake_idc.root)) == len(fake_idc.pixels)
+    monkeypatch.undo()
+    src = next(iter(fake_idc.files.values()))
+    extra = src.with_name(src.name.replace("_y1_", "_y9001_"))
+    extra.write_bytes(src.read_bytes())
+    assert len(open_dataset(fake_idc.root)) == len(fake_idc.pixels) + 1

@@ -6,6 +6,7 @@ On disk (any subset of the three splits; each split needs both files)::
     camelyonpatch_level_2_split_{train,valid,test}_y.h5   dataset "y": N×1×1×1 uint8 (0/1)
     camelyonpatch_level_2_split_{split}_meta.csv          optional: coord_y, coord_x,
                                                          tumor_patch, center_tumor_patch, wsi
+                                                         (flags kept as extra meta columns)
 
 Label 1 (tumour) means at least one tumour pixel in the centre 32×32 of the patch. Patch ids are
 ``<split>_<row>``; with the meta csv, ``patient`` is the source slide (``wsi``) and x/y its
@@ -93,6 +94,16 @@ def _read_meta_csv(root: Path, split: str, n: int) -> pd.DataFrame | None:
     return table
 
 
+def _tumour_flags(table: pd.DataFrame) -> dict:
+    """PCam's meta csv flags: any tumour in the patch / in its centre 32×32 (when present)."""
+    flags = ("tumor_patch", "center_tumor_patch")
+    return {
+        name: table[name].astype(str).str.lower().isin(("true", "1")).to_numpy()
+        for name in flags
+        if name in table
+    }
+
+
 def _check_gzipped(root: Path) -> None:
     for gz in sorted(Path(root).glob(f"{PREFIX}*.h5.gz")):
         if not gz.with_suffix("").exists():
@@ -120,6 +131,7 @@ def _split_meta(root: Path, split: str) -> tuple[pd.DataFrame, tuple[int, int]] 
         patient=None if extra is None else extra["wsi"].astype(str).tolist(),
         x=None if extra is None else extra["coord_x"].tolist(),
         y=None if extra is None else extra["coord_y"].tolist(),
+        extra=None if extra is None else _tumour_flags(extra),
     )
     meta["row"] = np.arange(n)
     return meta, size
