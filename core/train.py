@@ -149,10 +149,13 @@ def init_distributed(device_request: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         use_nccl = torch.cuda.is_available() and device_request.split(":")[0] in ("auto", "cuda")
+        if use_nccl:
+            torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per process
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 # -- data -----------------------------------------------------------------------------------

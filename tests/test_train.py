@@ -150,6 +150,18 @@ def test_loaders_shard_train_and_cover_valid_exactly_once(demo_root):
     assert sorted(shards[0] + shards[1]) == list(range(len(valid)))
 
 
+def test_worker_processes_read_the_same_batches_as_the_main_process(demo_root):
+    ds = open_dataset(demo_root / "pcam")  # h5: every worker must open its own handle
+    ds.read(0)  # a handle already open in the parent must not leak into the workers
+    reader = BatchReader(ds, ds.indices(split="valid")[:96])
+    args = dict(shuffle=False, seed=0, dist_info=Dist(), pin_memory=False)
+    in_main = list(make_loader(reader, 32, workers=0, **args))
+    in_workers = list(make_loader(reader, 32, workers=2, **args))
+    assert len(in_main) == len(in_workers) == 3
+    for (a, la), (b, lb) in zip(in_main, in_workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
 class Darkness(nn.Module):
     """Logit of tumour = how dark the patch is (the toy IDC tree's tumour patches are dark)."""
 
