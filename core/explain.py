@@ -53,6 +53,7 @@ from core.config import CLASS_NAMES
 from core.d4 import D4_GROUP
 from core.models import get_target_layer
 from core.preprocess import to_model_input
+from core.uploads import UploadedPatch, UploadError, load_upload
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": GradCAM,
@@ -439,21 +440,70 @@ def rank_methods(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["model", "rank"]).reset_index(drop=True)
 
 
-def tumour_sample(ds, n: int = 16, split: str | None = "test", seed: int = 0):
-    """Up to ``n`` tumour patches that have a ground-truth mask (demo sets): (indices, images, masks)."""
+# --- choosing what to explain ----------------------------------------------------------------
+
+OUTCOMES = ("TP", "FP", "FN", "TN")
+
+
+def outcomes(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """TP/FP/FN/TN per patch (tumour = positive); "" where the label is unknown (-1)."""
+    labels, called = np.asarray(labels), np.asarray(probs) >= threshold
+    table = {(1, True): "TP", (0, True): "FP", (1, False): "FN", (0, False): "TN"}
+    return np.array([table.get((int(y), bool(c)), "") for y, c in zip(labels, called, strict=True)])
+
+
+def select_patches(
+    ds,
+    split: str | None = None,
+    label: int | None = None,
+    outcome: str | None = None,
+    preds: pd.DataFrame | None = None,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Positional indices of ``ds`` matching split / label and, given a checkpoint's predictions
+    (``core.evaluate.predict_split`` frame with ``id, label, prob``), the outcome TP/FP/FN/TN."""
+    indices = ds.indices(split=split, label=label)
+    if outcome is None:
+        return indices
+    if preds is None:
+        raise ValueError("filtering by outcome needs the checkpoint's predictions")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; choose one of: {', '.join(OUTCOMES)}")
+    wanted = set(preds["id"][outcomes(preds["label"], preds["prob"], threshold) == outcome])
+    ids = ds.meta["id"].to_numpy()[indices]
+    return indices[np.fromiter((i in wanted for i in ids), bool, len(ids))]
+
+
+def load_uploads(files, size: int) -> tuple[list[UploadedPatch], list[str]]:
+    """Decode ``(name, bytes)`` pairs; returns the usable patches and one error line per bad file."""
+    patches, errors = [], []
+    for name, data in files:
+        try:
+            patches.append(load_upload(name, data, size))
+        except UploadError as err:
+            errors.append(str(err))
+    return patches, errors
+
+
+def tumour_sample(
+    ds, n: int = 16, split: str | None = "test", seed: int = 0, max_mask_fraction: float = 1.0
+):
+    """Up to ``n`` tumour patches that have a ground-truth mask (demo sets): (indices, images, masks).
+
+    ``max_mask_fraction`` < 1 keeps only partly tumorous patches, where pointing at the tumour is
+    informative (a random point already hits a mask covering the whole patch)."""
     candidates = ds.indices(split=split, label=1)
     rng = np.random.default_rng(seed)
     chosen, masks = [], []
     for i in rng.permutation(candidates):
         mask = ds.mask(int(i))
-        if mask is not None and mask.any():
+        if mask is not None and mask.any() and mask.mean() <= max_mask_fraction:
             chosen.append(int(i))
             masks.append(np.asarray(mask, bool))
         if len(chosen) == n:
             break
     images = ds.read_batch(chosen) if chosen else np.zeros((0, *ds.image_size, 3), np.uint8)
-    return (
-        np.asarray(chosen, int),
-        images,
-        np.asarray(masks, bool).reshape(len(chosen), *images.shape[1:3]),
-    )
+    padded = np.zeros((len(chosen), *images.shape[1:3]), bool)  # read_batch pads edge patches too
+    for k, mask in enumerate(masks):
+        padded[k, : mask.shape[0], : mask.shape[1]] = mask
+    return np.asarray(chosen, int), images, padded

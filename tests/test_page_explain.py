@@ -1,0 +1,120 @@
+"""AppTest: the Explain page on a demo checkpoint — grid, method switch, uploads, faithfulness."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+from test_explain_demo import train_demo_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+PAGE = str(REPO / "pages" / "explain.py")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(demo_root, tmp_path_factory):
+    return train_demo_checkpoint(demo_root, tmp_path_factory.getbasetemp() / "explain_demo_run")
+
+
+@pytest.fixture
+def explain_env(demo_root, demo_checkpoint, tmp_path, monkeypatch):
+    """Data root with the demo, and a checkpoints folder holding only the demo checkpoint."""
+    shutil.copytree(demo_root, tmp_path / "data" / "demo")
+    (tmp_path / "ckpts").mkdir()
+    shutil.copy(demo_checkpoint, tmp_path / "ckpts" / "demo_pcam.pt")
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(tmp_path / "ckpts"))
+    return tmp_path
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def pcam(at: AppTest) -> AppTest:
+    box = at.selectbox(key="explain_dataset")
+    box.select_index(next(i for i, e in enumerate(box.options) if "pcam" in e)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def image_urls(at: AppTest) -> list[str]:
+    return [url for image in at.image for url in image.value]
+
+
+def test_page_shows_the_grid_and_switching_method_changes_the_overlays(explain_env):
+    at = pcam(page())
+    assert at.multiselect(key="explain_models").value == ["demo_pcam"]
+    per_page = at.selectbox(key="explain_per_page").value
+    captions = [c for image in at.image for c in image.captions]
+    assert len(captions) == 2 * per_page  # original + one model × method column per patch
+    assert sum("demo_pcam · gradcam — P(tumour)" in c for c in captions) == per_page
+    before = image_urls(at)
+    at.multiselect(key="explain_methods").set_value(["layercam"]).run()
+    assert not at.exception
+    after = image_urls(at)
+    assert len(after) == len(before)
+    originals = set(before) & set(after)
+    assert len(originals) == per_page  # the originals stay, every overlay changed
+    at.multiselect(key="explain_methods").set_value(["gradcam", "eigencam"]).run()
+    assert len(image_urls(at)) == 3 * per_page
+    assert [b.label for b in at.get("download_button")][:1] == ["⬇️ Shown overlays (PNG zip)"]
+
+
+def test_outcome_filter_and_faithfulness_table(explain_env):
+    at = pcam(page())
+    at.selectbox(key="explain_outcome").set_value("TP").run()
+    assert not at.exception
+    assert all("→ tumour" in c for image in at.image for c in image.captions if "P(tumour)" in c)
+    at.number_input(key="explain_faith_n").set_value(3).run()
+    at.button(key="explain_faith_run").click().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["gradcam"] and table["pointing_hit_rate"].notna().all()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_uploads_corrupt_file_shows_an_error_and_good_files_are_explained(explain_env):
+    at = page()
+    at.radio(key="explain_source").set_value("Upload patches").run()
+    assert not at.exception
+    good = _png(np.random.default_rng(0).integers(0, 256, (120, 80, 3), dtype=np.uint8))
+    at.file_uploader(key="explain_uploads").set_value(
+        [
+            ("corrupt.png", b"\x89PNG\r\n\x1a\nnot really", "image/png"),
+            ("big.png", good, "image/png"),
+        ]
+    ).run()
+    assert not at.exception
+    assert any("corrupt.png" in e.value for e in at.error)
+    assert any(
+        "big.png" in i.value and "resized to the model's 64×64 input" in i.value for i in at.info
+    )
+    captions = [c for image in at.image for c in image.captions]
+    assert "big.png" in captions and not any("corrupt" in c for c in captions)
+    at.file_uploader(key="explain_uploads").set_value(
+        [("only_bad.png", b"GIF89a" + b"\0" * 40, "image/png")]
+    ).run()
+    assert not at.exception
+    assert any("only_bad.png" in e.value for e in at.error)
+    assert not at.image
+
+
+def test_app_routes_to_explain(explain_env):
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/explain.py").run()
+    assert not at.exception
+    assert at.title[0].value == "🔥 Explain"
