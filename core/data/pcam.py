@@ -171,8 +171,9 @@ class PCamDataset(PatchDataset):
             self._handles, self._pid = {}, os.getpid()
         if split not in self._handles:
             path = split_file(self.root, split, "x")
-            self._handles[split] = _dataset(_open_h5(path), "x", path)
-        return self._handles[split]
+            h5file = _open_h5(path)  # kept with its dataset so the handle has an owner
+            self._handles[split] = (h5file, _dataset(h5file, "x", path))
+        return self._handles[split][1]
 
     def _read_native(self, i: int) -> np.ndarray:
         split = self._splits[i]
