@@ -137,3 +137,12 @@ def test_idc_index_is_cached_and_rebuilt_when_the_tree_changes(fake_idc, monkeyp
     extra = src.with_name(src.name.replace("_y1_", "_y9001_"))
     extra.write_bytes(src.read_bytes())
     assert len(open_dataset(fake_idc.root)) == len(fake_idc.pixels) + 1
+
+
+def test_idc_damaged_index_cache_is_rebuilt(fake_idc):
+    from core import config
+
+    open_dataset(fake_idc.root)
+    for cached in (config.cache_dir() / "idc_index").glob("*.parquet"):
+        cached.write_bytes(b"not parquet")
+    assert len(open_dataset(fake_idc.root)) == len(fake_idc.pixels)

@@ -101,14 +101,20 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
         raise DatasetError(f"{root}: no <patient>/0 or <patient>/1 folders; point at the IDC root.")
     path = _index_path(root, _tree_key(root, label_dirs))
     if path.exists():
-        table = pd.read_parquet(path)
-        return table, list(table.attrs.get("unreadable", []))
+        try:
+            table = pd.read_parquet(path)
+            return table, list(table.attrs.get("unreadable", []))
+        except (OSError, ValueError):  # damaged cache file: rebuild it below
+            pass
     table, unreadable = _scan(label_dirs)
     table.attrs["unreadable"] = unreadable
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError:  # read-only cache: still usable, just re-indexed next time
+        pass
     return table, unreadable
 
 

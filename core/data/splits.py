@@ -127,7 +127,10 @@ def manifest_split(
         "unit": unit,
         "assignments": assignments,
     }
-    _write_json_atomic(path, payload)
+    try:
+        _write_json_atomic(path, payload)
+    except OSError:  # read-only cache: the draw is seeded, so it is the same next time
+        pass
     return assignments, manifest_id, path
 
 
