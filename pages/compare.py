@@ -35,7 +35,7 @@ from core.compare import (
 from core.data import list_datasets, open_dataset
 from core.data.demo import ensure_demo
 from core.data.visual import mosaic_groups
-from core.evaluate import SPLITS, patient_table, prediction_cache_path
+from core.evaluate import SPLITS, file_sha256, patient_table, prediction_cache_path
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
@@ -74,6 +74,18 @@ def loaded_model(path: str, sha: str):
 @st.cache_data(show_spinner="Curves and bootstrap CIs…", max_entries=16)
 def curves(cache_keys: tuple[str, ...], _preds):
     return threshold_free(_preds, n_boot=BOOTSTRAP, seed=0)
+
+
+@st.cache_data(show_spinner="Rebuilding the slide…", max_entries=8)
+def mosaics(cache_keys: tuple[str, ...], patient: str, _ds, _preds):
+    return patient_mosaics(_ds, {n: f[f["patient"] == patient] for n, f in _preds.items()}, patient)
+
+
+@st.cache_data(show_spinner="Grad-CAM per model…", max_entries=32)
+def cam_overlays(cache_keys: tuple[str, ...], ids: tuple[str, ...], _models, _images):
+    from core.explain import explain_gallery
+
+    return explain_gallery(_models, _images, list(ids), ["gradcam"]).overlays()
 
 
 def threshold_key(name: str) -> str:
@@ -190,7 +202,7 @@ st.subheader("Confusion matrices")
 for name, col in zip(names, st.columns(len(names)), strict=True):
     with col:
         row = at.table.loc[name]
-        st.markdown(f"**{name}** @ {thresholds[name]:.2f}")
+        st.markdown(f"**{name}** @ {thresholds[name]:.3f}")
         for metric, col_ in zip(("sensitivity", "specificity"), st.columns(2), strict=True):
             value = row[metric]
             col_.metric(metric.capitalize(), "n/a" if pd.isna(value) else f"{value:.3f}")
@@ -235,10 +247,8 @@ groups = [g for g in mosaic_groups(ds) if g in set(next(iter(preds.values())).ge
 if groups:
     st.subheader("Patients")
     patient = st.selectbox("Patient / slide", groups)
-    mosaics = patient_mosaics(
-        ds, {n: f[f["patient"] == patient] for n, f in preds.items()}, patient
-    )
-    for (label, image), col in zip(mosaics.items(), st.columns(len(mosaics)), strict=True):
+    pictures = mosaics(keys, patient, ds, preds)
+    for (label, image), col in zip(pictures.items(), st.columns(len(pictures)), strict=True):
         caption = (
             "ground truth (red tumour, green normal)"
             if label == "labels"
@@ -266,20 +276,15 @@ st.caption(f"{len(rows)} patches; showing the first {min(page_size, len(rows))}.
 shown = rows.head(int(page_size))
 if len(shown):
     images = ds.read_batch(shown["index"].to_numpy())
-    gallery = None
+    overlays = None
     if show_cams:
-        from core.evaluate import file_sha256
-        from core.explain import explain_gallery
-
         models = {n: loaded_model(str(paths[n]), file_sha256(paths[n])) for n in names}
-        with st.spinner("Grad-CAM…"):
-            gallery = explain_gallery(models, images, shown["id"].tolist(), ["gradcam"])
-        overlays = gallery.overlays()
+        overlays = cam_overlays(keys, tuple(shown["id"]), models, images)
     for k, (_, row) in enumerate(shown.iterrows()):
-        cols = st.columns(1 + (len(names) if gallery else 0))
+        cols = st.columns(1 + (len(names) if overlays else 0))
         truth = "tumour" if row["label"] == 1 else "normal"
         cols[0].image(images[k], caption=f"{row['id']} · true {truth}", width="stretch")
-        if gallery:
+        if overlays:
             for col, name, picture in zip(cols[1:], names, overlays[k], strict=True):
                 col.image(
                     picture,
