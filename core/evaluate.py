@@ -51,7 +51,10 @@ def predict_split(
     """
     cache = prediction_cache_path(checkpoint_path, ds, split, tta)
     if cache.exists():
-        return pd.read_parquet(cache)
+        frame = pd.read_parquet(cache)
+        if progress is not None:
+            progress(len(frame), len(frame))
+        return frame
     indices = split_indices(ds, split)
     probs = predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
     frame = prediction_frame(ds, indices, probs)

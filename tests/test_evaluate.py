@@ -73,8 +73,12 @@ def test_second_evaluation_is_served_from_cache_without_forward(pcam, ckpt, forw
     assert cache.exists() and cache.is_relative_to(evaluate.config.cache_dir())
 
     forward_counter.update(forward=0, load=0)
-    second = evaluate.predict_split(ckpt, pcam, batch_size=8)
+    progress.clear()
+    second = evaluate.predict_split(
+        ckpt, pcam, batch_size=8, progress=lambda done, total: progress.append((done, total))
+    )
     assert forward_counter == {"forward": 0, "load": 0}
+    assert progress == [(len(first), len(first))]  # a progress bar still completes
     pd.testing.assert_frame_equal(first, second)
 
 
