@@ -78,7 +78,9 @@ def browse(url: str, pid: int, shots: Path) -> list[tuple[str, float]]:
             page.wait_for_timeout(1500)
             page.get_by_text("Showing").first.wait_for(timeout=120_000)
             for _ in range(3):
-                page.locator("[data-testid='stMain'] [data-testid='stNumberInputStepUp']").first.click()
+                page.locator(
+                    "[data-testid='stMain'] [data-testid='stNumberInputStepUp']"
+                ).first.click()
                 page.wait_for_timeout(800)
             readings.append((f"{name}: gallery p1-4", rss_mb(pid)))
             for tab in ("Colour statistics", "Slide mosaic"):
