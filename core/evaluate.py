@@ -149,7 +149,7 @@ def predict_indices(
 
 
 def forward_probs(model, x, tta: bool = False) -> np.ndarray:
-    """Softmax P(tumour), averaged over the D4 group when ``tta`` (identity alone otherwise).
+    """Softmax P(tumour), averaged over the 8 D4 transforms when ``tta``.
 
     Autocast on CUDA only (``core.preprocess.autocast_for``): fp32 elsewhere.
     """
@@ -157,10 +157,11 @@ def forward_probs(model, x, tta: bool = False) -> np.ndarray:
 
     from core.preprocess import autocast_for
 
-    views = D4_GROUP if tta else D4_GROUP[:1]  # D4_GROUP[0] is the identity
     with torch.inference_mode(), autocast_for(x.device):
-        total = sum(torch.softmax(model(view.apply(x)).float(), dim=1)[:, 1] for view in views)
-    return (total / len(views)).cpu().numpy()
+        if not tta:  # not D4_GROUP[0].apply(x): rot90(k=0) would copy the batch for nothing
+            return torch.softmax(model(x).float(), dim=1)[:, 1].cpu().numpy()
+        total = sum(torch.softmax(model(g.apply(x)).float(), dim=1)[:, 1] for g in D4_GROUP)
+    return (total / len(D4_GROUP)).cpu().numpy()
 
 
 def prefetch(items: Iterable, depth: int = PREFETCH_BATCHES) -> Iterator:
