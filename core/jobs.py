@@ -284,6 +284,10 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
 def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
     """One row per run: what it trains, where it is, how fast, how good (validation)."""
     rows = []
@@ -298,9 +302,9 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
                 "dataset": Path(str(run.config.get("data", ""))).name,
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
                 "progress": float(progress.get("fraction", 0.0)),
-                "images/s": progress.get("images_per_s"),
+                "images/s": _rounded(progress.get("images_per_s"), 1),
                 "ETA": format_seconds(progress.get("eta_s")) if run.state == "running" else "",
-                "best valid score": best.get("score"),
+                "best valid AUC": _rounded(best.get("score"), 4),
                 "created": run.status.get("created", ""),
             }
         )

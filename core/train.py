@@ -583,6 +583,7 @@ class _Setup:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None
+    notice: str | None  # e.g. "no ImageNet weights in the local cache: training from scratch"
 
 
 def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
@@ -593,8 +594,6 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     seed_everything(cfg.seed)  # same initial weights on every rank
     on_cuda = device.type == "cuda"
     model, notice = build_model(cfg.model, pretrained=cfg.pretrained)
-    if notice:
-        print(notice, flush=True)
     card = ModelCard.for_model(
         cfg.model,
         input_size=cfg.img_size,
@@ -632,6 +631,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         optimizer=optimizer,
         scheduler=build_scheduler(cfg, optimizer, steps),
         scaler=torch.amp.GradScaler("cuda") if fp16 else None,
+        notice=notice,
     )
 
 
@@ -672,6 +672,9 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
     if resume and (run_dir / "last.pt").is_file():
         state = _restore(s, run_dir / "last.pt")
     if writer:
+        if s.notice:
+            print(s.notice, flush=True)
+            jobs.write_status(run_dir, notice=s.notice)
         jobs.write_config(run_dir, asdict(cfg))
         jobs.keep_metrics(run_dir, before_epoch=state.epoch)
         writer.first_step = state.global_step

@@ -112,13 +112,16 @@ def run_panel(run: jobs.RunInfo) -> None:
         ):
             jobs.cancel_run(run.path)
             st.toast(f"Cancelling {run.name}…")
-        rate = progress.get("images_per_s")
-        text = (
-            f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')} · "
-            f"step {progress.get('step', 0)}/{progress.get('steps_per_epoch', '?')} · "
-            f"{rate or 0:.0f} images/s · ETA {jobs.format_seconds(progress.get('eta_s'))}"
-        )
-        st.progress(min(float(progress.get("fraction", 0.0)), 1.0), text=text)
+        if progress:
+            text = (
+                f"epoch {progress['epoch']}/{progress['epochs']} · "
+                f"step {progress['step']}/{progress['steps_per_epoch']} · "
+                f"{progress.get('images_per_s') or 0:.0f} images/s · "
+                f"ETA {jobs.format_seconds(progress.get('eta_s'))}"
+            )
+            st.progress(min(float(progress["fraction"]), 1.0), text=text)
+        elif run.state in jobs.ACTIVE_STATES:
+            st.caption("Starting: opening the dataset and building the model…")
         if status.get("notice"):
             st.info(status["notice"])
         if run.state == "failed":
@@ -157,9 +160,12 @@ def runs_section() -> None:
     chosen = st.multiselect("Runs to show", list(by_name), key="training_selected")
     for name in chosen:
         run_panel(by_name[name])
-    if chosen:
-        curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
+    curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
+    curves = {name: frame for name, frame in curves.items() if not frame.empty}
+    if curves:
         st.plotly_chart(jobs.curves_figure(curves), key="training_curves")
+    elif chosen:
+        st.caption("Curves appear after the first logged steps.")
 
 
 st.title("Training")

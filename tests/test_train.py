@@ -248,11 +248,13 @@ def test_early_stopping_keeps_the_best_epoch(demo_root, tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pt").card.metrics["valid_auc"] == 0.7
 
 
-def test_class_weighting_and_plateau_scheduler_run(demo_root, tmp_path):
+def test_class_weighting_plateau_and_the_pretrained_notice(demo_root, tmp_path):
     cfg = quick(
-        demo_root / "idc", epochs=2, class_weighting=True, scheduler="plateau", limit_batches=2
-    )
-    assert fit(cfg, tmp_path / "r")["state"] == "finished"
+        demo_root / "idc", epochs=2, class_weighting=True, scheduler="plateau", limit_batches=2,
+        pretrained=True,  # the seed CNNs have no ImageNet weights: a notice, then from scratch
+    )  # fmt: skip
+    status = fit(cfg, tmp_path / "r")
+    assert status["state"] == "finished" and "no pretrained weights" in status["notice"]
 
 
 def test_a_failing_run_records_its_error_and_traceback(tmp_path):
