@@ -65,9 +65,9 @@ def evaluate_checkpoints(
     return results
 
 
-def joined(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per labelled patch: index, id, label (+patient/x/y) and ``prob:<model>``."""
-    frames = [labelled(frame) for frame in preds.values()]
+def joined(preds: dict[str, pd.DataFrame], labelled_only: bool = True) -> pd.DataFrame:
+    """One row per (labelled) patch: index, id, label (+patient/x/y) and ``prob:<model>``."""
+    frames = [labelled(frame) if labelled_only else frame for frame in preds.values()]
     base = frames[0].drop(columns="prob").reset_index(drop=True)
     for name, frame in zip(preds, frames, strict=True):
         if not np.array_equal(frame["index"].to_numpy(), base["index"].to_numpy()):
@@ -283,9 +283,10 @@ def trained_on_index(entries, checkpoint_path) -> int:
 
 
 def predictions_table(preds, thresholds=None) -> pd.DataFrame:
-    """All models' probabilities and calls per patch (the predictions CSV export)."""
+    """All models' probabilities and calls per patch, unlabelled ones (label -1) included:
+    the predictions CSV export."""
     thresholds = _thresholds_for(preds, thresholds)
-    table = joined(preds)
+    table = joined(preds, labelled_only=False)
     for name in preds:
         table[f"pred:{name}"] = (table[f"prob:{name}"] >= thresholds[name]).astype(int)
     return table

@@ -92,6 +92,14 @@ def test_threshold_free_curves_and_legend_show_auc_with_ci():
     assert any(n.startswith("weak @ 0.50") for n in names)
 
 
+def test_predictions_export_keeps_unlabelled_patches():
+    preds = _preds()
+    table = compare.predictions_table(preds, {"good": 0.5, "weak": 0.3})
+    assert len(table) == 200 and (table["label"] == -1).sum() == 1
+    assert (table["pred:weak"] == (table["prob:weak"] >= 0.3)).all()
+    assert len(compare.joined(preds)) == 199
+
+
 def test_metrics_json_keyed_by_model_with_paired_tests():
     out = compare.metrics_json(_preds(), 0.5, n_boot=50)
     assert set(out) == {"good", "weak"}
