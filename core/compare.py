@@ -318,6 +318,14 @@ def figures_html(figures) -> str:
 # -- figures (plotly) -----------------------------------------------------------------------
 
 
+# Legends under the plot: AUC ± CI labels are long and the page shows three charts side by side.
+CURVE_LAYOUT = {
+    "height": 520,
+    "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
+    "margin": {"l": 40, "r": 10, "t": 40, "b": 10},
+}
+
+
 def _ci_label(name: str, curves: Curves) -> str:
     if curves.auc is None:
         return f"{name} (AUC n/a)"
@@ -346,11 +354,11 @@ def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None
                     y=[row["sensitivity"]],
                     mode="markers",
                     marker={"size": 11, "symbol": "x"},
-                    name=f"{name} @ {row['threshold']:.2f}",
+                    name=f"{name} @ {row['threshold']:.3f}",
                 )
             )
     fig.update_layout(
-        title="ROC", xaxis_title="1 − specificity", yaxis_title="sensitivity", height=430
+        title="ROC", xaxis_title="1 − specificity", yaxis_title="sensitivity", **CURVE_LAYOUT
     )
     return fig
 
@@ -364,7 +372,7 @@ def pr_figure(free: dict[str, Curves]):
             label = f"{name} (AP {curves.ap:.3f})"
             fig.add_trace(go.Scatter(x=curves.pr["recall"], y=curves.pr["precision"], name=label))
     fig.update_layout(
-        title="Precision–recall", xaxis_title="recall", yaxis_title="precision", height=430
+        title="Precision–recall", xaxis_title="recall", yaxis_title="precision", **CURVE_LAYOUT
     )
     return fig
 
@@ -392,7 +400,7 @@ def reliability_figure(free: dict[str, Curves]):
         title="Reliability",
         xaxis_title="mean P(tumour) in bin",
         yaxis_title="fraction tumour",
-        height=430,
+        **CURVE_LAYOUT,
     )
     return fig
 
