@@ -12,6 +12,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_explain_demo import train_demo_checkpoint
 
+from core.checkpoints import read_card
+
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
 PAGE = str(REPO / "pages" / "explain.py")
@@ -67,6 +69,10 @@ def test_page_shows_the_grid_and_switching_method_changes_the_overlays(explain_e
     at.multiselect(key="explain_methods").set_value(["gradcam", "eigencam"]).run()
     assert len(image_urls(at)) == 3 * per_page
     assert [b.label for b in at.get("download_button")][:1] == ["⬇️ Shown overlays (PNG zip)"]
+    at.button(key="explain_enlarge_0").click().run()
+    assert not at.exception
+    enlarged = [c for image in at.image for c in image.captions if c.endswith("(original)")]
+    assert len(enlarged) == 1 and len(image_urls(at)) == 3 * per_page + 3
 
 
 def test_outcome_filter_and_faithfulness_table(explain_env):
@@ -100,9 +106,9 @@ def test_uploads_corrupt_file_shows_an_error_and_good_files_are_explained(explai
     ).run()
     assert not at.exception
     assert any("corrupt.png" in e.value for e in at.error)
-    assert any(
-        "big.png" in i.value and "resized to the model's 64×64 input" in i.value for i in at.info
-    )
+    size = read_card(explain_env / "ckpts" / "demo_pcam.pt").input_size
+    notice = f"resized to the model's {size}×{size} input"
+    assert any("big.png" in i.value and notice in i.value for i in at.info)
     captions = [c for image in at.image for c in image.captions]
     assert "big.png" in captions and not any("corrupt" in c for c in captions)
     at.file_uploader(key="explain_uploads").set_value(
