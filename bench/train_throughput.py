@@ -20,6 +20,9 @@ weights) with AdamW, the same batch size and the same number of optimizer steps,
    ToTensor, Normalize per image, every epoch) through a DataLoader with the same workers.
 
 Prints images/s per pipeline (best round) and the ratios ours / pure and ours / seed-style.
+Then the data paths alone (no model): ours = read_batch + augmentation + card preprocessing,
+seed-style = the per-file DataLoader; this is what bounds training once the model step is fast
+(a GPU), while on a 2-core CPU the model step dominates both pipelines.
 """
 
 from __future__ import annotations
@@ -178,7 +181,27 @@ def main() -> int:
         print(f"  {name:<24} {rate:8.1f} images/s")
     print(f"ours / pure       = {ours_rate / pure_rate:.3f}  (target >= 0.95)")
     print(f"ours / seed-style = {ours_rate / seed_rate:.2f}x (target >= 3x)")
+
+    def ours_data_path():
+        g = torch.Generator().manual_seed(0)
+        return (rt.inputs(Augmentation()(x, g)) for x, _ in ours_loader)
+
+    data_rates = {
+        "ours: data path only": images_per_s(ours_data_path(), args.steps),
+        "seed-style: data path only": images_per_s((x for x, _ in seed_loader), args.steps),
+    }
+    for name, rate in data_rates.items():
+        print(f"  {name:<28} {rate:8.1f} images/s")
+    ours_data, seed_data = data_rates.values()
+    print(f"data path ours / seed-style = {ours_data / seed_data:.2f}x")
     return 0
+
+
+def images_per_s(batches, steps: int) -> float:
+    n, start = 0, time.perf_counter()
+    for _, x in zip(range(steps), batches, strict=False):
+        n += len(x)
+    return n / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -242,16 +242,31 @@ class Augmentation:
             chosen = ops == j
             out[chosen] = D4_GROUP[j].apply(x[chosen])
         x = out
-        rgb = x.permute(0, 2, 3, 1).float().div_(255.0).clamp_(min=1e-6)
-        u = torch.rand(n, 7, generator=generator).to(x.device)
+        log_rgb = (
+            x.permute(0, 2, 3, 1).reshape(n, h * w, 3).float().div_(255.0).clamp_(min=1e-6).log_()
+        )
+        matrix, offset = self.colour_transform(n, generator)
+        # One batched affine map in log space = HED jitter + brightness (see colour_transform).
+        log_rgb = torch.baddbmm(offset.to(x.device), log_rgb, matrix.to(x.device))
+        rgb = log_rgb.exp_().mul_(255.0).round_().clamp_(0, 255)
+        return rgb.to(torch.uint8).view(n, h, w, 3)
+
+    def colour_transform(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-patch (3×3 matrix, 1×3 offset) acting on log RGB.
+
+        skimage's HED: stains = log(rgb) / L @ H (L = log 1e-6, H = hed_from_rgb), and back
+        rgb = exp(stains · L @ R) (R = rgb_from_hed). Jittering stains -> stains · α + β and
+        scaling brightness by f is therefore log(rgb) @ (H diag(α) R) + (L β R + log f).
+        """
+        u = torch.rand(n, 7, generator=generator)
         alpha = 1 + self.stain_scale * (2 * u[:, 0:3] - 1)
         beta = self.stain_shift * (2 * u[:, 3:6] - 1)
         factor = 1 + self.brightness * (2 * u[:, 6] - 1)
-        stains = (torch.log(rgb) / _LOG_ADJUST) @ _HED_FROM_RGB.to(x.device)
-        stains = stains * alpha.view(n, 1, 1, 3) + beta.view(n, 1, 1, 3)
-        rgb = torch.exp((stains * _LOG_ADJUST) @ _RGB_FROM_HED.to(x.device))
-        rgb = rgb * factor.view(n, 1, 1, 1)
-        return rgb.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        matrix = _HED_FROM_RGB @ torch.diag_embed(alpha) @ _RGB_FROM_HED
+        offset = (_LOG_ADJUST * beta) @ _RGB_FROM_HED + torch.log(factor)[:, None]
+        return matrix, offset[:, None, :]
 
 
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -737,4 +752,11 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
             jobs.write_status(run_dir, best={"epoch": state.best_epoch, "score": state.best_score})
     if writer is None:
         return {}
-    return writer.end("finished", epochs_run=state.epoch, stopped_early=state.epoch < cfg.epochs)
+    done = {
+        **jobs.read_json(run_dir / jobs.STATUS_FILE).get("progress", {}),
+        "fraction": 1.0,
+        "eta_s": 0,
+    }
+    return writer.end(
+        "finished", epochs_run=state.epoch, stopped_early=state.epoch < cfg.epochs, progress=done
+    )
