@@ -72,7 +72,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_sigkill_mid_epoch_then_resume_finishes(demo_root, tmp_path):
     run = tmp_path / "run"
-    args = ["--data", demo_root / "idc", "--epochs", "2", "--batch-size", "16", "--log-every", "1"]
+    args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "16", "--log-every", "1"]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -81,7 +81,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(demo_root, tmp_path):
             "train",
             *map(str, args),
             "--limit-batches",
-            "8",
+            "4",
             "--out",
             str(run),
         ],
@@ -101,11 +101,12 @@ def test_sigkill_mid_epoch_then_resume_finishes(demo_root, tmp_path):
         proc.kill()
     status = jobs.read_status(run)
     assert status["state"] == "failed" and status["killed"]  # dead pid detected
-    assert load_payload(run / "last.pt")["loop"]["epoch"] == 1  # at most one epoch lost
+    # killed during epoch 2 (maybe just after its checkpoint): at most that epoch is lost
+    assert load_payload(run / "last.pt")["loop"]["epoch"] in (1, 2)
 
     result = core_cli("train", "--resume", str(run))
     assert result.returncode == 0, result.stderr
-    assert_run_dir(run, epochs=2)
+    assert_run_dir(run, epochs=3)  # each epoch's validation logged exactly once
 
 
 def test_torchrun_two_process_gloo_run_on_cpu(demo_root, tmp_path):
