@@ -114,6 +114,7 @@ def threshold_free(
 @dataclass(frozen=True)
 class AtThresholds:
     table: pd.DataFrame  # one row per model: metrics at its threshold
+    metrics: dict[str, dict]  # the same, as core.metrics.binary_metrics dicts (JSON-able)
     confusion: dict[str, np.ndarray]  # 2×2 counts per model
     reports: dict[str, dict]  # sklearn classification_report per model
     paired: pd.DataFrame  # one row per pair of models
@@ -128,15 +129,15 @@ def _thresholds_for(preds, thresholds) -> dict[str, float]:
 def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThresholds:
     """Metrics of each model at its threshold (a dict by model name, one float, or None = 0.5)."""
     thresholds = _thresholds_for(preds, thresholds)
-    rows, confusion, reports = [], {}, {}
+    by_model, confusion, reports = {}, {}, {}
     for name, frame in preds.items():
         y, prob = (labelled(frame)[c].to_numpy() for c in ("label", "prob"))
-        m = metrics.binary_metrics(y, prob, thresholds[name])
-        confusion[name] = np.asarray(m.pop("confusion_matrix"))
+        by_model[name] = metrics.binary_metrics(y, prob, thresholds[name])
+        confusion[name] = np.asarray(by_model[name]["confusion_matrix"])
         reports[name] = metrics.report(y, prob, thresholds[name])
-        rows.append({"model": name, **m})
-    table = pd.DataFrame(rows).set_index("model")
-    return AtThresholds(table, confusion, reports, paired_tests(preds, thresholds))
+    table = pd.DataFrame.from_dict(by_model, orient="index").drop(columns="confusion_matrix")
+    table.index.name = "model"
+    return AtThresholds(table, by_model, confusion, reports, paired_tests(preds, thresholds))
 
 
 def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFrame:
@@ -221,8 +222,7 @@ def metrics_json(
     at = at or at_thresholds(preds, thresholds)
     out = {}
     for name in preds:
-        row = {k: _plain(v) for k, v in at.table.loc[name].items()}
-        row["confusion_matrix"] = at.confusion[name].tolist()
+        row = dict(at.metrics[name])
         row["auc_ci95"] = list(free[name].auc_ci) if free[name].auc_ci else None
         row["report"] = at.reports[name]
         row["paired"] = _paired_for(at.paired, name)

@@ -139,6 +139,7 @@ def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert set(table) == {str(a), str(b)}
+    assert isinstance(table[str(a)]["n"], int)  # counts stay integers in JSON
     assert table[str(a)]["auc"] == pytest.approx(result["auc"])  # same cached predictions
     assert main(args) == 0
     text = capsys.readouterr().out
