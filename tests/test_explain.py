@@ -52,21 +52,28 @@ def _images(n: int, h: int = 40, w: int = 40, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
+DETERMINISM_CHECKED = (
+    "hcd_cnn",
+    "idc_cnn",
+    "resnet18",
+)  # the rest only for shape and range: CPU time
+
+
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_every_method_and_model_gives_unit_maps_at_input_size(checkpoint, arch, method):
     slow = method in SLOW_METHODS  # one forward per channel: keep these small
     loaded = checkpoint(arch, 32 if slow else 64)
-    images = _images(1 if slow else 2, h=40, w=44)  # not the model's size: maps come back at 40×44
-    result = compute_cams(loaded, images, method, batch_size=64)
-    assert result.cams.shape == (len(images), 40, 44)
+    images = _images(2 if arch in DETERMINISM_CHECKED and not slow else 1, h=40, w=44)
+    result = compute_cams(loaded, images, method, batch_size=512)  # fewer, larger ScoreCAM batches
+    assert result.cams.shape == (len(images), 40, 44)  # not the model's size: maps at the input's
     assert result.cams.dtype == np.float32
     assert np.isfinite(result.cams).all()
     assert result.cams.min() >= 0.0 and result.cams.max() <= 1.0
     assert (
         result.probs.shape == (len(images),) and ((result.probs >= 0) & (result.probs <= 1)).all()
     )
-    if not slow:
+    if arch in DETERMINISM_CHECKED and not slow:
         again = compute_cams(loaded, images, method)
         np.testing.assert_array_equal(result.cams, again.cams)
 
@@ -94,10 +101,11 @@ def test_hooks_are_released_and_model_left_untouched(checkpoint):
     layer = get_target_layer(loaded.model, loaded.card.target_layer)
     before = _hook_count(loaded.model)
     weights = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    methods = list(CAM_METHODS)
+    fast = [m for m in CAM_METHODS if m not in SLOW_METHODS]
+    calls = [fast[k % len(fast)] for k in range(100)] + sorted(SLOW_METHODS) * 2
     images = _images(1, 32, 32)
-    for call in range(100):
-        compute_cams(loaded, images, methods[call % len(methods)], batch_size=128)
+    for method in calls:
+        compute_cams(loaded, images, method, batch_size=128)
     assert _hook_count(loaded.model) == before == 0
     assert len(layer._forward_hooks) == 0
     assert (
