@@ -184,7 +184,7 @@ def main() -> int:
 
     def ours_data_path():
         g = torch.Generator().manual_seed(0)
-        return (rt.inputs(Augmentation()(x, g)) for x, _ in ours_loader)
+        return (rt.prepare(x, Augmentation(), g) for x, _ in ours_loader)
 
     data_rates = {
         "ours: data path only": images_per_s(ours_data_path(), args.steps),
