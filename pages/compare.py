@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+
+# `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.compare import (

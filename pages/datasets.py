@@ -8,10 +8,14 @@ Only folders inside the data root (HISTOLENS_DATA) can be opened.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+
+# `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.data import DatasetError, list_datasets, open_dataset, summarize

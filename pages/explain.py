@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
+
+# `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.compare import checkpoint_choices, model_names

@@ -1,7 +1,13 @@
 """Home: what HistoLens is, the research-use notice, and the datasets found under the data root."""
 
+import sys
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
+
+# `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.data import list_datasets
