@@ -7,7 +7,13 @@ Each browser session keeps its own choices in st.session_state; runs never share
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import streamlit as st
+
+# `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import jobs
 from core.config import RESEARCH_NOTICE
