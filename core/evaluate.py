@@ -62,6 +62,34 @@ def predict_split(
     return frame
 
 
+def open_dataset_for(data_path, checkpoint_paths) -> tuple:
+    """Open ``data_path`` with the split the checkpoints were trained on; returns (ds, warnings).
+
+    IDC and HCD splits are drawn with the training seed. Evaluating with another seed would put
+    some of a model's training patients in its "test" split, so the dataset is opened with the
+    seed of the first checkpoint trained on this data (or of the same format), and a warning names
+    every checkpoint trained on this same data with a different split.
+    """
+    from core.checkpoints import read_card
+    from core.data import detect_format, open_dataset
+
+    root = Path(data_path).resolve()
+    fmt = detect_format(root)
+    cards = {str(p): read_card(p) for p in checkpoint_paths}
+    same_data = [c for c in cards.values() if c.dataset and Path(c.dataset).resolve() == root]
+    same_format = [c for c in cards.values() if c.dataset_format == fmt]
+    seed = (same_data or same_format)[0].seed if (same_data or same_format) else 0
+    ds = open_dataset(root, seed=seed)
+    warnings = [
+        f"{Path(path).name} was trained on a different split of this dataset "
+        f"({card.split_manifest_id}, seed {card.seed}; shown: {ds.manifest_id}): its evaluation "
+        "split may contain patches it was trained on."
+        for path, card in cards.items()
+        if card in same_data and card.split_manifest_id != ds.manifest_id
+    ]
+    return ds, warnings
+
+
 def split_indices(ds, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")

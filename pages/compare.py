@@ -37,10 +37,16 @@ from core.compare import (
     threshold_free,
     trained_on_index,
 )
-from core.data import list_datasets, open_dataset
+from core.data import list_datasets
 from core.data.demo import ensure_demo
 from core.data.visual import mosaic_groups
-from core.evaluate import SPLITS, file_sha256, patient_table, prediction_cache_path
+from core.evaluate import (
+    SPLITS,
+    file_sha256,
+    open_dataset_for,
+    patient_table,
+    prediction_cache_path,
+)
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
@@ -65,8 +71,9 @@ TABLE_COLUMNS = [
 
 
 @st.cache_resource(show_spinner=False)
-def dataset(path: str):
-    return open_dataset(path)
+def dataset(path: str, checkpoints: tuple[str, ...]):
+    """(dataset opened with the checkpoints' training split, split-mismatch warnings)."""
+    return open_dataset_for(path, checkpoints)
 
 
 @st.cache_resource(show_spinner=False)
@@ -149,7 +156,13 @@ if len(chosen) < 2:
     st.info("Pick at least two checkpoints in the sidebar.")
     st.stop()
 
-ds = dataset(str(entry.path))
+try:
+    ds, split_warnings = dataset(str(entry.path), tuple(str(p) for p in chosen))
+except ValueError as err:  # DatasetError / CheckpointError: one clear line
+    st.error(str(err))
+    st.stop()
+for warning in split_warnings:
+    st.warning(warning, icon="⚠️")
 bar = st.progress(0.0, text="Evaluating…")
 try:
     preds = evaluate_checkpoints(

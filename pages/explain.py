@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import config
 from core.compare import checkpoint_choices, model_names
 from core.config import CLASS_NAMES
-from core.data import list_datasets, open_dataset
+from core.data import list_datasets
 from core.data.demo import ensure_demo
-from core.evaluate import file_sha256
+from core.evaluate import file_sha256, open_dataset_for
 from core.explain import (
     CAM_METHODS,
     COLORMAPS,
@@ -54,8 +54,9 @@ TARGET_LABELS = {"pred": "predicted class", "tumour": "tumour", "normal": "norma
 
 
 @st.cache_resource(show_spinner=False)
-def dataset(path: str):
-    return open_dataset(path)
+def dataset(path: str, checkpoint: str):
+    """The dataset opened with the split ``checkpoint`` was trained on (TP/FP/... use its test)."""
+    return open_dataset_for(path, [checkpoint])[0]
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…")
@@ -69,7 +70,7 @@ def loaded_model(path: str, sha: str):
 def predictions(checkpoint: str, sha: str, data_path: str, split: str):
     from core.evaluate import predict_split
 
-    return predict_split(checkpoint, dataset(data_path), split=split)
+    return predict_split(checkpoint, dataset(data_path, checkpoint), split=split)
 
 
 @st.cache_data(show_spinner="Computing CAMs…", max_entries=32)
@@ -98,7 +99,7 @@ def pick_dataset_patches(first_checkpoint):
         format_func=lambda e: f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})",
         key="explain_dataset",
     )
-    ds = dataset(str(entry.path))
+    ds = dataset(str(entry.path), str(first_checkpoint))
     if entry.synthetic:
         st.caption(
             "Synthetic demo data: ground-truth tumour masks allow localisation scores below."

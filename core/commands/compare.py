@@ -40,7 +40,7 @@ def run(args) -> int:
     if len(args.checkpoints) < 2:
         print("error: give at least two --checkpoints to compare", file=sys.stderr)
         return 2
-    ds, error = open_inputs(args)
+    ds, error = open_inputs(args, args.checkpoints)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2

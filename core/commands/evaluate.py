@@ -48,21 +48,27 @@ def tqdm_progress(desc: str):
     return update
 
 
-def open_inputs(args):
-    """(dataset, None) or (None, one-line error)."""
-    from core.data import DatasetError, open_dataset
+def open_inputs(args, checkpoints):
+    """(dataset, None) or (None, one-line error). The dataset is opened with the split the
+    checkpoints were trained on; split mismatches are printed as warnings."""
+    from core.checkpoints import CheckpointError
+    from core.data import DatasetError
+    from core.evaluate import open_dataset_for
 
     try:
-        return open_dataset(args.data), None
-    except (DatasetError, FileNotFoundError) as err:
+        ds, warnings = open_dataset_for(args.data, checkpoints)
+    except (DatasetError, CheckpointError, FileNotFoundError) as err:
         return None, str(err)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return ds, None
 
 
 def run(args) -> int:
     from core.checkpoints import CheckpointError
     from core.evaluate import evaluate_checkpoint
 
-    ds, error = open_inputs(args)
+    ds, error = open_inputs(args, [args.checkpoint])
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2

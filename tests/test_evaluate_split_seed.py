@@ -1,0 +1,49 @@
+"""Evaluation opens a dataset with the split the checkpoint was trained on (no patient leakage)."""
+
+from __future__ import annotations
+
+import torch
+from conftest import write_fake_idc
+
+from core.checkpoints import ModelCard, save_checkpoint
+from core.data import open_dataset
+from core.evaluate import open_dataset_for
+from core.models import build_model
+
+
+def trained_on(path, root, seed):
+    """A checkpoint whose card says it was trained on ``root`` with split seed ``seed``."""
+    ds = open_dataset(root, seed=seed)
+    model, _ = build_model("idc_cnn")
+    card = ModelCard.for_model(
+        "idc_cnn",
+        dataset=str(root),
+        dataset_format="idc",
+        seed=seed,
+        split_manifest_id=ds.manifest_id,
+    )
+    return save_checkpoint(path, model, card), ds
+
+
+def test_dataset_is_opened_with_the_checkpoints_split(tmp_path):
+    torch.manual_seed(0)
+    root = tmp_path / "idc"
+    write_fake_idc(root, n_patients=12, grid=2)
+    ckpt, trained_ds = trained_on(tmp_path / "s3.pt", root, seed=3)
+    assert open_dataset(root, seed=0).manifest_id != trained_ds.manifest_id  # seeds differ here
+
+    ds, warnings = open_dataset_for(root, [ckpt])
+    assert warnings == []
+    assert ds.manifest_id == trained_ds.manifest_id
+    assert ds.meta["split"].tolist() == trained_ds.meta["split"].tolist()
+
+
+def test_checkpoints_trained_on_another_split_are_named_in_a_warning(tmp_path):
+    root = tmp_path / "idc"
+    write_fake_idc(root, n_patients=12, grid=2)
+    first, _ = trained_on(tmp_path / "seed0.pt", root, seed=0)
+    other, _ = trained_on(tmp_path / "seed3.pt", root, seed=3)
+
+    ds, warnings = open_dataset_for(root, [first, other])
+    assert ds.manifest_id == open_dataset(root, seed=0).manifest_id
+    assert len(warnings) == 1 and "seed3.pt" in warnings[0] and "seed 3" in warnings[0]
