@@ -20,7 +20,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.compare import checkpoint_choices, model_names
+from core.compare import checkpoint_choices, model_names, trained_on_index
 from core.config import CLASS_NAMES
 from core.data import list_datasets
 from core.data.demo import ensure_demo
@@ -50,6 +50,7 @@ UPLOAD_TYPES = [
     "tiff",
 ]  # the browser's filter; content is checked in core
 LABELS = {ALL: "all", 0: "normal (0)", 1: "tumour (1)"}
+GRID_MIN_COLUMNS = 6
 TARGET_LABELS = {"pred": "predicted class", "tumour": "tumour", "normal": "normal"}
 
 
@@ -96,6 +97,7 @@ def pick_dataset_patches(first_checkpoint):
     entry = st.selectbox(
         "Dataset",
         entries,
+        index=trained_on_index(entries, first_checkpoint),  # the data the model learned from
         format_func=lambda e: f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})",
         key="explain_dataset",
     )
@@ -185,15 +187,16 @@ def enlarge(name: str, original, overlays, captions) -> None:
 
 def render_grid(result, alpha: float, colormap: str) -> None:
     grid = result.overlays(alpha, colormap)
-    heads = st.columns(1 + len(result.columns))
+    n_cols = max(1 + len(result.columns), GRID_MIN_COLUMNS)  # keeps a 1-model grid compact
+    heads = st.columns(n_cols)
     heads[0].markdown("**Original**")
-    for head, column in zip(heads[1:], result.columns, strict=True):
+    for head, column in zip(heads[1 : 1 + len(result.columns)], result.columns, strict=True):
         head.markdown(f"**{column.model} · {column.method}**")
     for i, (name, image, row) in enumerate(zip(result.names, result.images, grid, strict=True)):
-        cells = st.columns(1 + len(row))
+        cells = st.columns(n_cols)
         cells[0].image(image, caption=name, width="stretch")
         captions = [cell_caption(column, i) for column in result.columns]
-        for cell, picture, caption in zip(cells[1:], row, captions, strict=True):
+        for cell, picture, caption in zip(cells[1 : 1 + len(row)], row, captions, strict=True):
             cell.image(picture, caption=caption, width="stretch")
         if cells[0].button("🔍 Enlarge", key=f"explain_enlarge_{i}"):
             enlarge(name, image, row, captions)
@@ -278,6 +281,7 @@ c_target, c_alpha, c_cmap = st.columns(3)
 target = c_target.radio(
     "Explain class",
     list(TARGETS),
+    index=list(TARGETS).index("pred"),
     format_func=TARGET_LABELS.get,
     horizontal=True,
     key="explain_target",
