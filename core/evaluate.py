@@ -32,6 +32,22 @@ from core.d4 import D4_GROUP
 CACHE_VERSION = 1
 SPLITS = ("test", "valid", "train", "all")
 PREFETCH_BATCHES = 2
+# What evaluate_checkpoint reports, in display order (CLI tables and the Compare page).
+REPORTED_METRICS = (
+    "auc",
+    "ap",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "brier",
+    "ece",
+)
 
 Progress = Callable[[int, int], None]  # progress(done, total), in patches
 

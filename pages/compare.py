@@ -41,6 +41,7 @@ from core.data import list_datasets
 from core.data.demo import ensure_demo
 from core.data.visual import mosaic_groups
 from core.evaluate import (
+    REPORTED_METRICS,
     SPLITS,
     file_sha256,
     open_dataset_for,
@@ -51,23 +52,7 @@ from core.evaluate import (
 MAX_MODELS = 4
 BOOTSTRAP = 1000
 STEP = 0.001  # threshold slider step: untrained or very confident models need fine steps
-TABLE_COLUMNS = [
-    "threshold",
-    "auc",
-    "ap",
-    "accuracy",
-    "balanced_accuracy",
-    "f1",
-    "precision",
-    "recall",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "brier",
-    "ece",
-    "n",
-]
+TABLE_COLUMNS = ["threshold", *REPORTED_METRICS, "n"]
 
 
 @st.cache_resource(show_spinner=False)

@@ -10,20 +10,9 @@ import json
 import sys
 
 from core.commands.evaluate import add_evaluation_arguments, open_inputs, tqdm_progress
+from core.evaluate import REPORTED_METRICS
 
-TABLE_COLUMNS = [
-    "n",
-    "auc",
-    "ap",
-    "accuracy",
-    "balanced_accuracy",
-    "f1",
-    "precision",
-    "recall",
-    "specificity",
-    "brier",
-    "ece",
-]
+TABLE_COLUMNS = ["n", *REPORTED_METRICS]
 
 
 def register(sub) -> None:

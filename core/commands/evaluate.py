@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from core.evaluate import SPLITS
+from core.evaluate import REPORTED_METRICS, SPLITS
 
 
 def add_evaluation_arguments(p) -> None:
@@ -96,21 +96,7 @@ def format_result(result: dict) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
 
-    keys = (
-        "n",
-        "auc",
-        "accuracy",
-        "balanced_accuracy",
-        "f1",
-        "precision",
-        "recall",
-        "sensitivity",
-        "specificity",
-        "ppv",
-        "npv",
-        "brier",
-        "ece",
-    )
+    keys = ("n", *REPORTED_METRICS)
     lines = [f"{result['checkpoint']} on {result['data']} [{result['split']}]"]
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
     if result.get("auc_ci95"):
