@@ -22,7 +22,10 @@ def to_model_input(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 N×H×W×3 (or H×W×3) RGB -> float32 N×3×S×S normalised with the card's mean/std."""
-    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if isinstance(images, np.ndarray):
+        # torch cannot wrap read-only arrays (cached or memory-mapped patches): copy the uint8 data
+        images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
+    x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
         raise TypeError(f"expected uint8 RGB patches, got {x.dtype}")
     if x.ndim == 3:
