@@ -33,10 +33,13 @@ DISAGREEMENT_KINDS = {
 
 
 def model_names(paths) -> list[str]:
-    """Short unique names: the file stem, or ``parent/stem`` when stems collide (best.pt …)."""
+    """Short unique names: the file stem in the checkpoints folder, ``run/stem`` elsewhere (a
+    run's ``best.pt`` alone says nothing); full paths if those still collide."""
     paths = [Path(p) for p in paths]
-    stems = [p.stem for p in paths]
-    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    shipped = config.checkpoints_dir().resolve()
+    names = [
+        p.stem if p.parent.resolve() == shipped else f"{p.parent.name}/{p.stem}" for p in paths
+    ]
     if len(set(names)) != len(names):
         names = [str(p) for p in paths]
     return names

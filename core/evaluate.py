@@ -84,7 +84,7 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
     IDC and HCD splits are drawn with the training seed. Evaluating with another seed would put
     some of a model's training patients in its "test" split, so the dataset is opened with the
     seed of the first checkpoint trained on this data (or of the same format), and a warning names
-    every checkpoint trained on this same data with a different split.
+    every checkpoint trained on this same data with a different split, or on another format.
     """
     from core.checkpoints import read_card
     from core.data import detect_format, open_dataset
@@ -102,6 +102,12 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
         "split may contain patches it was trained on."
         for path, card in cards.items()
         if card in same_data and card.split_manifest_id != ds.manifest_id
+    ]
+    warnings += [
+        f"{Path(path).name} was trained on {card.dataset_format.upper()} patches, not "
+        f"{fmt.upper()}: its scores here measure transfer to other data."
+        for path, card in cards.items()
+        if card.dataset_format and card.dataset_format != fmt
     ]
     return ds, warnings
 

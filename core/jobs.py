@@ -301,7 +301,10 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
                 "model": run.config.get("model") or "auto",
                 "dataset": Path(str(run.config.get("data", ""))).name,
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
-                "progress": float(progress.get("fraction", 0.0)),
+                # early stopping ends a run before its last epoch: finished is 100 %
+                "progress": 1.0
+                if run.state == "finished"
+                else float(progress.get("fraction", 0.0)),
                 "images/s": _rounded(progress.get("images_per_s"), 1),
                 "ETA": format_seconds(progress.get("eta_s")) if run.state == "running" else "",
                 "best valid AUC": _rounded(best.get("score"), 4),
@@ -329,6 +332,8 @@ def curves_figure(metrics: Mapping[str, pd.DataFrame]):
                 rows = frame[(frame["split"] == split) & frame[column].notna()]
                 if rows.empty or (column == "lr" and split == "valid"):
                     continue
+                if len(rows) < 3:  # a short run's lone points would be invisible as a line
+                    mode = "lines+markers"
                 fig.add_trace(
                     go.Scatter(
                         x=rows["step"],

@@ -8,6 +8,7 @@ Only folders inside the data root (HISTOLENS_DATA) can be opened.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def mosaic(path: str, seed: int, patient: str):
     )
 
 
+def literal(text: str) -> str:
+    """Escape Markdown so messages with globs like ``camelyonpatch_*.h5`` show as written."""
+    return re.sub(r"([\\`*_~\[\]])", r"\\\1", text)
+
+
 def choose_path() -> Path | None:
     """The dataset folder picked in the sidebar; None (with an error shown) if not allowed."""
     entries = list_datasets()
@@ -99,9 +105,12 @@ def choose_path() -> Path | None:
         path = path if path.is_absolute() else config.data_root() / path
         if not config.is_within(path, config.data_root()):
             st.error(
-                f"{path} is outside the data root {config.data_root()}; move or link it there."
+                literal(
+                    f"{path} is outside the data root {config.data_root()}; move or link it there."
+                )
             )
             return None
+        st.sidebar.caption("Using the typed folder; clear it to pick from the list again.")
         return path
     if entry is None:
         st.info(f"No datasets under {config.data_root()}. Run `python -m core demo`.")
@@ -267,7 +276,7 @@ try:
     ds = dataset(str(chosen), seed)
     info = summary(str(chosen), seed)
 except DatasetError as err:
-    st.error(str(err))
+    st.error(literal(str(err)))
     st.stop()
 
 summary_card(info)

@@ -47,3 +47,16 @@ def test_checkpoints_trained_on_another_split_are_named_in_a_warning(tmp_path):
     ds, warnings = open_dataset_for(root, [first, other])
     assert ds.manifest_id == open_dataset(root, seed=0).manifest_id
     assert len(warnings) == 1 and "seed3.pt" in warnings[0] and "seed 3" in warnings[0]
+
+
+def test_a_checkpoint_from_another_format_is_named_in_a_warning(tmp_path):
+    root = tmp_path / "idc"
+    write_fake_idc(root, n_patients=12, grid=2)
+    idc_model, _ = trained_on(tmp_path / "idc_model.pt", root, seed=0)
+    model, _ = build_model("hcd_cnn")
+    card = ModelCard.for_model("hcd_cnn", dataset="elsewhere/pcam", dataset_format="pcam")
+    pcam_model = save_checkpoint(tmp_path / "pcam_model.pt", model, card)
+
+    _, warnings = open_dataset_for(root, [idc_model, pcam_model])
+    assert len(warnings) == 1
+    assert "pcam_model.pt" in warnings[0] and "PCAM" in warnings[0] and "IDC" in warnings[0]

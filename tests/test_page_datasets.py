@@ -91,3 +91,14 @@ def test_path_outside_data_root_is_refused(demo_data, tmp_path):
     at.text_input(key="datasets_path").input(str(tmp_path)).run()
     assert not at.exception
     assert any("outside the data root" in e.value for e in at.error)
+
+
+def test_a_typed_folder_that_is_not_a_dataset_shows_its_message_literally(demo_data):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.text_input(key="datasets_path").input("demo").run()
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "not a dataset" in message
+    assert r"camelyonpatch\_\*.h5" in message  # Markdown-escaped: shows as camelyonpatch_*.h5
+    assert any("typed folder" in c.value for c in at.sidebar.caption)
