@@ -341,13 +341,24 @@ def _ci_label(name: str, curves: Curves) -> str:
 def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
     """Overlaid ROC curves, AUC ± CI in the legend, each model's operating point marked."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="chance"))
-    for name, curves in free.items():
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"
+        )
+    )
+    for i, (name, curves) in enumerate(free.items()):
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]  # curve and its point match
         if curves.roc:
             fig.add_trace(
-                go.Scatter(x=curves.roc["fpr"], y=curves.roc["tpr"], name=_ci_label(name, curves))
+                go.Scatter(
+                    x=curves.roc["fpr"],
+                    y=curves.roc["tpr"],
+                    name=_ci_label(name, curves),
+                    line={"color": colour},
+                )
             )
         row = None if at is None else at.table.loc[name]
         if row is not None and pd.notna(row["sensitivity"]) and pd.notna(row["specificity"]):
@@ -356,7 +367,7 @@ def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None
                     x=[1 - row["specificity"]],
                     y=[row["sensitivity"]],
                     mode="markers",
-                    marker={"size": 11, "symbol": "x"},
+                    marker={"size": 11, "symbol": "x", "color": colour},
                     name=f"{name} @ {row['threshold']:.3f}",
                 )
             )
