@@ -220,10 +220,12 @@ def patch_detail(ds, info: dict, i: int | None) -> None:
     image = ds.read(i)
     kind = "Synthetic patch" if info["synthetic"] else "Patch"
     st.markdown(f"**{kind} #{i}** `{ds.meta.at[i, 'id']}`")
-    st.image(image, width=288)
+    st.image(image, width="stretch")  # fits the detail column
     mask = ds.mask(i)
     if mask is not None:
-        st.image(mask_overlay(image, mask), width=288, caption="ground-truth tumour mask (red)")
+        st.image(
+            mask_overlay(image, mask), width="stretch", caption="ground-truth tumour mask (red)"
+        )
     row = ds.meta.iloc[i].to_dict()
     row["label"] = LABEL_NAMES[int(row["label"])]
     row["size"] = "×".join(map(str, image.shape[:2]))
