@@ -13,7 +13,6 @@ refused by torch itself; we turn that, truncation and foreign files into one cle
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import platform
@@ -28,6 +27,7 @@ from torch import nn
 
 from core import __version__
 from core.config import CLASS_NAMES
+from core.files import file_sha256
 from core.models import MODELS, build_model, get_spec
 
 FORMAT = "histolens-checkpoint"
@@ -140,14 +140,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_payload(path: str | Path) -> dict[str, Any]:

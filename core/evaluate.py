@@ -14,7 +14,6 @@ pass, so the model, not the loader, is the bottleneck.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import pandas as pd
 
 from core import config
 from core.d4 import D4_GROUP
+from core.files import file_sha256
 
 CACHE_VERSION = 1
 SPLITS = ("test", "valid", "train", "all")
@@ -131,20 +131,6 @@ def prediction_cache_path(checkpoint_path, ds, split: str, tta: bool) -> Path:
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return config.cache_dir() / "predictions" / f"{sha[:12]}-{key}.parquet"
-
-
-def file_sha256(path) -> str:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file; check the path")
-    stat = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime are part of the cache key so a rewritten file is hashed again
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def prediction_frame(ds, indices: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

@@ -43,11 +43,11 @@ from core.data.visual import mosaic_groups
 from core.evaluate import (
     REPORTED_METRICS,
     SPLITS,
-    file_sha256,
     open_dataset_for,
     patient_table,
     prediction_cache_path,
 )
+from core.files import file_sha256
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000

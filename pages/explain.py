@@ -24,7 +24,7 @@ from core.compare import checkpoint_choices, model_names, trained_on_index
 from core.config import CLASS_NAMES
 from core.data import list_datasets
 from core.data.demo import ensure_demo
-from core.evaluate import file_sha256, open_dataset_for
+from core.evaluate import open_dataset_for
 from core.explain import (
     CAM_METHODS,
     COLORMAPS,
@@ -38,6 +38,7 @@ from core.explain import (
     select_patches,
     tumour_sample,
 )
+from core.files import file_sha256
 
 ALL = "all"
 PAGE_SIZES = (4, 8, 16)
