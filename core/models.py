@@ -33,6 +33,17 @@ class ModelSpec:
     torchvision_weights: str | None = None  # e.g. "ResNet18_Weights.IMAGENET1K_V1"
 
 
+def _seed_head(in_features: int) -> nn.Sequential:
+    """Both seeds' classifier: flatten -> dense 128 -> ReLU -> dropout 0.5 -> 2 logits."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(128, 2),
+    )
+
+
 class HCDSeedCNN(nn.Module):
     """The Kaggle HCD seed: three conv blocks (32/64/128) + dense 128 + dropout 0.5.
 
@@ -56,13 +67,7 @@ class HCDSeedCNN(nn.Module):
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(12)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(128 * 12 * 12, 128),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(128, 2),
-        )
+        self.classifier = _seed_head(128 * 12 * 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
@@ -90,13 +95,7 @@ class IDCSeedCNN(nn.Module):
             layers.append(nn.Sequential(*block))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(6)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(128 * 6 * 6, 128),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(128, 2),
-        )
+        self.classifier = _seed_head(128 * 6 * 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
