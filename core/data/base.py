@@ -9,12 +9,21 @@ A set is synthetic when a ``SYNTHETIC.md`` marker file sits in its root.
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from core.errors import InputError, printable
+
+# Limits checked on what a file CLAIMS, before anything is allocated from the claim.
+MAX_PATCH_SIDE = 1024  # PCam/HCD patches are 96 px, IDC 50 px; a tile this large is not a patch
+MAX_PATCHES = 5_000_000  # per file or set; PCam (the largest) has 327,680
+MAX_PATCH_FILE_BYTES = 32 * 1024 * 1024  # one patch file; a 1024² RGBA 16-bit TIFF is 8 MB
+MAX_CSV_BYTES = 512 * 1024 * 1024
 
 META_COLUMNS = ("id", "split", "label", "patient", "x", "y")
 SPLITS = ("train", "valid", "test", "unlabelled")
@@ -23,8 +32,8 @@ MASKS_FILE = "tumour_masks.h5"
 PAD_VALUE = 255  # white, like the glass around tissue
 
 
-class DatasetError(ValueError):
-    """Bad input. The message is one line naming the file and the fix."""
+class DatasetError(InputError):
+    """Bad input. The message is one line naming the file, what is wrong and the fix."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,130 @@ def make_meta(
     for name, values in (extra or {}).items():
         meta[name] = values
     return meta.reset_index(drop=True)
+
+
+def check_side(size: tuple[int, int], source) -> tuple[int, int]:
+    """(h, w) when both sides are 1..MAX_PATCH_SIDE; a DatasetError otherwise."""
+    h, w = (int(v) for v in size)
+    if not (0 < h <= MAX_PATCH_SIDE and 0 < w <= MAX_PATCH_SIDE):
+        raise DatasetError(
+            f"{source}: claims {h}×{w} pixels; a patch is 1..{MAX_PATCH_SIDE} px a side "
+            "(cut tiles into patches first)."
+        )
+    return h, w
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_regular(path, max_bytes: int | None = None) -> int:
+    """Size of ``path`` when it is a regular file (links followed) of at most ``max_bytes``.
+
+    Never opens the file: a FIFO named like a data file would block every reader forever.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file missing (or a broken link); restore it.") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot stat ({err.strerror}); fix its permissions.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path}: {_kind(info.st_mode)}, not a data file; remove it.")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise DatasetError(
+            f"{path}: {info.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB "
+            "limit for this file; is it the right file?"
+        )
+    return info.st_size
+
+
+def read_regular_bytes(path, max_bytes: int = MAX_PATCH_FILE_BYTES) -> bytes:
+    """The bytes of a regular file; opened non-blocking and checked with fstat (no FIFO hang,
+    no race between the check and the open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file missing; restore it or re-index the dataset.") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot open ({err.strerror}); fix its permissions.") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DatasetError(f"{path}: {_kind(info.st_mode)}, not a data file; remove it.")
+        if info.st_size > max_bytes:
+            raise DatasetError(
+                f"{path}: {info.st_size / 2**20:.0f} MiB, too large for one patch; "
+                "is it the right file?"
+            )
+        return f.read(max_bytes + 1)
+
+
+def list_dir(folder) -> list[os.DirEntry]:
+    """The entries of ``folder`` sorted by name; a folder we cannot list is a DatasetError."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as err:
+        raise DatasetError(
+            f"{folder}: cannot list this folder ({err.strerror}); give the server's user read "
+            "access to it."
+        ) from None
+
+
+def regular_files(folder, suffix: str) -> tuple[list[os.DirEntry], list[str]]:
+    """(regular files ending in ``suffix``, paths of other things named so: FIFOs, folders,
+    broken links). The others are never opened; readers report them as problems."""
+    files, others = [], []
+    for entry in list_dir(folder):
+        if entry.name.endswith(suffix):
+            try:
+                regular = entry.is_file()  # follows links; False for FIFOs and broken links
+            except OSError:
+                regular = False
+            (files if regular else others).append(entry if regular else printable(entry.path))
+    return files, others
+
+
+def read_csv(path, **kwargs) -> pd.DataFrame:
+    """A csv as a DataFrame; any failure (not a regular file, not UTF-8, not csv) is one line."""
+    check_regular(path, MAX_CSV_BYTES)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: the csv is empty; it needs a header row.") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save the csv as UTF-8.") from None
+    except Exception as err:  # ParserError, OSError, ...: the csv itself is damaged
+        raise DatasetError(
+            f"{path}: unreadable csv ({type(err).__name__}: {err}); fix it."
+        ) from None
+
+
+def integer_column(values: pd.Series, source, column: str, allowed=None) -> np.ndarray:
+    """``values`` as int64 when every entry is a whole number (in ``allowed`` when given);
+    otherwise a DatasetError naming the first bad row (fractions are never truncated)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() | (numbers != np.round(numbers))
+    if allowed is not None:
+        bad |= ~numbers.isin(allowed)
+    else:
+        bad |= (numbers < 0) | (numbers > 2**62)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        wanted = " or ".join(map(str, allowed)) if allowed is not None else "a whole number ≥ 0"
+        raise DatasetError(
+            f"{source}: {column} on row {row + 1} is {str(values.iloc[row])[:40]!r}, expected "
+            f"{wanted}; fix that row."
+        )
+    return numbers.to_numpy().astype(np.int64)
 
 
 def check_unique_ids(ids: pd.Series, source: Path) -> None:
@@ -92,6 +225,10 @@ class PatchDataset:
         notes: list[str] | None = None,
     ):
         self.root = Path(root)
+        if not 0 < len(meta) <= MAX_PATCHES:
+            raise DatasetError(
+                f"{self.root}: {len(meta)} patches; a dataset holds 1..{MAX_PATCHES:,} patches."
+            )
         self.meta = meta
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.synthetic = (self.root / SYNTHETIC_MARKER).exists()
@@ -119,9 +256,22 @@ class PatchDataset:
             raise IndexError(f"patch index {i} out of range 0..{len(self) - 1}")
         return i
 
+    def source(self, i: int) -> str:
+        """Where patch ``i`` is stored (named in errors); readers override it."""
+        return f"{self.root} (patch {self.meta.at[i, 'id']})"
+
     def read(self, i: int) -> np.ndarray:
-        """uint8 H×W×3 at the patch's native size."""
-        return self._read_native(self._check_index(i))
+        """uint8 H×W×3 at the patch's native size; anything wrong is a DatasetError naming
+        the file (a damaged file can make a decoder raise almost anything)."""
+        i = self._check_index(i)
+        try:
+            return self._read_native(i)
+        except DatasetError:
+            raise
+        except Exception as err:
+            raise DatasetError(
+                f"{self.source(i)}: unreadable ({type(err).__name__}: {err}); replace the file."
+            ) from None
 
     def _read_many(self, indices: np.ndarray) -> list[np.ndarray]:
         if self.read_threads > 1 and len(indices) > 8:
@@ -166,6 +316,7 @@ class PatchDataset:
             path = self.root / MASKS_FILE
             if not path.exists():
                 return None
+            check_regular(path)
             self._masks = h5py.File(path, "r")
             self._masks_pid = os.getpid()
             ids = self._masks["ids"].asstr()[:]
@@ -175,6 +326,17 @@ class PatchDataset:
     def mask(self, i: int) -> np.ndarray | None:
         """Ground-truth tumour mask (bool, native patch size) or None when the set has none."""
         i = self._check_index(i)
+        try:
+            return self._mask(i)
+        except DatasetError:
+            raise
+        except Exception as err:
+            raise DatasetError(
+                f"{self.root / MASKS_FILE}: unreadable ({type(err).__name__}: {err}); "
+                "delete it or rewrite the demo."
+            ) from None
+
+    def _mask(self, i: int) -> np.ndarray | None:
         masks = self._masks_file()
         if masks is None:
             return None

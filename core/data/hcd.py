@@ -14,25 +14,37 @@ train/valid/test (seeded, stratified by label); HCD has no slide ids, so that sp
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.data.base import DatasetError, PatchDataset, check_unique_ids, make_meta
+from core.data.base import (
+    DatasetError,
+    PatchDataset,
+    check_unique_ids,
+    integer_column,
+    make_meta,
+    read_csv,
+    regular_files,
+)
 from core.data.imageio import image_size_of, read_image
 from core.data.splits import HCD_OPTIMISM_NOTE, manifest_split
+from core.errors import printable
 
 LABELS_CSV = "train_labels.csv"
 SUBMISSION_CSV = "sample_submission.csv"
 EXAMPLES = 3
 
 
-def _tif_ids(folder: Path) -> list[str]:
-    with os.scandir(folder) as entries:
-        return sorted(e.name[:-4] for e in entries if e.name.endswith(".tif") and e.is_file())
+def _tif_files(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """({id: file name}, problems). Ids are the printable names (a name that is not UTF-8
+    keeps its bytes in the file name); FIFOs and other non-files named *.tif are reported."""
+    files, others = regular_files(folder, ".tif")
+    found = {printable(e.name[:-4]): e.name for e in files}
+    problems = [_summarise_missing("*.tif entries that are not files (skipped)", others, folder)]
+    return dict(sorted(found.items())), problems if others else []
 
 
 def _label_csvs(root: Path) -> list[Path]:
@@ -59,24 +71,22 @@ def _layout(root: Path) -> tuple[Path, Path]:
 
 
 def _read_labels(path: Path) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path, dtype={"id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: unreadable csv ({err.__class__.__name__}); fix it.") from None
+    table = read_csv(path, dtype={"id": str})
     if not {"id", "label"} <= set(table.columns):
         raise DatasetError(
             f"{path}: columns {list(table.columns)[:5]}, expected 'id' and 'label' (a header row)."
         )
+    if table["id"].isna().any():
+        row = int(np.flatnonzero(table["id"].isna().to_numpy())[0])
+        raise DatasetError(f"{path}: empty id on row {row + 1}; every row needs an id.")
     check_unique_ids(table["id"], path)
-    labels = pd.to_numeric(table["label"], errors="coerce")
-    if labels.isna().any() or not labels.isin((0, 1)).all():
-        raise DatasetError(f"{path}: 'label' must be 0 or 1 on every row.")
-    return pd.DataFrame({"id": table["id"].astype(str), "label": labels.astype(np.int64)})
+    labels = integer_column(table["label"], path, "label", allowed=(0, 1))
+    return pd.DataFrame({"id": table["id"].astype(str), "label": labels})
 
 
 def _summarise_missing(kind: str, ids: list[str], where: Path) -> str:
-    shown = ", ".join(ids[:EXAMPLES])
-    return f"{len(ids)} {kind} ({where}), e.g. {shown}"
+    shown = ", ".join(printable(str(i)) for i in ids[:EXAMPLES])
+    return printable(f"{len(ids)} {kind} ({where}), e.g. {shown}")
 
 
 def _common_size(paths: list[Path]) -> tuple[int, int]:
@@ -93,18 +103,31 @@ def _common_size(paths: list[Path]) -> tuple[int, int]:
     return Counter(sizes).most_common(1)[0][0]
 
 
-def _check_submission(root: Path, test_ids: list[str]) -> list[str]:
+def _check_submission(root: Path, test_ids) -> list[str]:
     """Kaggle's sample_submission.csv lists the test ids: report those without a file."""
     path = root / SUBMISSION_CSV
     if not path.exists():
         return []
-    table = pd.read_csv(path, dtype={"id": str})
+    try:
+        table = read_csv(path, dtype={"id": str})
+    except DatasetError as err:
+        return [str(err)]
     if "id" not in table.columns:
         return [f"{path}: no 'id' column; test/ files kept as unlabelled without a check"]
-    missing = sorted(set(table["id"]) - set(test_ids))
+    missing = sorted(set(table["id"].dropna()) - set(test_ids))
     return (
         [_summarise_missing("submission ids with no test/ .tif", missing, path)] if missing else []
     )
+
+
+def _test_files(root: Path, image_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """Kaggle's unlabelled test/ folder; one that cannot be listed is reported, not fatal."""
+    if image_dir == root or not (root / "test").is_dir():
+        return {}, []
+    try:
+        return _tif_files(root / "test")
+    except DatasetError as err:
+        return {}, [str(err)]
 
 
 class HCDDataset(PatchDataset):
@@ -115,30 +138,30 @@ class HCDDataset(PatchDataset):
         root = Path(root)
         labels_csv, image_dir = _layout(root)
         labels = _read_labels(labels_csv)
-        files = _tif_ids(image_dir)
+        files, problems = _tif_files(image_dir)
         if not files:
             raise DatasetError(f"{image_dir}: no .tif files; put the <id>.tif patches there.")
-        problems = self._cross_check(labels, files, labels_csv, image_dir)
+        problems += self._cross_check(labels, list(files), labels_csv, image_dir)
         labelled = labels[labels["id"].isin(set(files))].reset_index(drop=True)
         unlabelled = sorted(set(files) - set(labels["id"]))
         assignments, manifest_id, manifest_path = manifest_split(
             "hcd", root, labelled["id"], labelled["label"].to_numpy(), seed, fractions, "id"
         )
-        test_ids = _tif_ids(root / "test") if image_dir != root and (root / "test").is_dir() else []
-        problems += _check_submission(root, test_ids)
-        ids = labelled["id"].tolist() + unlabelled + test_ids
+        test_files, test_problems = _test_files(root, image_dir)
+        problems += test_problems + _check_submission(root, test_files)
+        ids = labelled["id"].tolist() + unlabelled + list(test_files)
         meta = make_meta(
             ids=ids,
             split=[assignments[i] for i in labelled["id"]]
-            + ["unlabelled"] * (len(unlabelled) + len(test_ids)),
-            label=labelled["label"].tolist() + [-1] * (len(unlabelled) + len(test_ids)),
+            + ["unlabelled"] * (len(unlabelled) + len(test_files)),
+            label=labelled["label"].tolist() + [-1] * (len(unlabelled) + len(test_files)),
         )
-        self._folders = np.array(
-            [image_dir] * (len(labelled) + len(unlabelled)) + [root / "test"] * len(test_ids),
-            dtype=object,
+        train_paths = [image_dir / files[i] for i in labelled["id"].tolist() + unlabelled]
+        self._paths = np.array(
+            train_paths + [root / "test" / name for name in test_files.values()], dtype=object
         )
         check_unique_ids(meta["id"], root)
-        size = _common_size([image_dir / f"{i}.tif" for i in files[:20]])
+        size = _common_size([image_dir / name for name in list(files.values())[:20]])
         super().__init__(
             root,
             meta,
@@ -166,8 +189,8 @@ class HCDDataset(PatchDataset):
             )
         return problems
 
-    def _path(self, i: int) -> Path:
-        return self._folders[i] / f"{self.meta.at[i, 'id']}.tif"
+    def source(self, i: int) -> str:
+        return printable(str(self._paths[i]))
 
     def _read_native(self, i: int) -> np.ndarray:
-        return read_image(self._path(i))
+        return read_image(self._paths[i])

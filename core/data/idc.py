@@ -23,9 +23,17 @@ import numpy as np
 import pandas as pd
 
 from core import config
-from core.data.base import DatasetError, PatchDataset, make_meta
+from core.data.base import (
+    MAX_PATCH_SIDE,
+    DatasetError,
+    PatchDataset,
+    list_dir,
+    make_meta,
+    regular_files,
+)
 from core.data.imageio import png_size, read_image
 from core.data.splits import manifest_split, patient_strata
+from core.errors import printable
 
 NAME_PATTERN = re.compile(r"^(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
 LABEL_FOLDERS = ("0", "1")
@@ -34,14 +42,13 @@ INDEX_COLUMNS = ("path", "patient", "folder_label", "name_label", "x", "y", "hei
 
 
 def _subdirs(path: Path) -> list[os.DirEntry]:
-    with os.scandir(path) as entries:
-        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    return [e for e in list_dir(path) if e.is_dir()]
 
 
 def looks_like_idc(root: Path) -> bool:
     try:
         patients = _subdirs(Path(root))
-    except OSError:
+    except DatasetError:
         return False
     return any(
         os.path.isdir(os.path.join(p.path, label)) for p in patients[:20] for label in LABEL_FOLDERS
@@ -49,9 +56,10 @@ def looks_like_idc(root: Path) -> bool:
 
 
 def _label_dirs(root: Path) -> list[tuple[str, str, str]]:
-    """(patient, label, folder path) for every <patient>/<0|1> folder."""
+    """(patient, label, folder path) for every <patient>/<0|1> folder. The patient is the
+    folder's printable name; the path keeps the OS's bytes."""
     return [
-        (patient.name, label, os.path.join(patient.path, label))
+        (printable(patient.name), label, os.path.join(patient.path, label))
         for patient in _subdirs(root)
         for label in LABEL_FOLDERS
         if os.path.isdir(os.path.join(patient.path, label))
@@ -59,25 +67,36 @@ def _label_dirs(root: Path) -> list[tuple[str, str, str]]:
 
 
 def _tree_key(root: Path, label_dirs) -> str:
-    digest = hashlib.sha1(str(root.resolve()).encode())
+    digest = hashlib.sha1(os.fsencode(root.resolve()))
     for _, _, folder in label_dirs:
-        digest.update(f"{folder}:{os.stat(folder).st_mtime_ns}".encode())
+        digest.update(os.fsencode(folder) + f":{os.stat(folder).st_mtime_ns}".encode())
     digest.update(str(os.stat(root).st_mtime_ns).encode())
     return digest.hexdigest()[:16]
 
 
+def _valid_size(size) -> bool:
+    return size is not None and 0 < size[0] <= MAX_PATCH_SIDE and 0 < size[1] <= MAX_PATCH_SIDE
+
+
 def _scan(label_dirs) -> tuple[pd.DataFrame, list[str]]:
-    rows, unreadable = [], []
+    """The index table and the skipped entries (not PNGs, oversized headers, FIFOs, folders
+    that cannot be listed), each as a printable line."""
+    rows, skipped = [], []
     for patient, label, folder in label_dirs:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".png"):
-                    continue
-                size = png_size(entry.path)
-                if size is None:
-                    unreadable.append(entry.path)
-                    continue
-                rows.append((entry.path, patient, int(label), entry.name, *size))
+        try:
+            files, others = regular_files(folder, ".png")
+        except DatasetError as err:
+            skipped.append(str(err))
+            continue
+        skipped += [f"{p} (not a file)" for p in others]
+        for entry in files:
+            size = png_size(entry.path)
+            name = printable(entry.name)
+            if not _valid_size(size):
+                skipped.append(printable(entry.path))
+                continue
+            # the path stays bytes: pandas' arrow strings refuse names that are not UTF-8
+            rows.append((os.fsencode(entry.path), patient, int(label), name, *size))
     table = pd.DataFrame(
         rows, columns=["path", "patient", "folder_label", "name", "height", "width"]
     )
@@ -86,7 +105,7 @@ def _scan(label_dirs) -> tuple[pd.DataFrame, list[str]]:
     table["name_label"] = pd.to_numeric(parsed["c"]).astype("Int64")
     table["x"] = pd.to_numeric(parsed["x"]).astype("Int64")
     table["y"] = pd.to_numeric(parsed["y"]).astype("Int64")
-    return table.sort_values("path", ignore_index=True), sorted(unreadable)
+    return table.sort_values("path", ignore_index=True), sorted(skipped)
 
 
 def _index_path(root: Path, key: str) -> Path:
@@ -103,14 +122,15 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
     if path.exists():
         try:
             table = pd.read_parquet(path)
+            table["path"] = table["path"].map(os.fsencode)  # older caches stored str
             return table, list(table.attrs.get("unreadable", []))
-        except (OSError, ValueError):  # damaged cache file: rebuild it below
+        except Exception:  # damaged cache file: rebuild it below
             pass
     table, unreadable = _scan(label_dirs)
-    table.attrs["unreadable"] = unreadable
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        table.attrs["unreadable"] = unreadable
         table.to_parquet(tmp, index=False)
         os.replace(tmp, path)
     except OSError:  # read-only cache: still usable, just re-indexed next time
@@ -121,11 +141,14 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
 def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
     def report(what: str, examples) -> str:
         examples = list(examples)
-        return f"{len(examples)} {what}, e.g. {', '.join(map(str, examples[:EXAMPLES]))}"
+        shown = ", ".join(printable(os.fsdecode(e)) for e in examples[:EXAMPLES])
+        return f"{len(examples)} {what}, e.g. {shown}"
 
     problems = []
     if unreadable:
-        problems.append(report("files that are not PNGs (skipped)", unreadable))
+        problems.append(
+            report("entries skipped (not PNGs, not files, or over 1024 px a side)", unreadable)
+        )
     odd_name = table["name_label"].isna()
     if odd_name.any():
         problems.append(
@@ -158,7 +181,7 @@ def _check_unique_names(ids: pd.Series, paths: pd.Series, root: Path) -> None:
     repeated = ids.duplicated(keep=False)
     if repeated.any():
         first = ids[repeated].iloc[0]
-        where = " and ".join(paths[ids == first].iloc[:2])
+        where = " and ".join(os.fsdecode(p) for p in paths[ids == first].iloc[:2])
         raise DatasetError(
             f"{root}: {int(ids[repeated].nunique())} duplicate ids, e.g. {where}; keep one copy."
         )
@@ -212,5 +235,8 @@ class IDCDataset(PatchDataset):
         h, w = self.image_size
         return int(((self.meta["height"] < h) | (self.meta["width"] < w)).sum())
 
+    def source(self, i: int) -> str:
+        return printable(os.fsdecode(self._paths[i]))
+
     def _read_native(self, i: int) -> np.ndarray:
-        return read_image(Path(self._paths[i]))
+        return read_image(os.fsdecode(self._paths[i]))

@@ -23,11 +23,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.base import DatasetError, PatchDataset, make_meta
+from core.data.base import (
+    MAX_PATCHES,
+    DatasetError,
+    PatchDataset,
+    check_regular,
+    check_side,
+    integer_column,
+    make_meta,
+    read_csv,
+)
+from core.errors import printable
 
 PREFIX = "camelyonpatch_level_2_split_"
 PCAM_SPLITS = ("train", "valid", "test")
 CHUNK_CACHE_BYTES = 8 * 1024 * 1024  # room for whole compressed chunks: no re-decompression
+# DEFLATE (HDF5's gzip filter) cannot expand data more than ~1032:1, so an array that claims more
+# bytes than this many times its file's size is a lie (unwritten chunks, a forged shape).
+MAX_EXPANSION = 1100
 
 
 def split_file(root: Path, split: str, kind: str) -> Path:
@@ -41,9 +54,10 @@ def looks_like_pcam(root: Path) -> bool:
 def _open_h5(path: Path):
     import h5py
 
+    check_regular(path)
     try:
         return h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
-    except OSError as err:
+    except Exception as err:
         raise DatasetError(
             f"{path}: not a readable HDF5 file ({err.__class__.__name__}); "
             "re-download it (it may be truncated or corrupt)."
@@ -51,9 +65,27 @@ def _open_h5(path: Path):
 
 
 def _dataset(h5file, key: str, path: Path):
-    if key not in h5file:
+    import h5py
+
+    found = h5file.get(key)
+    if found is None:
         raise DatasetError(f"{path}: no dataset {key!r} inside; expected PCam's '{key}' array.")
-    return h5file[key]
+    if not isinstance(found, h5py.Dataset):
+        raise DatasetError(f"{path}: {key!r} is a group, not an array; expected PCam's '{key}'.")
+    if found.ndim == 0:
+        raise DatasetError(f"{path}: {key!r} is a single value; expected one row per patch.")
+    if found.shape[0] > MAX_PATCHES:
+        raise DatasetError(
+            f"{path}: {key!r} claims {found.shape[0]:,} rows, over the {MAX_PATCHES:,} limit; "
+            "is it the right file?"
+        )
+    claimed = found.size * found.dtype.itemsize
+    if claimed > MAX_EXPANSION * max(path.stat().st_size, 1):
+        raise DatasetError(
+            f"{path}: {key!r} claims {claimed / 2**20:,.0f} MiB of data in a "
+            f"{path.stat().st_size / 2**20:,.1f} MiB file (truncated or forged); re-download it."
+        )
+    return found
 
 
 def _check_images(x, path: Path) -> tuple[int, tuple[int, int]]:
@@ -61,7 +93,7 @@ def _check_images(x, path: Path) -> tuple[int, tuple[int, int]]:
         raise DatasetError(f"{path}: 'x' is {x.dtype}, expected uint8 RGB patches.")
     if x.ndim != 4 or x.shape[3] != 3:
         raise DatasetError(f"{path}: 'x' has shape {x.shape}, expected N×H×W×3.")
-    return x.shape[0], (x.shape[1], x.shape[2])
+    return x.shape[0], check_side(x.shape[1:3], path)
 
 
 def _read_labels(path: Path, n_images: int, x_path: Path) -> np.ndarray:
@@ -72,25 +104,30 @@ def _read_labels(path: Path, n_images: int, x_path: Path) -> np.ndarray:
                 f"{path}: {y.shape[0]} labels but {x_path.name} has {n_images} patches; "
                 "use the x/y files of the same split and download."
             )
+        if y.size != n_images or y.dtype.kind not in "biuf":
+            raise DatasetError(
+                f"{path}: 'y' is {y.dtype} of shape {y.shape}; expected one 0/1 number per "
+                "patch (N×1×1×1)."
+            )
         try:
-            labels = np.asarray(y[()]).reshape(n_images, -1)[:, 0].astype(np.int64)
-        except OSError:
+            labels = np.asarray(y[()]).reshape(-1)
+        except Exception:
             raise DatasetError(f"{path}: labels unreadable (truncated?); re-download it.") from None
-    if not np.isin(labels, (0, 1)).all():
-        raise DatasetError(f"{path}: labels must be 0 or 1, found {sorted(set(labels))[:5]}.")
-    return labels
+    return integer_column(pd.Series(labels.astype(np.float64)), path, "label", allowed=(0, 1))
 
 
 def _read_meta_csv(root: Path, split: str, n: int) -> pd.DataFrame | None:
     path = Path(root) / f"{PREFIX}{split}_meta.csv"
     if not path.exists():
         return None
-    table = pd.read_csv(path)
+    table = read_csv(path)
     missing = {"coord_x", "coord_y", "wsi"} - set(table.columns)
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected PCam's meta csv.")
     if len(table) != n:
         raise DatasetError(f"{path}: {len(table)} rows but the split has {n} patches.")
+    for column in ("coord_x", "coord_y"):
+        table[column] = integer_column(table[column], path, column)
     return table
 
 
@@ -128,7 +165,7 @@ def _split_meta(root: Path, split: str) -> tuple[pd.DataFrame, tuple[int, int]] 
         ids=[f"{split}_{i}" for i in range(n)],
         split=split,
         label=labels,
-        patient=None if extra is None else extra["wsi"].astype(str).tolist(),
+        patient=None if extra is None else extra["wsi"].astype(str).map(printable).tolist(),
         x=None if extra is None else extra["coord_x"].tolist(),
         y=None if extra is None else extra["coord_y"].tolist(),
         extra=None if extra is None else _tumour_flags(extra),
@@ -175,14 +212,15 @@ class PCamDataset(PatchDataset):
             self._handles[split] = (h5file, _dataset(h5file, "x", path))
         return self._handles[split][1]
 
+    def source(self, i: int) -> str:
+        return f"{split_file(self.root, self._splits[i], 'x')} (row {self._rows[i]})"
+
     def _read_native(self, i: int) -> np.ndarray:
-        split = self._splits[i]
         try:
-            return self._images(split)[int(self._rows[i])]
+            return self._images(self._splits[i])[int(self._rows[i])]
         except OSError:
             raise DatasetError(
-                f"{split_file(self.root, split, 'x')}: patch {self._rows[i]} unreadable "
-                "(truncated or corrupt file); re-download it."
+                f"{self.source(i)}: unreadable (truncated or corrupt file); re-download it."
             ) from None
 
     def __getstate__(self):

@@ -7,11 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from core import config
 from core.data.base import SYNTHETIC_MARKER, DatasetEntry, DatasetError, PatchDataset
 from core.data.hcd import HCDDataset, looks_like_hcd
 from core.data.idc import IDCDataset, looks_like_idc
 from core.data.pcam import PCamDataset, looks_like_pcam
+from core.errors import printable
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,11 @@ def detect_format(path) -> str:
     if not path.is_dir():
         raise DatasetError(f"{path}: not a folder; give the folder that holds the dataset.")
     for name, reader in READERS.items():
-        if reader.detect(path):
+        try:
+            found = reader.detect(path)
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot look inside ({err.strerror}); check it.") from None
+        if found:
             return name
     raise DatasetError(
         f"{path}: not a dataset (no camelyonpatch_*.h5, no id,label csv with .tif files, "
@@ -43,11 +50,30 @@ def detect_format(path) -> str:
     )
 
 
+MAX_SEED = 2**31 - 1
+
+
 def open_dataset(path, seed: int = 0, fractions=(0.7, 0.15, 0.15), format: str | None = None):
+    """The dataset at ``path``. Every failure is a one-line DatasetError: the readers check what
+    they know, and anything else a damaged file makes a library raise is caught here."""
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise DatasetError(f"split seed {seed!r}: use a whole number from 0 to {MAX_SEED}.")
     fmt = format or detect_format(path)
     if fmt not in READERS:
         raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {sorted(READERS)}.")
-    return READERS[fmt].dataset(Path(path), seed=seed, fractions=fractions)
+    try:
+        return READERS[fmt].dataset(Path(path), seed=int(seed), fractions=fractions)
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise DatasetError(
+            f"{path}: cannot be read as {fmt.upper()} ({type(err).__name__}: {err}); "
+            "check its files against the layout in the README."
+        ) from None
 
 
 def _candidates(root: Path, depth: int):
@@ -76,6 +102,6 @@ def list_datasets(root=None, depth: int = 2) -> list[DatasetEntry]:
         except DatasetError:
             continue
         claimed.append(path)
-        name = path.relative_to(root).as_posix() if path != root else path.name
+        name = printable(path.relative_to(root).as_posix() if path != root else path.name)
         entries.append(DatasetEntry(name, path, fmt, (path / SYNTHETIC_MARKER).exists()))
     return entries

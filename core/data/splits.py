@@ -93,7 +93,7 @@ def _manifest_id(fmt: str, root: Path, seed: int, fractions, units) -> str:
     digest = hashlib.sha1()
     digest.update(json.dumps([fmt, str(root), seed, list(fractions)]).encode())
     for unit in sorted(units):
-        digest.update(unit.encode() + b"\0")
+        digest.update(unit.encode("utf-8", "surrogatepass") + b"\0")
     return f"{fmt}-seed{seed}-{digest.hexdigest()[:12]}"
 
 
@@ -104,6 +104,16 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _read_manifest(path: Path) -> dict[str, str] | None:
+    """The saved assignments, or None when absent or damaged (then the seeded draw is redone)."""
+    try:
+        assignments = json.loads(path.read_text())["assignments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    valid = isinstance(assignments, dict) and set(assignments.values()) <= set(SPLIT_NAMES)
+    return assignments if valid else None
+
+
 def manifest_split(
     fmt: str, root: Path, units: pd.Series, strata, seed: int, fractions, unit: str
 ) -> tuple[dict[str, str], str, Path]:
@@ -112,10 +122,9 @@ def manifest_split(
     unique_units = [str(u) for u in units]
     manifest_id = _manifest_id(fmt, Path(root).resolve(), seed, fractions, unique_units)
     path = config.cache_dir() / "splits" / f"{manifest_id}.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if set(saved["assignments"]) == set(unique_units):
-            return saved["assignments"], manifest_id, path
+    saved = _read_manifest(path)
+    if saved is not None and set(saved) == set(unique_units):
+        return saved, manifest_id, path
     names = stratified_assign(strata, fractions, seed)
     assignments = dict(zip(unique_units, (str(s) for s in names), strict=True))
     payload = {

@@ -1,0 +1,35 @@
+"""Bad input is reported as ONE printable line: the base of DatasetError and CheckpointError.
+
+File names come from the OS as bytes; Python turns bytes that are not UTF-8 into surrogate escapes,
+which crash ``print``, JSON writers and parquet. ``printable`` shows them (and control characters,
+e.g. a newline or a terminal escape inside a file name) as visible ``\\xNN`` text instead.
+"""
+
+from __future__ import annotations
+
+MAX_MESSAGE_CHARS = 600
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print, serialise and show: undecodable bytes and control characters escaped."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from the OS
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def one_line(message: object) -> str:
+    """``message`` as one printable line of bounded length."""
+    flat = printable(" ".join(str(message).split()))
+    return flat if len(flat) <= MAX_MESSAGE_CHARS else flat[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+class InputError(ValueError):
+    """Bad input; the message is one line naming the file, what is wrong and the fix."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(one_line(message))
