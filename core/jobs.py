@@ -4,7 +4,8 @@ A run is a directory under ``config.runs_dir()`` (one per run, never shared)::
 
     <runs>/<UTC time>-<model>-<random>/
         config.json    the TrainConfig (``asdict``), resolved by the trainer once it starts
-        status.json    {"state": queued|running|finished|failed|cancelled, "pid", "host",
+        status.json    {"state": queued|running|finished|failed|cancelled, "pid", "pid_start"
+                        (the process's start time, telling a reused pid apart), "host",
                         "created", "started", "updated", "ended", "progress": {epoch, epochs,
                         step, steps_per_epoch, fraction, images_per_s, eta_s}, "best": {...},
                         "error": one line, "traceback": str}
@@ -147,44 +148,92 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live (non-zombie) HistoLens process on this machine."""
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22); it never
+    changes for the life of a process, exec included. None without procfs or once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _started_after(pid: int, iso: str) -> bool:
+    """True if ``pid`` started more than a second after the ISO time ``iso`` (whole seconds)."""
+    ticks = process_start(pid)
+    try:
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        when = datetime.fromisoformat(iso).timestamp()
+    except (OSError, StopIteration, ValueError, TypeError):
+        return False
+    return ticks is not None and boot + ticks / os.sysconf("SC_CLK_TCK") > when + 1.5
+
+
+def process_alive(pid: int, start: int | None = None, updated: str | None = None) -> bool:
+    """True while the process that wrote ``pid`` into a status lives (not a zombie).
+
+    A pid can be reused by a later process. ``start`` (process_start of the writer) tells them
+    apart exactly; status files without it fall back to ``updated``: a process that started
+    after the status was last written cannot have written it. The command line is no witness:
+    it reads empty while a freshly started process is still inside exec.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():  # no procfs (macOS): trust kill(0)
+        pass
+    stat = Path(f"/proc/{pid}/stat")
+    if not Path("/proc/self/stat").exists():  # no procfs (macOS): trust kill(0)
         return True
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
-    except OSError:
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # exited since kill(0)
+    if state in ("Z", "X"):
         return False
-    # A zombie has exited; a live pid without "core" in its argv was reused by another program.
-    return state != "Z" and b"core" in argv
+    if start is not None:
+        return process_start(pid) == start
+    return not (updated and _started_after(pid, updated))
+
+
+def _looks_dead(status: dict[str, Any]) -> bool:
+    pid = status.get("pid")
+    same_host = status.get("host", socket.gethostname()) == socket.gethostname()
+    return (
+        status.get("state") in ACTIVE_STATES
+        and bool(pid)
+        and same_host
+        and not process_alive(int(pid), status.get("pid_start"), status.get("updated"))
+    )
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """status.json, with a run whose process died without a final word reported as failed."""
+    """status.json, with a run whose process died without a final word reported as failed.
+
+    The verdict "killed" needs the process gone *and* the run's own status still active when
+    read again afterwards: a run that ends between the two reads shows its final status."""
     run_dir = Path(run_dir)
     status = read_json(run_dir / STATUS_FILE) or {"state": "unknown"}
+    if not _looks_dead(status):
+        return status
+    status = read_json(run_dir / STATUS_FILE) or status
+    if status.get("state") not in ACTIVE_STATES:
+        return status
     pid = status.get("pid")
-    same_host = status.get("host", socket.gethostname()) == socket.gethostname()
-    if status.get("state") in ACTIVE_STATES and pid and same_host and not pid_alive(int(pid)):
-        status = {
-            **status,
-            "state": "failed",
-            "killed": True,
-            "error": (
-                f"process {pid} ended without a final status (killed, e.g. SIGKILL or out of "
-                f"memory); continue it with `python -m core train --resume {run_dir}`"
-            ),
-            "traceback": tail_log(run_dir),
-        }
-    return status
+    return {
+        **status,
+        "state": "failed",
+        "killed": True,
+        "error": (
+            f"process {pid} ended without a final status (killed, e.g. SIGKILL or out of "
+            f"memory); continue it with `python -m core train --resume {run_dir}`"
+        ),
+        "traceback": tail_log(run_dir),
+    }
 
 
 def tail_log(run_dir: Path, lines: int = 30) -> str:
@@ -249,7 +298,7 @@ def start_run(
         )
     # The child writes its own pid too; this covers a child that dies before it can.
     if read_json(run_dir / STATUS_FILE).get("state") == "queued":
-        write_status(run_dir, pid=proc.pid)
+        write_status(run_dir, pid=proc.pid, pid_start=process_start(proc.pid))
     return run_dir
 
 
@@ -261,12 +310,12 @@ def cancel_run(run_dir: Path, grace_s: float = 0.0) -> bool:
     if status.get("state") not in ACTIVE_STATES:
         return False
     pid = int(status.get("pid") or 0)
-    if pid and pid_alive(pid):
+    if pid and process_alive(pid, status.get("pid_start")):
         # Runs started by start_run lead their own process group (torchrun children included).
         target = os.killpg if os.getpgid(pid) == pid else os.kill
         target(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and pid_alive(pid):
+        while time.monotonic() < deadline and process_alive(pid, status.get("pid_start")):
             time.sleep(0.1)
         return True
     write_status(run_dir, state="cancelled", ended=now_iso())

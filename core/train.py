@@ -584,6 +584,7 @@ class _RunWriter:
             self.run_dir,
             state="running",
             pid=os.getpid(),
+            pid_start=jobs.process_start(os.getpid()),
             host=socket.gethostname(),
             created=status.get("created", jobs.now_iso()),
             started=jobs.now_iso(),

@@ -71,14 +71,76 @@ def test_a_dead_pid_shows_as_failed_killed(tmp_path):
     assert "--resume" in status["error"] and "epoch 1/3" in status["traceback"]
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="needs procfs")
-def test_a_reused_pid_running_another_program_counts_as_dead():
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    ours, other = subprocess.Popen([*sleeper, "core"]), subprocess.Popen(sleeper)
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs procfs")
+def test_a_run_caught_before_its_command_line_shows_is_alive(tmp_path, monkeypatch):
+    """Popen returns at exec's point of no return, before the kernel maps the new program's
+    argv: a page polling then reads an empty (or the parent's) command line. Such a run was
+    reported "ended without a final status (killed…)" (issue 13, item 8)."""
+    real_popen = subprocess.Popen
+    started = []
+
+    def popen_mid_exec(argv, **kwargs):  # the trainer as /proc shows it during exec
+        started.append(real_popen(SLEEPER, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", popen_mid_exec)
+    run = jobs.start_run({"data": "d", "model": "idc_cnn"}, runs_dir=tmp_path)
     try:
-        assert jobs.pid_alive(ours.pid) and not jobs.pid_alive(other.pid)
+        status = jobs.read_status(run)
+        assert status["state"] == "queued" and not status.get("killed"), status
+        assert [r.state for r in jobs.list_runs(tmp_path)] == ["queued"]
     finally:
-        ours.kill(), other.kill(), ours.wait(), other.wait()
+        started[0].kill(), started[0].wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs procfs")
+def test_a_reused_pid_counts_as_dead_whatever_its_command_line(tmp_path):
+    """Another process now holding the run's pid started later than the run's process did."""
+    other = subprocess.Popen([*SLEEPER, "core"])
+    try:
+        start = jobs.process_start(other.pid)
+        assert jobs.process_alive(other.pid, start)
+        assert not jobs.process_alive(other.pid, start - 1)  # the pid's earlier owner
+        jobs.write_status(tmp_path, state="running", pid=other.pid, pid_start=start - 1)
+        assert jobs.read_status(tmp_path)["state"] == "failed"
+    finally:
+        other.kill(), other.wait()
+
+
+def test_a_status_without_a_start_time_counts_a_younger_process_as_a_reused_pid(tmp_path):
+    """Status files written before start times were recorded: a process that started after the
+    status was last updated cannot be the one that wrote it."""
+    other = subprocess.Popen(SLEEPER)
+    try:
+        old = "2020-01-01T00:00:00+00:00"
+        jobs.write_json_atomic(
+            tmp_path / "status.json", {"state": "running", "pid": other.pid, "updated": old}
+        )
+        assert jobs.read_status(tmp_path)["state"] == "failed"
+        jobs.write_status(tmp_path, state="running")  # updated now: the process is older
+        assert jobs.read_status(tmp_path)["state"] == "running"
+    finally:
+        other.kill(), other.wait()
+
+
+def test_a_run_that_ends_while_being_read_shows_its_own_final_status(tmp_path, monkeypatch):
+    """The process wrote "finished" and exited between the reader's read and its pid check:
+    the run's own status wins over a guess."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    jobs.write_status(tmp_path, state="running", pid=proc.pid)
+    real_alive = jobs.process_alive
+
+    def finishes_first(pid, start=None, updated=None):
+        jobs.write_status(tmp_path, state="finished")
+        return real_alive(pid, start, updated)
+
+    monkeypatch.setattr(jobs, "process_alive", finishes_first)
+    status = jobs.read_status(tmp_path)
+    assert status["state"] == "finished" and not status.get("killed")
 
 
 def test_a_run_from_another_host_is_never_declared_dead(tmp_path):
@@ -144,6 +206,6 @@ def test_start_run_in_the_background_then_cancel(demo_root, tmp_path):
 
 def wait_for_exit(pid: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
-    while jobs.pid_alive(pid) and time.monotonic() < deadline:
+    while jobs.process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not jobs.pid_alive(pid)
+    return not jobs.process_alive(pid)
