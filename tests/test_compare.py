@@ -89,6 +89,7 @@ def test_disagreements_select_and_sort(kind):
 
 
 def test_threshold_free_curves_and_legend_show_auc_with_ci():
+    pytest.importorskip("plotly", reason="needs plotly")
     preds = _preds()
     free = compare.threshold_free(preds, n_boot=100, seed=0)
     lo, hi = free["good"].auc_ci

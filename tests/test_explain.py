@@ -14,6 +14,9 @@ from PIL import Image
 from torch import nn
 
 from core.checkpoints import LoadedModel, ModelCard, load_checkpoint, save_checkpoint
+
+pytest.importorskip("pytorch_grad_cam", reason="needs grad-cam")
+
 from core.explain import (
     CAM_METHODS,
     COLORMAPS,

@@ -14,6 +14,8 @@ from core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
 from core.models import build_model
 from core.preprocess import predict_proba
 
+pytest.importorskip("pytorch_grad_cam", reason="needs grad-cam")
+
 
 @pytest.fixture
 def ckpt(tmp_path):

@@ -10,6 +10,9 @@ import pytest
 from core.checkpoints import load_checkpoint, read_card
 from core.config import REPO_ROOT
 from core.data import open_dataset
+
+pytest.importorskip("pytorch_grad_cam", reason="needs grad-cam")
+
 from core.explain import (
     compute_cams,
     faithfulness_table,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
 
 @pytest.fixture

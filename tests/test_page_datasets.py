@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")

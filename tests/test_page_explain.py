@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 from test_explain_demo import train_demo_checkpoint
 
 from core.checkpoints import read_card
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import jobs
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
 
