@@ -13,7 +13,7 @@ weights) with AdamW, the same batch size and the same number of optimizer steps,
 
 1. pure: forward + backward + step on batches pre-loaded and pre-normalised in memory (no
    reading, decoding, augmentation or preprocessing): the ceiling for this model and machine.
-2. ours: ``core.train.train_one_epoch`` over a ``core.train.make_loader`` loader: whole-batch
+2. ours: ``core.train.train_one_epoch`` over a ``core.loaders.make_loader`` loader: whole-batch
    ``read_batch`` from the PNG files, uint8 to the device, D4 + stain jitter and the card's
    normalisation there.
 3. seed-style: a per-file Dataset (PIL decode, torchvision Resize, flips, rotation, ColorJitter,
@@ -105,10 +105,13 @@ def main() -> int:
     import torch
     from torch import nn
 
+    from core.augment import Augmentation
     from core.checkpoints import ModelCard
     from core.data import open_dataset
+    from core.device import Dist
+    from core.loaders import BatchReader, make_loader
     from core.models import build_model
-    from core.train import Augmentation, BatchReader, Dist, Runtime, make_loader, train_one_epoch
+    from core.train import Runtime, train_one_epoch
 
     data, kind = find_idc(args.data)
     ds = open_dataset(data)

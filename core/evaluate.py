@@ -163,8 +163,8 @@ def predict_indices(
     import torch
 
     from core.checkpoints import load_checkpoint
+    from core.device import resolve_device
     from core.preprocess import to_model_input
-    from core.train import resolve_device
 
     device = resolve_device(str(device or "auto"))
     loaded = load_checkpoint(checkpoint_path, device=device)
@@ -187,11 +187,11 @@ def predict_indices(
 def forward_probs(model, x, tta: bool = False) -> np.ndarray:
     """Softmax P(tumour), averaged over the 8 D4 transforms when ``tta``.
 
-    Autocast on CUDA only (``core.preprocess.autocast_for``): fp32 elsewhere.
+    Autocast on CUDA only (``core.device.autocast_for``): fp32 elsewhere.
     """
     import torch
 
-    from core.preprocess import autocast_for
+    from core.device import autocast_for
 
     with torch.inference_mode(), autocast_for(x.device):
         if not tta:  # not D4_GROUP[0].apply(x): rot90(k=0) would copy the batch for nothing

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from typing import Any
 import pandas as pd
 
 from core import config
+from core.train_config import TrainConfig
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -274,13 +275,17 @@ def config_to_argv(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def start_run(
-    cfg: Mapping[str, Any], runs_dir: Path | None = None, name: str | None = None
+    cfg: TrainConfig | Mapping[str, Any], runs_dir: Path | None = None, name: str | None = None
 ) -> Path:
     """Launch `python -m core train ... --out RUN_DIR` as a detached background process.
 
-    The process gets its own session (so cancelling it never touches the caller) and writes
-    everything to the run directory; the caller only keeps the path. Returns the run directory.
+    ``cfg`` is a TrainConfig (or a mapping of its fields, checked here the same way). The process
+    gets its own session (so cancelling it never touches the caller) and writes everything to the
+    run directory; the caller only keeps the path. Returns the run directory.
     """
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(cfg)
+    cfg = asdict(cfg)
     run_dir = make_run_dir(name or str(cfg.get("model") or "auto"), runs_dir)
     write_config(run_dir, cfg)
     write_status(run_dir, state="queued", created=now_iso(), host=socket.gethostname())

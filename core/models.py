@@ -18,7 +18,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESCALE_MEAN = (0.0, 0.0, 0.0)  # the Keras seeds only rescale to [0, 1]
 RESCALE_STD = (1.0, 1.0, 1.0)
-MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)

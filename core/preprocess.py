@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoints import LoadedModel, ModelCard
+from core.device import autocast_for
 
 
 def to_model_input(
@@ -43,14 +44,6 @@ def to_model_input(
     x = x.sub_(mean).div_(std)  # in place: x is a fresh float tensor; saves two full copies
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op context elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.inference_mode()

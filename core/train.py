@@ -6,8 +6,10 @@ scheduler and loop state for ``resume``) and ``best.pt`` (best validation score)
 are full checkpoints with a model card (core/checkpoints.py), written atomically.
 
 The data path keeps the model, not the loader, the bottleneck: a worker reads a whole batch with
-one ``read_batch`` call as uint8 N×H×W×3, the uint8 batch goes to the device, and augmentation,
-resizing and normalisation (``core.preprocess.to_model_input``, from the model card) happen there.
+one ``read_batch`` call as uint8 N×H×W×3 (core.loaders), the uint8 batch goes to the device, and
+augmentation (core.augment), resizing and normalisation (``core.preprocess.to_model_input``, from
+the model card) happen there. The config is core.train_config.TrainConfig; device, precision and
+torchrun set-up come from core.device.
 
 Randomness is a function of (seed, epoch): the shuffle order and the augmentations of epoch ``e``
 are the same whether or not the run was resumed, so a run killed mid-epoch redoes that epoch only.
@@ -23,12 +25,11 @@ import contextlib
 import copy
 import math
 import os
-import random
 import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -38,239 +39,20 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from core import jobs
+from core.augment import Augmentation, epoch_generator
 from core.checkpoints import ModelCard, load_payload, save_checkpoint
-from core.d4 import D4_GROUP
-from core.models import MIN_INPUT_SIZE, build_model, get_spec, recommended_model
-from core.preprocess import autocast_for, to_model_input
-
-SCHEDULERS = ("cosine", "plateau")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from core.device import Dist, autocast_for, init_distributed, resolve_device, seed_everything
+from core.loaders import BatchReader, make_loader
+from core.models import build_model, get_spec, recommended_model
+from core.preprocess import to_model_input
+from core.train_config import MIN_INPUT_SIZE, TrainConfig
 
 
 class TrainingCancelled(Exception):
     """Raised inside the loop when the process is asked to stop (SIGTERM from cancel_run)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``None`` means "decided from the data" and is resolved by ``fit``."""
-
-    data: str
-    model: str | None = None  # None: recommended_model(patch size)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    img_size: int | None = None  # None: the dataset's patch size (no resampling)
-    device: str = "auto"  # auto = cuda > mps > cpu
-    seed: int = 0
-    pretrained: bool = False
-    augment: bool = True  # D4 + light stain/brightness jitter
-    class_weighting: bool = False  # loss weights inversely proportional to class counts
-    scheduler: str = "cosine"  # cosine (per step) | plateau (on validation score)
-    patience: int = 3  # early stopping: epochs without a better validation score
-    limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
-    workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 on CUDA
-    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored elsewhere)
-    log_every: int = 10  # optimizer steps between metrics lines
-    best_fp16: bool = False  # store best.pt weights as float16 (half the file; load as float32)
-
-    def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be > 0"
-            for name in ("epochs", "batch_size", "lr", "log_every")
-            if getattr(self, name) <= 0
-        ]
-        if self.scheduler not in SCHEDULERS:
-            problems.append(f"scheduler must be one of {SCHEDULERS}")
-        if self.device.split(":")[0] not in DEVICES:
-            problems.append(f"device must be one of {DEVICES}")
-        if self.img_size is not None and self.img_size < MIN_INPUT_SIZE:
-            problems.append(f"img_size must be >= {MIN_INPUT_SIZE}")
-        if problems:
-            raise ValueError("Invalid training config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-# -- environment ----------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device) before any random draw."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """cuda > mps > cpu for "auto"; an explicit device that is not available is an error."""
-    kind = requested.split(":")[0]
-    if kind == "auto":
-        if torch.cuda.is_available():
-            kind = "cuda"
-        elif torch.backends.mps.is_available():
-            kind = "mps"
-        else:
-            kind = "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: Apple MPS is not available; use --device cpu or auto")
-    if kind == "cuda":
-        index = int(requested.split(":")[1]) if ":" in requested else local_rank
-        return torch.device("cuda", index)
-    return torch.device(kind)
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_request: str) -> Dist:
-    """Join the torchrun process group (nccl on CUDA, gloo otherwise) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and device_request.split(":")[0] in ("auto", "cuda")
-        if use_nccl:
-            torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per process
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
-
-
-# -- data -----------------------------------------------------------------------------------
-
-
-class BatchReader(Dataset):
-    """Positions in ``indices`` -> one (uint8 N×H×W×3, int64 labels) batch per item.
-
-    Used with a BatchSampler as the DataLoader's sampler and ``batch_size=None``, so each worker
-    reads a whole batch with one ``read_batch`` call. The PatchDataset pickles without file
-    handles and opens them lazily, so every worker reopens its own h5 file.
-    """
-
-    def __init__(self, ds, indices: np.ndarray):
-        self.ds = ds
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.labels = ds.meta["label"].to_numpy(dtype=np.int64)[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = np.asarray(positions, dtype=np.int64)
-        images = self.ds.read_batch(self.indices[positions])
-        return torch.from_numpy(images), torch.from_numpy(self.labels[positions])
-
-
-def make_loader(
-    reader: BatchReader,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    dist_info: Dist,
-    workers: int,
-    pin_memory: bool,
-) -> DataLoader:
-    """Training loaders shuffle with DistributedSampler (also for one process: it gives a
-    seeded order per epoch via set_epoch) and drop a ragged last batch; validation loaders
-    take a contiguous shard per rank without padding, so every patch counts exactly once."""
-    if shuffle:
-        sampler = DistributedSampler(
-            reader, num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=seed
-        )
-        drop_last = len(sampler) > batch_size
-    else:
-        sampler = range(dist_info.rank, len(reader), dist_info.world)
-        drop_last = False
-    return DataLoader(
-        reader,
-        sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-    )
-
-
-# -- augmentation (on the device, on uint8 batches) ----------------------------------------
-
-# Ruifrok & Johnston H&E-DAB stain vectors, as in skimage.color.rgb2hed.
-_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
-_LOG_ADJUST = math.log(1e-6)
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random D4 transform per patch, then light HED stain jitter (Tellez et al. 2018) and
-    brightness jitter. Output is uint8 again, so the model input goes through exactly the
-    card's preprocessing, as at inference."""
-
-    stain_scale: float = 0.05  # alpha ~ U(1 - s, 1 + s) per stain channel
-    stain_shift: float = 0.005  # beta ~ U(-s, s), in skimage's HED units (~2-7 grey levels)
-    brightness: float = 0.05  # factor ~ U(1 - b, 1 + b)
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, h, w, _ = images.shape
-        x = images.permute(0, 3, 1, 2)  # NCHW view: D4 acts on the last two axes
-        n_ops = len(D4_GROUP) if h == w else 2  # quarter turns need square patches
-        ops = torch.randint(0, n_ops, (n,), generator=generator).to(x.device)
-        out = torch.empty_like(x)
-        for j in range(n_ops):  # one batched op per transform, not one per patch
-            chosen = ops == j
-            out[chosen] = D4_GROUP[j].apply(x[chosen])
-        x = out
-        log_rgb = (
-            x.permute(0, 2, 3, 1).reshape(n, h * w, 3).float().div_(255.0).clamp_(min=1e-6).log_()
-        )
-        matrix, offset = self.colour_transform(n, generator)
-        # One batched affine map in log space = HED jitter + brightness (see colour_transform).
-        log_rgb = torch.baddbmm(offset.to(x.device), log_rgb, matrix.to(x.device))
-        rgb = log_rgb.exp_().mul_(255.0).round_().clamp_(0, 255)
-        return rgb.to(torch.uint8).view(n, h, w, 3)
-
-    def colour_transform(
-        self, n: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-patch (3×3 matrix, 1×3 offset) acting on log RGB.
-
-        skimage's HED: stains = log(rgb) / L @ H (L = log 1e-6, H = hed_from_rgb), and back
-        rgb = exp(stains · L @ R) (R = rgb_from_hed). Jittering stains -> stains · α + β and
-        scaling brightness by f is therefore log(rgb) @ (H diag(α) R) + (L β R + log f).
-        """
-        u = torch.rand(n, 7, generator=generator)
-        alpha = 1 + self.stain_scale * (2 * u[:, 0:3] - 1)
-        beta = self.stain_shift * (2 * u[:, 3:6] - 1)
-        factor = 1 + self.brightness * (2 * u[:, 6] - 1)
-        matrix = _HED_FROM_RGB @ torch.diag_embed(alpha) @ _RGB_FROM_HED
-        offset = (_LOG_ADJUST * beta) @ _RGB_FROM_HED + torch.log(factor)[:, None]
-        return matrix, offset[:, None, :]
-
-
-def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
 
 
 # -- one epoch ------------------------------------------------------------------------------
@@ -593,6 +375,31 @@ class _RunWriter:
             traceback=None,
         )
 
+    def begin(self, cfg: TrainConfig, state: LoopState, notice: str | None) -> None:
+        """The resolved config, the set-up notice, and metrics of finished epochs only."""
+        if notice:
+            print(notice, flush=True)
+            jobs.write_status(self.run_dir, notice=notice)
+        jobs.write_config(self.run_dir, asdict(cfg))
+        jobs.keep_metrics(self.run_dir, before_epoch=state.epoch)
+        self.first_step = state.global_step
+
+    def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any]) -> None:
+        """The validation line and the best epoch so far."""
+        record = {"epoch": state.epoch - 1, "split": "valid", **val}
+        record["lr"] = s.optimizer.param_groups[0]["lr"]
+        self.log(record, s.cfg, state.global_step, s.steps)
+        jobs.write_status(self.run_dir, best={"epoch": state.best_epoch, "score": state.best_score})
+
+    def finish(self, cfg: TrainConfig, state: LoopState) -> dict[str, Any]:
+        progress = jobs.read_json(self.run_dir / jobs.STATUS_FILE).get("progress", {})
+        return self.end(
+            "finished",
+            epochs_run=state.epoch,
+            stopped_early=state.epoch < cfg.epochs,
+            progress={**progress, "fraction": 1.0, "eta_s": 0},
+        )
+
     def end(self, state: str, **fields: Any) -> dict[str, Any]:
         return jobs.write_status(self.run_dir, state=state, ended=jobs.now_iso(), **fields)
 
@@ -710,84 +517,83 @@ def _save_epoch(s: _Setup, run_dir: Path, state: LoopState, val: dict, improved:
 
 
 def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
-    from tqdm.auto import tqdm
-
     s = _setup(cfg, dist_info)
-    cfg, steps = s.cfg, s.steps
     state = LoopState()
     if resume and (run_dir / "last.pt").is_file():
         state = _restore(s, run_dir / "last.pt")
     if writer:
-        if s.notice:
-            print(s.notice, flush=True)
-            jobs.write_status(run_dir, notice=s.notice)
-        jobs.write_config(run_dir, asdict(cfg))
-        jobs.keep_metrics(run_dir, before_epoch=state.epoch)
-        writer.first_step = state.global_step
-
-    train_model = s.model
-    if dist_info.enabled:
-        device_ids = [s.rt.device.index] if s.rt.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(s.model, device_ids=device_ids)
-    augment = Augmentation() if cfg.augment else None
+        writer.begin(s.cfg, state, s.notice)
+    train_model = _for_training(s.model, s.rt.device, dist_info)
+    augment = Augmentation() if s.cfg.augment else None
     show = show_progress and writer is not None
-    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+    while state.epoch < s.cfg.epochs and state.bad_epochs < s.cfg.patience:
         epoch = state.epoch
-        s.train_loader.sampler.sampler.set_epoch(epoch)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show)
-
-        def on_log(record, epoch=epoch, bar=bar):
-            done = record.pop("step_in_epoch")
-            record.pop("n")
-            bar.update(done - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-            record["images_per_s"] *= dist_info.world  # every rank runs at rank 0's pace
-            if writer:
-                writer.log(record, cfg, epoch * steps + done, steps)
-
-        train_one_epoch(
-            train_model,
-            s.train_loader,
-            s.optimizer,
-            s.criterion,
-            s.rt,
-            epoch=epoch,
-            generator=epoch_generator(cfg.seed, epoch, dist_info.rank),
-            augment=augment,
-            scheduler=s.scheduler if cfg.scheduler == "cosine" else None,
-            scaler=s.scaler,
-            limit=cfg.limit_batches,
-            log_every=cfg.log_every,
-            on_log=on_log,
-            should_stop=should_stop,
-        )
-        bar.close()
+        _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop, show)
         # The unwrapped model: DDP's forward syncs buffers across ranks, which would deadlock
         # when validation shards have different batch counts.
         val = evaluate(s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info)
-        score = validation_score(val)
-        if cfg.scheduler == "plateau":
-            s.scheduler.step(score)
-        improved = score > state.best_score
-        state.epoch, state.global_step = epoch + 1, (epoch + 1) * steps
-        if improved:
-            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-        else:
-            state.bad_epochs += 1
+        improved = _advance(s, state, val)
         if writer:
             _save_epoch(s, run_dir, state, val, improved)
-            lr = s.optimizer.param_groups[0]["lr"]
-            writer.log(
-                {"epoch": epoch, "split": "valid", **val, "lr": lr}, cfg, state.global_step, steps
-            )
-            jobs.write_status(run_dir, best={"epoch": state.best_epoch, "score": state.best_score})
-    if writer is None:
-        return {}
-    done = {
-        **jobs.read_json(run_dir / jobs.STATUS_FILE).get("progress", {}),
-        "fraction": 1.0,
-        "eta_s": 0,
-    }
-    return writer.end(
-        "finished", epochs_run=state.epoch, stopped_early=state.epoch < cfg.epochs, progress=done
+            writer.end_epoch(s, state, val)
+    return writer.finish(s.cfg, state) if writer else {}
+
+
+def _for_training(model: nn.Module, device: torch.device, dist_info: Dist) -> nn.Module:
+    """The model the optimizer steps through: wrapped in DDP under torchrun."""
+    if not dist_info.enabled:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop, show) -> None:
+    """One training epoch with a progress bar (terminal) and metrics lines (rank 0)."""
+    from tqdm.auto import tqdm
+
+    cfg, steps = s.cfg, s.steps
+    s.train_loader.sampler.sampler.set_epoch(epoch)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show)
+
+    def on_log(record):
+        done = record.pop("step_in_epoch")
+        record.pop("n")
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+        record["images_per_s"] *= dist_info.world  # every rank runs at rank 0's pace
+        if writer:
+            writer.log(record, cfg, epoch * steps + done, steps)
+
+    train_one_epoch(
+        train_model,
+        s.train_loader,
+        s.optimizer,
+        s.criterion,
+        s.rt,
+        epoch=epoch,
+        generator=epoch_generator(cfg.seed, epoch, dist_info.rank),
+        augment=augment,
+        scheduler=s.scheduler if cfg.scheduler == "cosine" else None,
+        scaler=s.scaler,
+        limit=cfg.limit_batches,
+        log_every=cfg.log_every,
+        on_log=on_log,
+        should_stop=should_stop,
     )
+    bar.close()
+
+
+def _advance(s: _Setup, state: LoopState, val: dict[str, Any]) -> bool:
+    """Count the finished epoch, step a plateau scheduler, track the best score.
+    Returns whether this epoch improved on the best."""
+    score = validation_score(val)
+    if s.cfg.scheduler == "plateau":
+        s.scheduler.step(score)
+    improved = score > state.best_score
+    state.epoch += 1
+    state.global_step = state.epoch * s.steps
+    if improved:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch - 1, 0
+    else:
+        state.bad_epochs += 1
+    return improved

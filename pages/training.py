@@ -19,23 +19,22 @@ from core import jobs
 from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
 from core.data.demo import ensure_demo
+from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
 
 REFRESH = "2s"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-SCHEDULERS = ("cosine", "plateau")
 AUTO_MODEL = "auto (recommended for the patch size)"
-DEFAULTS = {
-    "training_epochs": 10,
-    "training_batch": 64,
-    "training_lr": 1e-3,
-    "training_augment": True,
-    "training_class_weighting": False,
-    "training_device": "auto",
-    "training_seed": 0,
-    "training_scheduler": "cosine",
-    "training_patience": 3,
-    "training_limit": 0,
-    "training_selected": [],
+# TrainConfig field -> the widget (session-state key) that sets it
+WIDGETS = {
+    "epochs": "training_epochs",
+    "batch_size": "training_batch",
+    "lr": "training_lr",
+    "augment": "training_augment",
+    "class_weighting": "training_class_weighting",
+    "device": "training_device",
+    "seed": "training_seed",
+    "scheduler": "training_scheduler",
+    "patience": "training_patience",
+    "limit_batches": "training_limit",
 }
 
 
@@ -88,20 +87,8 @@ def start_form() -> None:
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         state = st.session_state
-        cfg = {
-            "data": data,
-            "model": None if model == AUTO_MODEL else model,
-            "epochs": int(state.training_epochs),
-            "batch_size": int(state.training_batch),
-            "lr": float(state.training_lr),
-            "augment": bool(state.training_augment),
-            "class_weighting": bool(state.training_class_weighting),
-            "device": state.training_device,
-            "seed": int(state.training_seed),
-            "scheduler": state.training_scheduler,
-            "patience": int(state.training_patience),
-            "limit_batches": int(state.training_limit) or None,
-        }
+        values = {field: state[key] for field, key in WIDGETS.items()}
+        cfg = TrainConfig.from_form(data, None if model == AUTO_MODEL else model, values)
         run = jobs.start_run(cfg)
         state.training_selected = [run.name, *state.training_selected]
         st.success(f"Started {run.name} in the background.")
@@ -176,7 +163,9 @@ def runs_section() -> None:
 
 st.title("Training")
 st.caption(RESEARCH_NOTICE)
-for key, value in DEFAULTS.items():
-    st.session_state.setdefault(key, value)
+for field, key in WIDGETS.items():
+    default = DEFAULTS[field]
+    st.session_state.setdefault(key, 0 if default is None else default)  # batch limit 0 = all
+st.session_state.setdefault("training_selected", [])
 start_form()
 runs_section()

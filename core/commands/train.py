@@ -18,6 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
+from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+
 _NO_DEFAULT = argparse.SUPPRESS  # unset flags keep the TrainConfig default
 
 
@@ -31,14 +33,23 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory to create (or reuse) and fill")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from last.pt")
     p.add_argument("--model", help="registered model (default: recommended for the patch size)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 10; early stopping)")
-    p.add_argument("--batch-size", type=int, dest="batch_size", help="default 64")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, dest="weight_decay", help="default 1e-4")
+    p.add_argument(
+        "--epochs", type=int, help=f"maximum epochs (default {DEFAULTS['epochs']}; early stopping)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, dest="batch_size", help=f"default {DEFAULTS['batch_size']}"
+    )
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {DEFAULTS['lr']:g})")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        dest="weight_decay",
+        help=f"default {DEFAULTS['weight_decay']:g}",
+    )
     p.add_argument(
         "--img-size", type=int, dest="img_size", help="model input side (default: patch size)"
     )
-    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", help=f"{', '.join(DEVICES)} or cuda:N (auto: cuda > mps > cpu)")
     p.add_argument("--seed", type=int, help="seed for splits, weights, order, augmentation")
     p.add_argument(
         "--pretrained",
@@ -57,9 +68,13 @@ def register(sub) -> None:
         help="weight the loss by inverse class frequency",
     )
     p.add_argument(
-        "--scheduler", choices=("cosine", "plateau"), help="lr schedule (default cosine)"
+        "--scheduler", choices=SCHEDULERS, help=f"lr schedule (default {DEFAULTS['scheduler']})"
     )
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 3)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"early stopping patience in epochs (default {DEFAULTS['patience']})",
+    )
     p.add_argument(
         "--limit-batches",
         type=int,
@@ -71,7 +86,10 @@ def register(sub) -> None:
         "--amp", action=argparse.BooleanOptionalAction, help="mixed precision on CUDA (default on)"
     )
     p.add_argument(
-        "--log-every", type=int, dest="log_every", help="steps between metrics lines (default 10)"
+        "--log-every",
+        type=int,
+        dest="log_every",
+        help=f"steps between metrics lines (default {DEFAULTS['log_every']})",
     )
     p.add_argument(
         "--best-fp16",
@@ -85,10 +103,8 @@ def register(sub) -> None:
 _NOT_CONFIG = ("command", "func", "out", "resume")
 
 
-def config_from_args(args, saved: dict | None = None):
+def config_from_args(args, saved: dict | None = None) -> TrainConfig:
     """TrainConfig from parsed flags; flags override ``saved`` (the config of a resumed run)."""
-    from core.train import TrainConfig
-
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     return TrainConfig.from_dict({**(saved or {}), **overrides})
 

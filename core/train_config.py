@@ -1,0 +1,77 @@
+"""The training config: one typed, frozen dataclass, its choices and defaults.
+
+Torch-free, so the Training page, the CLI (core/commands/train.py) and core.jobs share it
+without importing the training loop. ``asdict(cfg)`` is what a run writes to ``config.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+SCHEDULERS = ("cosine", "plateau")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MIN_INPUT_SIZE = 32  # the smallest input side every registered model accepts
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` means "decided from the data" and is resolved by ``fit``."""
+
+    data: str
+    model: str | None = None  # None: recommended_model(patch size)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    img_size: int | None = None  # None: the dataset's patch size (no resampling)
+    device: str = "auto"  # auto = cuda > mps > cpu
+    seed: int = 0
+    pretrained: bool = False
+    augment: bool = True  # D4 + light stain/brightness jitter
+    class_weighting: bool = False  # loss weights inversely proportional to class counts
+    scheduler: str = "cosine"  # cosine (per step) | plateau (on validation score)
+    patience: int = 3  # early stopping: epochs without a better validation score
+    limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
+    workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 on CUDA
+    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored elsewhere)
+    log_every: int = 10  # optimizer steps between metrics lines
+    best_fp16: bool = False  # store best.pt weights as float16 (half the file; load as float32)
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be > 0"
+            for name in ("epochs", "batch_size", "lr", "log_every")
+            if getattr(self, name) <= 0
+        ]
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler must be one of {SCHEDULERS}")
+        if self.device.split(":")[0] not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}")
+        if self.img_size is not None and self.img_size < MIN_INPUT_SIZE:
+            problems.append(f"img_size must be >= {MIN_INPUT_SIZE}")
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_form(cls, data: str, model: str | None, values: Mapping[str, Any]) -> TrainConfig:
+        """A config from form widgets (field name -> widget value): numbers are cast to the
+        field's type (number inputs may return floats) and a batch limit of 0 means "all"."""
+        cast = {
+            name: value if DEFAULTS[name] is None else type(DEFAULTS[name])(value)
+            for name, value in values.items()
+        }
+        if "limit_batches" in cast:
+            cast["limit_batches"] = int(cast["limit_batches"] or 0) or None
+        return cls(data=data, model=model, **cast)
+
+
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING
+}
