@@ -13,6 +13,7 @@ refused by torch itself; we turn that, truncation and foreign files into one cle
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import platform
@@ -27,14 +28,22 @@ from torch import nn
 
 from core import __version__
 from core.config import CLASS_NAMES
+from core.errors import InputError
 from core.files import file_sha256
-from core.models import MODELS, build_model, get_spec
+from core.models import MODELS, build_model, get_spec, get_target_layer
 
 FORMAT = "histolens-checkpoint"
 FORMAT_VERSION = 1
+# torch.save stores zip records uncompressed, so a record that inflates far beyond the file is
+# forged (a deflate bomb); its declared sizes are checked before torch reads anything.
+MAX_INFLATION = 2.0
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+INPUT_SIZES = (32, 1024)  # every registered model runs at 32 px (tests)
+MAX_SEED = 2**31 - 1  # the split seed range of core.data.open_dataset
+DATASET_FORMATS = ("", "pcam", "hcd", "idc")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that cannot be used as a HistoLens checkpoint; the message says why and what to do."""
 
 
@@ -87,15 +96,76 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """The card, every field type- and range-checked (a CheckpointError names the field)."""
         known = {f.name for f in fields(cls)}
         missing = {"arch", "input_size", "mean", "std", "target_layer"} - data.keys()
         if missing:
             raise CheckpointError(f"model card is missing {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            problem = CARD_CHECKS[key](value)
+            if problem:
+                raise CheckpointError(
+                    f"model card field {key!r} is {_shown(value)}: expected {problem}"
+                )
         for key in ("mean", "std", "class_names"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _triple(low: float, high: float, what: str):
+    def check(value):
+        ok = isinstance(value, list | tuple) and len(value) == 3
+        ok = ok and all(_is_number(v) and low <= v <= high for v in value)
+        return None if ok else f"three numbers {what} (one per RGB channel)"
+
+    return check
+
+
+def _expect(test, what: str):
+    return lambda value: None if test(value) else what
+
+
+# One check per card field: None when the value is fine, else what was expected.
+CARD_CHECKS = {
+    "arch": _expect(lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
+    "input_size": _expect(
+        lambda v: _is_int(v) and INPUT_SIZES[0] <= v <= INPUT_SIZES[1],
+        f"a whole number of pixels {INPUT_SIZES[0]}..{INPUT_SIZES[1]}",
+    ),
+    "mean": _triple(0.0, 1.0, "in 0..1"),
+    "std": _triple(1e-3, 10.0, "in 0.001..10"),
+    "target_layer": _expect(lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a layer name"),
+    "class_names": _expect(
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(c, str) for c in v)
+        ),
+        "two class names",
+    ),
+    "dataset": _expect(lambda v: isinstance(v, str), "a text (the dataset path)"),
+    "dataset_format": _expect(lambda v: v in DATASET_FORMATS, "pcam, hcd or idc"),
+    "split_manifest_id": _expect(lambda v: isinstance(v, str), "a text (a split manifest id)"),
+    "seed": _expect(lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"a whole number 0..{MAX_SEED}"),
+    "synthetic_data": _expect(lambda v: isinstance(v, bool), "true or false"),
+    "train_config": _expect(lambda v: isinstance(v, dict), "a mapping"),
+    "metrics": _expect(lambda v: isinstance(v, dict), "a mapping"),
+    "versions": _expect(lambda v: isinstance(v, dict), "a mapping"),
+    "created": _expect(lambda v: isinstance(v, str), "a text (a timestamp)"),
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +219,7 @@ def load_payload(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty; re-save or re-train the checkpoint")
+    _check_records(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -173,6 +244,22 @@ def load_payload(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _check_records(path: Path) -> None:
+    """Refuse a zip whose records declare more bytes than torch.save could have written."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (legacy format, garbage): torch.load's own error says so below
+    if declared > min(MAX_INFLATION * size + 2**20, MAX_CHECKPOINT_BYTES):
+        raise CheckpointError(
+            f"{path}: its records claim {declared / 2**20:,.0f} MiB inside a "
+            f"{size / 2**20:,.1f} MiB file (a compressed bomb, not written by torch.save); "
+            "refused without loading."
+        )
+
+
 def _unpickler_reason(exc: Exception) -> str:
     """The one informative line of torch's long weights_only error."""
     for line in str(exc).splitlines():
@@ -181,26 +268,62 @@ def _unpickler_reason(exc: Exception) -> str:
     return "weights_only load failed"
 
 
+def card_of(payload: dict[str, Any], path: str | Path) -> ModelCard:
+    """The validated card of a loaded payload; a bad field is a CheckpointError naming ``path``."""
+    try:
+        return ModelCard.from_dict(payload["card"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}; re-save it with `python -m core train`") from None
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unusable model card ({err})") from None
+
+
 def read_card(path: str | Path) -> ModelCard:
     """The model card alone (for listings); validates the file like load_checkpoint."""
-    return ModelCard.from_dict(load_payload(path)["card"])
+    return card_of(load_payload(path), path)
+
+
+def check_finite_weights(state_dict: dict[str, Any], path: str | Path) -> None:
+    """Weights with NaN or inf (a diverged run) would print P(tumour) = nan: refuse them."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{path}: weights {name!r} hold NaN or inf (training diverged); "
+                    "use an earlier checkpoint or retrain with a lower learning rate"
+                )
+
+
+def check_finite_probabilities(probs, path: str | Path):
+    """``probs`` unchanged when every value is a number in 0..1; a CheckpointError otherwise."""
+    import numpy as np
+
+    probs = np.asarray(probs)
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        raise CheckpointError(
+            f"{path}: the model output NaN or inf for {int(bad.sum())} of {probs.size} patches "
+            "(numerically broken weights); retrain or use another checkpoint"
+        )
+    return probs
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model from its card, load the weights strictly, move to ``device``, eval mode."""
     path = Path(path)
     payload = load_payload(path)
-    card = ModelCard.from_dict(payload["card"])
-    if card.arch not in MODELS:
-        raise CheckpointError(
-            f"{path}: unknown architecture {card.arch!r} (known: {', '.join(MODELS)})"
-        )
+    card = card_of(payload, path)
     model, _ = build_model(card.arch, pretrained=False)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: weights do not fit architecture {card.arch!r}: {str(exc).splitlines()[0]}"
         ) from None
+    check_finite_weights(payload["state_dict"], path)
+    try:
+        get_target_layer(model, card.target_layer)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: model card field 'target_layer': {err}") from None
     model.to(device).eval()
     return LoadedModel(model=model, card=card, path=path, sha256=file_sha256(path))

@@ -162,7 +162,7 @@ def predict_indices(
     """P(tumour) of the given patches (no cache): the prefetching loader + forward loop."""
     import torch
 
-    from core.checkpoints import load_checkpoint
+    from core.checkpoints import check_finite_probabilities, load_checkpoint
     from core.device import resolve_device
     from core.preprocess import to_model_input
 
@@ -181,7 +181,7 @@ def predict_indices(
         done += len(chunk)
         if progress is not None:
             progress(done, len(indices))
-    return np.concatenate(probs) if probs else np.zeros(0)
+    return check_finite_probabilities(np.concatenate(probs) if probs else np.zeros(0), loaded.path)
 
 
 def forward_probs(model, x, tta: bool = False) -> np.ndarray:

@@ -49,7 +49,7 @@ from pytorch_grad_cam.utils.model_targets import (
 )
 from threadpoolctl import threadpool_limits
 
-from core.checkpoints import LoadedModel
+from core.checkpoints import LoadedModel, check_finite_probabilities
 from core.config import CLASS_NAMES
 from core.d4 import D4_GROUP
 from core.models import get_target_layer
@@ -176,6 +176,7 @@ def _cams_for_batch(
     if maps is None:  # pytorch-grad-cam's __exit__ swallows IndexError; never pass that on silently
         raise RuntimeError(f"{method} failed on {loaded.path} (IndexError inside pytorch-grad-cam)")
     probs = torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu().numpy()
+    check_finite_probabilities(probs, loaded.path)
     fixed = TARGETS[target]
     classes = (
         logits.detach().argmax(dim=1).cpu().numpy() if fixed is None else np.full(len(x), fixed)

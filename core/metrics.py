@@ -122,10 +122,11 @@ def bootstrap_auc_ci(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the ROC AUC, resampling patches with a seeded generator.
 
-    Resamples with a single class are skipped (AUC undefined). None if ``y`` has one class.
+    Resamples with a single class are skipped (AUC undefined). None if ``y`` has one class
+    or ``n_boot`` is 0 (no CI asked for).
     """
     y, prob = _arrays(y, prob)
-    if not _has_both_classes(y):
+    if n_boot < 1 or not _has_both_classes(y):
         return None
     rng = np.random.default_rng(seed)
     aucs = []
@@ -133,6 +134,8 @@ def bootstrap_auc_ci(
         idx = rng.integers(0, y.size, y.size)
         if _has_both_classes(y[idx]):
             aucs.append(roc_auc_score(y[idx], prob[idx]))
+    if not aucs:
+        return None
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(aucs, [tail, 100 - tail])
     return float(lo), float(hi)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.checkpoints import LoadedModel, ModelCard
+from core.checkpoints import LoadedModel, ModelCard, check_finite_probabilities
 from core.device import autocast_for
 
 
@@ -58,4 +58,5 @@ def predict_proba(
         with autocast_for(device):
             logits = loaded.model(x)
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    probs = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    return check_finite_probabilities(probs, loaded.path)

@@ -48,6 +48,17 @@ def tqdm_progress(desc: str):
     return update
 
 
+def option_problem(args) -> str | None:
+    """One line when a numeric option is out of range (argparse checks only the type)."""
+    if args.batch_size < 1:
+        return f"--batch-size {args.batch_size}: use 1 or more"
+    if args.bootstrap < 0:
+        return f"--bootstrap {args.bootstrap}: use 0 (no confidence interval) or more"
+    if not 0 <= args.threshold <= 1:
+        return f"--threshold {args.threshold}: use a probability from 0 to 1"
+    return None
+
+
 def open_inputs(args, checkpoints):
     """(dataset, None) or (None, one-line error). The dataset is opened with the split the
     checkpoints were trained on; split mismatches are printed as warnings."""
@@ -55,6 +66,9 @@ def open_inputs(args, checkpoints):
     from core.data import DatasetError
     from core.evaluate import open_dataset_for
 
+    problem = option_problem(args)
+    if problem:
+        return None, problem
     try:
         ds, warnings = open_dataset_for(args.data, checkpoints)
     except (DatasetError, CheckpointError, FileNotFoundError) as err:
