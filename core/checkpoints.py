@@ -30,7 +30,7 @@ from core import __version__
 from core.config import CLASS_NAMES
 from core.errors import InputError
 from core.files import file_sha256
-from core.models import MODELS, build_model, get_spec, get_target_layer
+from core.models import MIN_INPUT_SIZE, MODELS, build_model, get_spec, get_target_layer
 
 FORMAT = "histolens-checkpoint"
 FORMAT_VERSION = 1
@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 # forged (a deflate bomb); its declared sizes are checked before torch reads anything.
 MAX_INFLATION = 2.0
 MAX_CHECKPOINT_BYTES = 4 * 2**30
-INPUT_SIZES = (32, 1024)  # every registered model runs at 32 px (tests)
+INPUT_SIZES = (MIN_INPUT_SIZE, 1024)
 MAX_SEED = 2**31 - 1  # the split seed range of core.data.open_dataset
 DATASET_FORMATS = ("", "pcam", "hcd", "idc")
 
