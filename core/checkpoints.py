@@ -30,7 +30,8 @@ from core import __version__
 from core.config import CLASS_NAMES
 from core.errors import InputError
 from core.files import file_sha256
-from core.models import MIN_INPUT_SIZE, MODELS, build_model, get_spec, get_target_layer
+from core.models import MODELS, build_model, get_spec, get_target_layer
+from core.train_config import MIN_INPUT_SIZE
 
 FORMAT = "histolens-checkpoint"
 FORMAT_VERSION = 1
