@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.config import RESEARCH_NOTICE
-from core.data.demo import ensure_demo
+from core.data.demo import demo_in_background
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
 
@@ -17,12 +17,10 @@ pages = [
 pg = st.navigation(pages)
 st.sidebar.caption(f"⚠️ {RESEARCH_NOTICE}")
 
-# A fresh clone has no data: write the synthetic demo once (a few seconds), then never again.
-# After st.navigation, so the real page list shows while it is written.
-try:
-    with st.spinner("First launch: writing the synthetic demo datasets…"):
-        ensure_demo()
-except OSError as err:
-    st.sidebar.warning(f"Could not write the demo datasets: {err}")
+# A fresh clone has no data: the synthetic demo is written by a background thread (once per
+# server), so the first page paints at once; Home shows its progress.
+progress = demo_in_background()
+if progress.error:
+    st.sidebar.warning(progress.error)
 
 pg.run()

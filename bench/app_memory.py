@@ -108,7 +108,7 @@ class Session:
 
 def journey(s: Session, upload: Path, formats: list[str]) -> None:
     page = s.page
-    s.step("first page interactive", lambda: page.goto(s.url), "[data-testid='stDataFrame']")
+    s.step("first page interactive", lambda: page.goto(s.url), "text=Look inside binary")
     s.step("Datasets", s.nav("Datasets"), "text=Showing 64 of")
     for fmt in formats:  # every demo set (the one already shown reruns nothing)
         s.step(f"Datasets: {fmt}", s.choose("stSelectbox", "Dataset", f"({fmt},"), "text=Showing")

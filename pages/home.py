@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.data import list_datasets
-from core.data.demo import ensure_demo
+from core.data.demo import demo_in_background
 
 st.title("🔬 HistoLens")
 st.markdown(
@@ -26,12 +26,25 @@ st.markdown(
     "- **Compare**: confusion matrices, ROC/PR, calibration and disagreements between models."
 )
 
-try:
-    with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
-        ensure_demo()
-except OSError as err:
-    st.warning(f"Could not write the demo datasets: {err}")
 
+@st.fragment(run_every="1s")
+def demo_progress() -> None:
+    """Progress of the background demo writer; reruns the page once the demo is listed."""
+    progress = demo_in_background()
+    if progress.error:
+        st.warning(progress.error)
+    elif progress.ready:
+        st.rerun()
+    else:
+        st.progress(
+            progress.done / progress.total,
+            text=f"First launch: writing the synthetic demo datasets in the background "
+            f"({progress.done}/{progress.total} sets, about 10 s)…",
+        )
+
+
+if not demo_in_background().ready:
+    demo_progress()
 entries = list_datasets()
 st.subheader("Datasets")
 if entries:

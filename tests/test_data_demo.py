@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from core import config
 from core.data import list_datasets, open_dataset, summarize
-from core.data.demo import DemoSizes, ensure_demo, write_demo
+from core.data.demo import DemoSizes, demo_in_background, ensure_demo, write_demo
 
 FORMATS = ("pcam", "hcd", "idc")
 
@@ -85,3 +87,27 @@ def test_ensure_demo_writes_once_and_lists_as_synthetic(tmp_path, monkeypatch):
     assert set(entries) == {"demo/pcam", "demo/hcd", "demo/idc"}
     assert all(e.synthetic for e in entries.values())
     assert {e.format for e in entries.values()} == set(FORMATS)
+
+
+def test_demo_in_background_reports_progress_until_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    small = DemoSizes(
+        pcam=(("train", 8, 1),), hcd_labelled=4, hcd_test=0, hcd_slides=1, idc_patients=1
+    )
+    first = demo_in_background(small)
+    assert first.error is None and first.total == 3
+    deadline = time.monotonic() + 120
+    while not demo_in_background(small).ready:
+        assert time.monotonic() < deadline, "the background demo was never written"
+        time.sleep(0.05)
+    assert {e.name for e in list_datasets()} == {"demo/pcam", "demo/hcd", "demo/idc"}
+
+
+def test_demo_in_background_reports_a_write_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "file"))
+    deadline = time.monotonic() + 30
+    while (progress := demo_in_background()).error is None:
+        assert time.monotonic() < deadline, "no error reported"
+        time.sleep(0.05)
+    assert not progress.ready and "Could not write the demo datasets" in progress.error

@@ -193,21 +193,26 @@ def write_idc(out: Path, rng, sizes: DemoSizes) -> Path:
 WRITERS = {"pcam": write_pcam, "hcd": write_hcd, "idc": write_idc}
 
 
-def write_demo(out_dir, sizes: DemoSizes | None = None, seed: int = DEMO_SEED) -> dict[str, Path]:
-    """Write the three demo sets under ``out_dir``; same seed, same pixels."""
+def write_demo(
+    out_dir, sizes: DemoSizes | None = None, seed: int = DEMO_SEED, progress=None
+) -> dict[str, Path]:
+    """Write the three demo sets under ``out_dir``; same seed, same pixels.
+    ``progress(done)`` is called with the number of sets written after each one."""
     sizes = sizes or DemoSizes()
     out_dir = Path(out_dir)
     _write_marker(out_dir)
     written = {}
     for offset, (name, writer) in enumerate(WRITERS.items()):
         written[name] = writer(out_dir / name, np.random.default_rng(seed + offset), sizes)
+        if progress:
+            progress(offset + 1)
     return written
 
 
 _DEMO_LOCK = threading.Lock()  # app sessions are threads of one process: write once
 
 
-def ensure_demo(sizes: DemoSizes | None = None) -> Path:
+def ensure_demo(sizes: DemoSizes | None = None, progress=None) -> Path:
     """Write ``config.demo_root()`` if it is absent (first launch). Concurrent callers wait
     (threads) or lose a rename race harmlessly (processes): each writes to its own staging dir."""
     target = config.demo_root()
@@ -217,7 +222,7 @@ def ensure_demo(sizes: DemoSizes | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
         try:
-            write_demo(staging, sizes)
+            write_demo(staging, sizes, progress=progress)
             os.rename(staging, target)
         except OSError:
             if not (target / SYNTHETIC_MARKER).exists():
@@ -225,3 +230,51 @@ def ensure_demo(sizes: DemoSizes | None = None) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@dataclass(frozen=True)
+class DemoProgress:
+    """How far the demo under ``config.demo_root()`` is: ``done`` of ``total`` sets written."""
+
+    done: int
+    total: int = len(WRITERS)
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.done >= self.total
+
+
+class _BackgroundDemo:
+    """One daemon thread writing the demo; sessions only read its progress."""
+
+    def __init__(self, sizes: DemoSizes | None):
+        self.done, self.error = 0, None
+        threading.Thread(target=self._run, args=(sizes,), name="demo-writer", daemon=True).start()
+
+    def _run(self, sizes: DemoSizes | None) -> None:
+        try:
+            ensure_demo(sizes, progress=self._advance)
+        except OSError as err:
+            self.error = f"Could not write the demo datasets: {err}"
+
+    def _advance(self, done: int) -> None:
+        self.done = done
+
+
+_BACKGROUND: dict[Path, _BackgroundDemo] = {}  # one writer per demo root and server process
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def demo_in_background(sizes: DemoSizes | None = None) -> DemoProgress:
+    """Start writing ``config.demo_root()`` in a background thread if it is absent (once per
+    process), and say how far it is. A first launch paints at once instead of waiting for it."""
+    target = config.demo_root()
+    if (target / SYNTHETIC_MARKER).exists():
+        return DemoProgress(len(WRITERS))
+    with _BACKGROUND_LOCK:
+        if target not in _BACKGROUND:
+            _BACKGROUND[target] = _BackgroundDemo(sizes)
+        job = _BACKGROUND[target]
+    ready = (target / SYNTHETIC_MARKER).exists()  # the rename lands after the last set
+    return DemoProgress(len(WRITERS) if ready else min(job.done, len(WRITERS) - 1), error=job.error)
