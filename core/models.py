@@ -100,7 +100,89 @@ class IDCSeedCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class BNCNN(nn.Module):
+    """A BatchNorm CNN for any patch size: four blocks of two conv3x3-BN-ReLU (32, 64, 128, 256
+    channels), a max-pool after the first three, global average pooling, dropout 0.3, 2 logits.
+
+    Global pooling instead of the seeds' wide dense layer: 1.2M parameters, none of them tied to
+    the input size, so the same net serves 50 px and 96 px patches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        in_ch = 3
+        for i, out_ch in enumerate((32, 64, 128, 256)):
+            layers = _conv_bn_relu(in_ch, out_ch) + _conv_bn_relu(out_ch, out_ch)
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(in_ch, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: two conv3x3-BN, identity (or 1x1 projection) shortcut, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn_relu(in_ch, out_ch, stride),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_ch == out_ch
+            else nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet for small patches: a 3x3 stem (no stride, no max-pool: a 50 px patch keeps its
+    detail, where torchvision's ResNet stem divides it by 4), then three stages of two basic
+    blocks (32, 64, 128 channels; stride 2 at stages 2 and 3), global average pooling, 2 logits
+    (0.7M parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(3, 32))
+        stages, in_ch = [], 32
+        for out_ch, stride in ((32, 1), (64, 2), (128, 2)):
+            stages.append(
+                nn.Sequential(_BasicBlock(in_ch, out_ch, stride), _BasicBlock(out_ch, out_ch, 1))
+            )
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_ch, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
 def _seed_builder(cls: type[nn.Module]) -> Callable[[bool], tuple[nn.Module, str | None]]:
+    """Builder of a model defined here (no pretrained weights exist for it)."""
+
     def build(pretrained: bool) -> tuple[nn.Module, str | None]:
         notice = (
             f"{cls.__name__} has no pretrained weights; training from scratch."
@@ -188,6 +270,24 @@ MODELS: dict[str, ModelSpec] = {
             mean=RESCALE_MEAN,
             std=RESCALE_STD,
             builder=_seed_builder(IDCSeedCNN),
+        ),
+        ModelSpec(
+            name="bn_cnn",
+            description="BatchNorm CNN: 4 blocks of 2 convs 32-64-128-256 + global pool (1.2M params, any size)",
+            input_size=50,
+            target_layer="features.3",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            builder=_seed_builder(BNCNN),
+        ),
+        ModelSpec(
+            name="small_resnet",
+            description="Small ResNet: 3x3 stem + 3 stages of 2 basic blocks 32-64-128 (0.7M params, any size)",
+            input_size=50,
+            target_layer="stages.-1",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            builder=_seed_builder(SmallResNet),
         ),
         _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4.-1", "torchvision ResNet-18"),
         _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V2", "layer4.-1", "torchvision ResNet-50"),

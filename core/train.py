@@ -280,10 +280,18 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """Cosine: per step over all epochs, after ``warmup_epochs`` of linear warm-up from lr/10
+    (a large batch with a linearly scaled lr diverges without it). Plateau: on validation."""
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(cfg.epochs * steps_per_epoch, 1)
+        lrs = torch.optim.lr_scheduler
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        cosine = lrs.CosineAnnealingLR(
+            optimizer, T_max=max(cfg.epochs * steps_per_epoch - warmup, 1)
         )
+        if not warmup:
+            return cosine
+        ramp = lrs.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+        return lrs.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
 
 
@@ -480,7 +488,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         train_loader=train_loader,
         valid_loader=valid_loader,
         steps=steps,
-        criterion=nn.CrossEntropyLoss(weight=weight),
+        criterion=nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
         optimizer=optimizer,
         scheduler=build_scheduler(cfg, optimizer, steps),
         scaler=torch.amp.GradScaler("cuda") if fp16 else None,

@@ -31,6 +31,8 @@ class TrainConfig:
     pretrained: bool = False
     augment: bool = True  # D4 + light stain/brightness jitter
     class_weighting: bool = False  # loss weights inversely proportional to class counts
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (0 = hard labels)
+    warmup_epochs: int = 0  # cosine only: linear lr warm-up over the first epochs
     scheduler: str = "cosine"  # cosine (per step) | plateau (on validation score)
     patience: int = 3  # early stopping: epochs without a better validation score
     limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
@@ -45,6 +47,10 @@ class TrainConfig:
             for name in ("epochs", "batch_size", "lr", "log_every")
             if getattr(self, name) <= 0
         ]
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append("label_smoothing must be in [0, 1)")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            problems.append("warmup_epochs must be >= 0 and < epochs")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler must be one of {SCHEDULERS}")
         if self.device.split(":")[0] not in DEVICES:

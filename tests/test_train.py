@@ -24,6 +24,7 @@ from core.train import (
     Runtime,
     TrainConfig,
     TrainingCancelled,
+    build_scheduler,
     class_weights,
     evaluate,
     fit,
@@ -57,7 +58,15 @@ def quick(data, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(epochs=0), dict(lr=0), dict(scheduler="step"), dict(device="tpu"), dict(img_size=8)],
+    [
+        dict(epochs=0),
+        dict(lr=0),
+        dict(scheduler="step"),
+        dict(device="tpu"),
+        dict(img_size=8),
+        dict(label_smoothing=1.0),
+        dict(warmup_epochs=10),  # as many as the epochs: no cosine left
+    ],
 )
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="Invalid training config"):
@@ -101,6 +110,20 @@ def test_class_weights_balance_the_classes():
     assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
     # each class then carries the same total weight
     assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+
+
+def test_warmup_ramps_the_lr_linearly_then_follows_the_cosine():
+    cfg = TrainConfig(data="x", epochs=4, lr=1.0, warmup_epochs=1)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55)
+    assert lrs[10] == pytest.approx(1.0) and lrs[25] == pytest.approx(0.5)
+    assert lrs == sorted(lrs[:11]) + sorted(lrs[11:], reverse=True)
 
 
 def test_augmentation_without_jitter_is_a_d4_transform_of_each_patch():

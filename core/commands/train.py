@@ -68,6 +68,18 @@ def register(sub) -> None:
         help="weight the loss by inverse class frequency",
     )
     p.add_argument(
+        "--label-smoothing",
+        type=float,
+        dest="label_smoothing",
+        help="cross-entropy label smoothing (default 0)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        dest="warmup_epochs",
+        help="cosine: linear lr warm-up epochs from lr/10 (default 0)",
+    )
+    p.add_argument(
         "--scheduler", choices=SCHEDULERS, help=f"lr schedule (default {DEFAULTS['scheduler']})"
     )
     p.add_argument(
