@@ -40,7 +40,8 @@ from typing import Any
 import pandas as pd
 
 from core import config
-from core.train_config import TrainConfig
+from core.data import DatasetError, dataset_name, open_dataset
+from core.train_config import TrainConfig, recommended_model
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -274,6 +275,17 @@ def config_to_argv(cfg: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+def model_for(cfg: TrainConfig) -> str:
+    """The model a run will train: the chosen one, or the trainer's pick for the data's patch
+    size (core.train.resolve_config decides the same way); "auto" if the data cannot be read."""
+    if cfg.model:
+        return cfg.model
+    try:
+        return recommended_model(max(open_dataset(cfg.data).image_size))
+    except DatasetError:
+        return "auto"
+
+
 def start_run(
     cfg: TrainConfig | Mapping[str, Any], runs_dir: Path | None = None, name: str | None = None
 ) -> Path:
@@ -281,12 +293,14 @@ def start_run(
 
     ``cfg`` is a TrainConfig (or a mapping of its fields, checked here the same way). The process
     gets its own session (so cancelling it never touches the caller) and writes everything to the
-    run directory; the caller only keeps the path. Returns the run directory.
+    run directory; the caller only keeps the path. Returns the run directory, named
+    ``<UTC time>-<model>[-<name>]-<random>``.
     """
     if not isinstance(cfg, TrainConfig):
         cfg = TrainConfig.from_dict(cfg)
+    label = "-".join(part for part in (model_for(cfg), (name or "").strip()) if part)
     cfg = asdict(cfg)
-    run_dir = make_run_dir(name or str(cfg.get("model") or "auto"), runs_dir)
+    run_dir = make_run_dir(label, runs_dir)
     write_config(run_dir, cfg)
     write_status(run_dir, state="queued", created=now_iso(), host=socket.gethostname())
     argv = [sys.executable, "-m", "core", "train", *config_to_argv(cfg), "--out", str(run_dir)]
@@ -338,8 +352,9 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(float(value), digits)
+def _rounded(value: float | None, digits: int) -> float:
+    """NaN (an empty cell, not "None") when there is nothing to show, e.g. a cancelled run."""
+    return float("nan") if value is None else round(float(value), digits)
 
 
 def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
@@ -353,7 +368,7 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
                 "run": run.name,
                 "state": run.state,
                 "model": run.config.get("model") or "auto",
-                "dataset": Path(str(run.config.get("data", ""))).name,
+                "dataset": dataset_name(run.config["data"]) if run.config.get("data") else "",
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
                 # early stopping ends a run before its last epoch: finished is 100 %
                 "progress": 1.0

@@ -319,11 +319,6 @@ def build_model(name: str, pretrained: bool = False) -> tuple[nn.Module, str | N
     return get_spec(name).builder(pretrained)
 
 
-def recommended_model(image_size: int) -> str:
-    """The CPU-friendly default for a dataset's patch size (50 px IDC -> idc_cnn, else hcd_cnn)."""
-    return "idc_cnn" if image_size <= 64 else "hcd_cnn"
-
-
 def get_target_layer(model: nn.Module, dotted: str) -> nn.Module:
     """Resolve a dotted path such as 'layer4.-1' or 'features.norm5' to a sub-module."""
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel

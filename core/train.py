@@ -46,9 +46,9 @@ from core.augment import Augmentation, epoch_generator
 from core.checkpoints import ModelCard, load_payload, save_checkpoint
 from core.device import Dist, autocast_for, init_distributed, resolve_device, seed_everything
 from core.loaders import BatchReader, make_loader
-from core.models import build_model, get_spec, recommended_model
+from core.models import build_model, get_spec
 from core.preprocess import to_model_input
-from core.train_config import MIN_INPUT_SIZE, TrainConfig
+from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
 
 
 class TrainingCancelled(Exception):
@@ -257,7 +257,8 @@ def resolve_config(cfg: TrainConfig, ds) -> TrainConfig:
     get_spec(model)  # unknown names fail here, with the list of known ones
     return replace(
         cfg,
-        data=str(Path(cfg.data).expanduser().resolve()),
+        # absolute, links kept: the run names the data as the user does (core.data.dataset_name)
+        data=os.path.abspath(Path(cfg.data).expanduser()),
         model=model,
         img_size=cfg.img_size or max(patch, MIN_INPUT_SIZE),
     )

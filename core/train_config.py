@@ -78,6 +78,11 @@ class TrainConfig:
         return cls(data=data, model=model, **cast)
 
 
+def recommended_model(image_size: int) -> str:
+    """The CPU-friendly default for a dataset's patch size (50 px IDC -> idc_cnn, else hcd_cnn)."""
+    return "idc_cnn" if image_size <= 64 else "hcd_cnn"
+
+
 DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING
 }

@@ -69,6 +69,12 @@ def start_form() -> None:
             format_func=lambda m: m if m == AUTO_MODEL else f"{m} — {models[m]}",
             key="training_model",
         )
+        name = st.text_input(
+            "Run name (optional)",
+            max_chars=30,
+            key="training_name",
+            help="Added to the run folder after the model, e.g. `idc_cnn-baseline`.",
+        )
         c1, c2, c3, c4 = st.columns(4)
         c1.number_input("Epochs", 1, 1000, step=1, key="training_epochs")
         c2.number_input("Batch size", 1, 4096, step=8, key="training_batch")
@@ -89,9 +95,9 @@ def start_form() -> None:
         state = st.session_state
         values = {field: state[key] for field, key in WIDGETS.items()}
         cfg = TrainConfig.from_form(data, None if model == AUTO_MODEL else model, values)
-        run = jobs.start_run(cfg)
+        run = jobs.start_run(cfg, name=name)
         state.training_selected = [run.name, *state.training_selected]
-        st.success(f"Started {run.name} in the background.")
+        st.toast(f"Started {run.name} in the background.", icon="🚀")
 
 
 def run_panel(run: jobs.RunInfo) -> None:

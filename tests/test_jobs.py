@@ -209,3 +209,40 @@ def wait_for_exit(pid: int, timeout: float = 20.0) -> bool:
     while jobs.process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not jobs.process_alive(pid)
+
+
+@pytest.fixture
+def no_trainer(monkeypatch):
+    """start_run without a training process (a short sleeper stands in for it)."""
+    real_popen, started = subprocess.Popen, []
+
+    def popen(argv, **kwargs):
+        started.append(real_popen([sys.executable, "-c", "pass"], **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", popen)
+    yield
+    for proc in started:
+        proc.wait()
+
+
+def test_a_run_is_named_after_its_model_and_the_users_name(fake_idc, tmp_path, no_trainer):
+    auto = jobs.start_run({"data": str(fake_idc.root)}, runs_dir=tmp_path / "runs")
+    assert "-idc_cnn-" in auto.name  # the trainer's pick for 50 px patches, not "auto"
+    named = jobs.start_run(
+        {"data": str(fake_idc.root), "model": "resnet18"}, runs_dir=tmp_path / "runs",
+        name="lr sweep #2",
+    )  # fmt: skip
+    assert "-resnet18-lr-sweep--2-" in named.name
+
+
+def test_the_runs_table_names_datasets_not_formats(fake_idc, tmp_path, monkeypatch):
+    """Two IDC sets (demo and real) must not both read "idc"."""
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path))
+    runs = []
+    for data in (tmp_path / "demo" / "idc", tmp_path.parent / "elsewhere" / "real" / "idc"):
+        run = jobs.make_run_dir("x", tmp_path / "runs")
+        jobs.write_config(run, {"data": str(data), "model": "idc_cnn"})
+        runs.append(run)
+    table = jobs.runs_table(jobs.list_runs(tmp_path / "runs"))
+    assert sorted(table["dataset"]) == ["demo/idc", "real/idc"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from core.checkpoints import CheckpointError, ModelCard, load_checkpoint, read_card, save_checkpoint
-from core.models import MODELS, build_model, get_target_layer, recommended_model
+from core.models import MODELS, build_model, get_target_layer
+from core.train_config import recommended_model
 from core.preprocess import predict_proba, to_model_input
 
 

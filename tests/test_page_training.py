@@ -40,10 +40,12 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     at.number_input(key="training_batch").set_value(16)
     at.number_input(key="training_limit").set_value(2)
     at.selectbox(key="training_device").set_value("cpu")
+    at.text_input(key="training_name").set_value("smoke")
     at.button[0].click().run()
     assert not at.exception, at.exception
     runs = jobs.list_runs()
     assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
+    assert "-idc_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
     deadline = time.monotonic() + 150
     while (
         jobs.read_status(runs[0].path)["state"] in jobs.ACTIVE_STATES
@@ -57,6 +59,8 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     assert "`finished`" in " ".join(m.value for m in at.markdown)
     assert at.multiselect(key="training_selected").value == [runs[0].name]
     assert len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    assert list(table["dataset"]) == ["demo/idc"]
 
 
 def test_a_failed_and_a_killed_run_show_their_errors(data_root, tmp_path):

@@ -8,11 +8,12 @@ See docs/ARCHITECTURE.md (core.data) for the contract.
 from __future__ import annotations
 
 from core.data.base import DatasetEntry, DatasetError, PatchDataset
-from core.data.registry import READERS, detect_format, list_datasets, open_dataset
+from core.data.registry import READERS, dataset_name, detect_format, list_datasets, open_dataset
 from core.data.summary import summarize
 
 __all__ = [
     "READERS",
+    "dataset_name",
     "DatasetEntry",
     "DatasetError",
     "PatchDataset",

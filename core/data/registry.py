@@ -102,6 +102,16 @@ def list_datasets(root=None, depth: int = 2) -> list[DatasetEntry]:
         except DatasetError:
             continue
         claimed.append(path)
-        name = printable(path.relative_to(root).as_posix() if path != root else path.name)
+        name = dataset_name(path, root)
         entries.append(DatasetEntry(name, path, fmt, (path / SYNTHETIC_MARKER).exists()))
     return entries
+
+
+def dataset_name(path, root=None) -> str:
+    """How every page names a dataset: its folder relative to the data root ("demo/idc",
+    "real/idc"); a folder elsewhere by its last two parts, so two IDC sets never read the same."""
+    path, root = Path(path), Path(root) if root is not None else config.data_root()
+    for p, r in ((path.absolute(), root.absolute()), (path.resolve(), root.resolve())):
+        if p.is_relative_to(r):
+            return printable(p.relative_to(r).as_posix() if p != r else p.name)
+    return printable("/".join(path.absolute().parts[-2:]))

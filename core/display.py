@@ -1,0 +1,67 @@
+"""How numbers and table headers read to a person: one place for every page's tables.
+
+Tables keep machine column names (``road_morf``, ``mcnemar_p``) in core and in every CSV/JSON
+export; pages show them through ``display_table``, which renames the headers and writes
+p-values in scientific notation, so a tiny p never prints as a screen of zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+P_FLOOR = 1e-10  # below this a p-value only says "far beyond any threshold"
+
+COLUMN_LABELS = {
+    # metrics
+    "auc": "AUC",
+    "auc_95ci": "AUC 95% CI",
+    "ap": "AP",
+    "f1": "F1",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "ece": "ECE",
+    "n": "patches",
+    # paired tests
+    "model_a": "model A",
+    "model_b": "model B",
+    "a_right_b_wrong": "A right, B wrong",
+    "a_wrong_b_right": "A wrong, B right",
+    "mcnemar_p": "McNemar p (exact)",
+    "mcnemar_chi2_cc_p": "McNemar p (χ², corrected)",
+    "auc_diff": "AUC A − B",
+    "delong_z": "DeLong z",
+    "delong_p": "DeLong p",
+    # faithfulness (arrows: which way is better)
+    "road_morf": "ROAD MoRF ↓",
+    "road_lerf": "ROAD LeRF ↑",
+    "road_combined": "ROAD combined ↑",
+    "pointing_hit_rate": "pointing-game hit rate ↑",
+    "random_point_rate": "random-point rate",
+    "energy_in_mask": "CAM energy in mask ↑",
+    "mean_rank": "mean rank",
+}
+
+
+def column_label(name: str) -> str:
+    """``road_morf`` -> "ROAD MoRF ↓"; names without a label just lose their underscores."""
+    return COLUMN_LABELS.get(name, name.replace("_", " "))
+
+
+def format_p(p: float | None) -> str:
+    """0.042 -> "0.042"; 3.2e-05 -> "3.2e-05"; anything below 1e-10 -> "< 1e-10"."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    if p < P_FLOOR:
+        return f"< {P_FLOOR:.0e}"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy for the screen: p-value columns (``*_p``) as text, headers for people."""
+    shown = table.copy()
+    for column in shown.columns:
+        if str(column).endswith("_p"):
+            shown[column] = [format_p(p) for p in shown[column]]
+    return shown.rename(columns=lambda c: column_label(str(c)))
