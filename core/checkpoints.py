@@ -213,8 +213,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
     return path
 
 
-def load_payload(path: str | Path) -> dict[str, Any]:
-    """Load and validate the raw checkpoint dict (weights_only=True). Raises CheckpointError."""
+def load_payload(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict (weights_only=True). Raises CheckpointError.
+
+    ``mmap`` maps the tensors instead of reading them (for the card alone: bench/card_read.py).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -222,7 +225,7 @@ def load_payload(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: file is empty; re-save or re-train the checkpoint")
     _check_records(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused — it holds Python objects other than tensors and plain data "
@@ -280,8 +283,9 @@ def card_of(payload: dict[str, Any], path: str | Path) -> ModelCard:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The model card alone (for listings); validates the file like load_checkpoint."""
-    return card_of(load_payload(path), path)
+    """The model card alone, weights left on disk (memory-mapped); validates the file like
+    load_checkpoint. Pages use the cached core.catalogue.read_card."""
+    return card_of(load_payload(path, mmap=True), path)
 
 
 def check_finite_weights(state_dict: dict[str, Any], path: str | Path) -> None:

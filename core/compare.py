@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core import config, metrics
+from core import metrics
+from core.catalogue import model_names, trained_on_index  # noqa: F401 (tests use compare.*)
 from core.evaluate import labelled, predict_split
 
 KEY_COLUMNS = ("index", "id", "label")
@@ -30,19 +30,6 @@ DISAGREEMENT_KINDS = {
     "all_wrong": "all models wrong",
     "disagree_or_all_wrong": "models disagree or all are wrong",
 }
-
-
-def model_names(paths) -> list[str]:
-    """Short unique names: the file stem in the checkpoints folder, ``run/stem`` elsewhere (a
-    run's ``best.pt`` alone says nothing); full paths if those still collide."""
-    paths = [Path(p) for p in paths]
-    shipped = config.checkpoints_dir().resolve()
-    names = [
-        p.stem if p.parent.resolve() == shipped else f"{p.parent.name}/{p.stem}" for p in paths
-    ]
-    if len(set(names)) != len(names):
-        names = [str(p) for p in paths]
-    return names
 
 
 def evaluate_checkpoints(
@@ -246,43 +233,6 @@ def _plain(value):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     return value.item() if isinstance(value, np.generic) else value
-
-
-def checkpoint_choices() -> list[Path]:
-    """Checkpoints the pages offer: ``*.pt`` in the checkpoints folder (sorted by name), then
-    each training run's ``best.pt`` (newest run first)."""
-    shipped = sorted(config.checkpoints_dir().glob("*.pt"))
-    runs = sorted(
-        config.runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    return shipped + runs
-
-
-def trained_on_index(entries, checkpoint_path) -> int:
-    """Index of the dataset entry the checkpoint was trained on (by path, then by the name's
-    tail, then by format); 0 when nothing matches or the card cannot be read."""
-    from core.checkpoints import CheckpointError, read_card
-
-    try:
-        card = read_card(checkpoint_path)
-    except (CheckpointError, OSError):
-        return 0
-    trained = Path(card.dataset)
-    places = (
-        [trained] if trained.is_absolute() else [Path.cwd() / trained, config.REPO_ROOT / trained]
-    )
-    places = {p.resolve() for p in places}
-    tests = [lambda e: e.format == card.dataset_format]
-    if card.dataset:
-        tests[:0] = [
-            lambda e: Path(e.path).resolve() in places,
-            lambda e: card.dataset.rstrip("/").endswith(e.name),
-        ]
-    for test in tests:
-        for k, entry in enumerate(entries):
-            if test(entry):
-                return k
-    return 0
 
 
 def predictions_table(preds, thresholds=None) -> pd.DataFrame:

@@ -86,7 +86,7 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
     seed of the first checkpoint trained on this data (or of the same format), and a warning names
     every checkpoint trained on this same data with a different split, or on another format.
     """
-    from core.checkpoints import read_card
+    from core.catalogue import read_card
     from core.data import detect_format, open_dataset
 
     root = Path(data_path).resolve()

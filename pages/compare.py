@@ -18,16 +18,15 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
+from core.catalogue import checkpoint_choices, model_names, trained_on_index
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
-    checkpoint_choices,
     confusion_figure,
     disagreements,
     evaluate_checkpoints,
     figures_html,
     metrics_json,
-    model_names,
     patient_mosaics,
     pr_figure,
     predictions_table,
@@ -35,7 +34,6 @@ from core.compare import (
     roc_figure,
     threshold_for_sensitivity,
     threshold_free,
-    trained_on_index,
 )
 from core.data import list_datasets
 from core.data.demo import ensure_demo

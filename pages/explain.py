@@ -20,7 +20,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.compare import checkpoint_choices, model_names, trained_on_index
+from core.catalogue import checkpoint_choices, model_names, trained_on_index
 from core.config import CLASS_NAMES
 from core.data import list_datasets
 from core.data.demo import ensure_demo

@@ -90,3 +90,31 @@ def test_idc_shows_each_models_patient_mosaic_and_gradcams(app_env):
     assert originals > 0
     assert sum(c.startswith("alpha: Grad-CAM") for c in captions) == originals
     assert sum(c.startswith("beta: Grad-CAM") for c in captions) == originals
+
+
+def test_a_rerun_reads_no_checkpoint_file(app_env, monkeypatch):
+    """Cards are read once per file version and models come from the page cache: moving a
+    threshold slider opens no .pt file. Counted at torch.load, under every checkpoint reader."""
+    import torch
+
+    loads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append((Path(f).name, kwargs.get("mmap", False)))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.run()
+    assert not at.exception
+    first = list(loads)
+    loads.clear()
+    at.slider(key="compare_threshold::alpha").set_value(0.2).run()
+    assert not at.exception
+    print(f"checkpoint loads: first run {first}; rerun {loads}")
+    assert loads == []
+    full = [name for name, mmap in first if not mmap]
+    # each model once for its predictions and once for the page's Grad-CAM model cache
+    assert sorted(full) == ["alpha.pt", "alpha.pt", "beta.pt", "beta.pt"]
+    assert sorted(name for name, mmap in first if mmap) == ["alpha.pt", "beta.pt"]

@@ -1,0 +1,85 @@
+"""The checkpoint catalogue: which checkpoints the pages offer, their short names, and each
+one's model card, read once per file version.
+
+Pages rerun on every widget change; a card is read with ``torch.load(mmap=True)`` (the weights
+stay on disk; bench/card_read.py) and kept per (path, size, mtime_ns), so a rerun opens no
+checkpoint file and a rewritten file is read again. Listing and naming do not import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from core import config
+
+
+def checkpoint_choices() -> list[Path]:
+    """Checkpoints the pages offer: ``*.pt`` in the checkpoints folder (sorted by name), then
+    each training run's ``best.pt`` (newest run first)."""
+    shipped = sorted(config.checkpoints_dir().glob("*.pt"))
+    runs = sorted(
+        config.runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    return shipped + runs
+
+
+def model_names(paths) -> list[str]:
+    """Short unique names: the file stem in the checkpoints folder, ``run/stem`` elsewhere (a
+    run's ``best.pt`` alone says nothing); full paths if those still collide."""
+    paths = [Path(p) for p in paths]
+    shipped = config.checkpoints_dir().resolve()
+    names = [
+        p.stem if p.parent.resolve() == shipped else f"{p.parent.name}/{p.stem}" for p in paths
+    ]
+    if len(set(names)) != len(names):
+        names = [str(p) for p in paths]
+    return names
+
+
+def read_card(path: str | Path):
+    """The checkpoint's ModelCard, read once per file version (validated like a full load;
+    raises core.checkpoints.CheckpointError). Treat it as read-only: it is shared."""
+    path = Path(path)
+    if not path.is_file():
+        return _read(path)  # raises the one-line "no such checkpoint file"
+    stat = path.stat()
+    return _card_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _card_of(path: str, size: int, mtime_ns: int):
+    return _read(Path(path))  # size and mtime are in the key: a rewritten file is read again
+
+
+def _read(path: Path):
+    from core.checkpoints import read_card
+
+    return read_card(path)
+
+
+def trained_on_index(entries, checkpoint_path) -> int:
+    """Index of the dataset entry the checkpoint was trained on (by path, then by the name's
+    tail, then by format); 0 when nothing matches or the card cannot be read."""
+    from core.checkpoints import CheckpointError
+
+    try:
+        card = read_card(checkpoint_path)
+    except (CheckpointError, OSError):
+        return 0
+    trained = Path(card.dataset)
+    places = (
+        [trained] if trained.is_absolute() else [Path.cwd() / trained, config.REPO_ROOT / trained]
+    )
+    places = {p.resolve() for p in places}
+    tests = [lambda e: e.format == card.dataset_format]
+    if card.dataset:
+        tests[:0] = [
+            lambda e: Path(e.path).resolve() in places,
+            lambda e: card.dataset.rstrip("/").endswith(e.name),
+        ]
+    for test in tests:
+        for k, entry in enumerate(entries):
+            if test(entry):
+                return k
+    return 0

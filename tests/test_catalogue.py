@@ -1,0 +1,61 @@
+"""core.catalogue: the checkpoint list and each card read once per file version."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+
+from core import catalogue
+from core.checkpoints import CheckpointError
+
+
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """Every torch.load call as (file name, mmap)."""
+    calls = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        calls.append((os.path.basename(f), kwargs.get("mmap", False)))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return calls
+
+
+def test_a_card_is_read_once_per_file_version(tmp_path, torch_loads):
+    path = make_checkpoint(tmp_path / "a.pt", seed=0, dataset="first")
+    assert catalogue.read_card(path).dataset == "first"
+    assert catalogue.read_card(str(path)).dataset == "first"
+    assert torch_loads == [("a.pt", True)]  # memory-mapped: the weights stay on disk
+    make_checkpoint(tmp_path / "a.pt", seed=0, dataset="second-version")  # rewritten file
+    assert catalogue.read_card(path).dataset == "second-version"
+    assert len(torch_loads) == 2
+
+
+def test_a_bad_or_missing_checkpoint_raises_every_time(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match="bad.pt"):
+            catalogue.read_card(tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="no such checkpoint"):
+            catalogue.read_card(tmp_path / "missing.pt")
+
+
+def test_checkpoint_choices_list_shipped_then_runs_newest_first(tmp_path, monkeypatch):
+    shipped, runs = tmp_path / "ckpts", tmp_path / "runs"
+    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(shipped))
+    monkeypatch.setenv("HISTOLENS_RUNS", str(runs))
+    b, a = make_checkpoint(shipped / "b.pt"), make_checkpoint(shipped / "a.pt")
+    old, new = make_checkpoint(runs / "old" / "best.pt"), make_checkpoint(runs / "new" / "best.pt")
+    os.utime(old, (1, 1))
+    assert catalogue.checkpoint_choices() == [a, b, new, old]
+    assert catalogue.model_names(catalogue.checkpoint_choices()) == [
+        "a",
+        "b",
+        "new/best",
+        "old/best",
+    ]
