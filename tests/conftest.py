@@ -4,6 +4,7 @@ suite never writes into the checkout. Fake data is written on the fly in the rea
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     write_demo(root)
     return root
+
+
+@pytest.fixture
+def demo_data(demo_root, tmp_path) -> Path:
+    """A data root holding a copy of the demo (``<root>/demo/{pcam,hcd,idc}``)."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data / "demo")
+    return data
 
 
 # -- tiny fake datasets in the real on-disk formats ------------------------------------------

@@ -6,6 +6,7 @@ missing and we are root; otherwise the test skips with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -63,32 +64,20 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> No
     raise TimeoutError(f"streamlit did not answer {url}/_stcore/health in {timeout}s")
 
 
-@pytest.fixture
-def app_url(demo_root, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(demo_root, data / "demo")
+@contextlib.contextmanager
+def serve(data_root: Path, **env: str):
+    """`streamlit run streamlit_app.py` on a fresh port over ``data_root``; yields its URL."""
     port = free_port()
-    env = dict(os.environ, HISTOLENS_DATA=str(data))
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "streamlit_app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+         "--server.headless", "true", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
         cwd=REPO,
-        env=env,
+        env=dict(os.environ, HISTOLENS_DATA=str(data_root), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -101,21 +90,47 @@ def app_url(demo_root, tmp_path):
             process.kill()
 
 
-def test_datasets_page_shows_gallery_images(app_url):
+@pytest.fixture
+def app_url(demo_data):
+    with serve(demo_data) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A fresh Chromium page (Debian's chromium through Playwright)."""
     ensure_chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.goto(app_url, wait_until="domcontentloaded")
-            # exact: Streamlit lists pages/ as lower-case "datasets" until st.navigation runs
-            page.get_by_role("link", name="Datasets", exact=True).click(timeout=60_000)
-            page.get_by_text("Showing 64 of").first.wait_for(timeout=60_000)
-            gallery = page.locator("[data-testid='stImage'] img")
-            gallery.nth(63).wait_for(timeout=60_000)
-            assert gallery.count() >= 64
-            assert page.get_by_text("Synthetic demo data").count() >= 1
-            assert page.get_by_role("link", name="Home", exact=True).count() == 1
+            yield browser.new_page(viewport={"width": 1600, "height": 1200})
         finally:
             browser.close()
+
+
+# True once Streamlit has finished a run: no running indicator, no stale (greyed) element.
+IDLE = """() => !document.querySelector(
+    "[data-testid^='stStatusWidgetRunning'], [data-stale='true'], [data-testid='stSpinner']")"""
+
+
+def settle(page, expect: str, timeout_s: float = 180) -> None:
+    """Wait until ``expect`` (a Playwright selector) shows and the app is idle; no exception."""
+    page.wait_for_timeout(150)  # let the rerun an action triggered start
+    page.locator(expect).first.wait_for(timeout=timeout_s * 1000)
+    page.wait_for_function(IDLE, timeout=timeout_s * 1000, polling=100)
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def test_datasets_page_shows_gallery_images(app_url):
+    with browser_page() as page:
+        page.goto(app_url, wait_until="domcontentloaded")
+        # exact: Streamlit lists pages/ as lower-case "datasets" until st.navigation runs
+        page.get_by_role("link", name="Datasets", exact=True).click(timeout=60_000)
+        page.get_by_text("Showing 64 of").first.wait_for(timeout=60_000)
+        gallery = page.locator("[data-testid='stImage'] img")
+        gallery.nth(63).wait_for(timeout=60_000)
+        assert gallery.count() >= 64
+        assert page.get_by_text("Synthetic demo data").count() >= 1
+        assert page.get_by_role("link", name="Home", exact=True).count() == 1
