@@ -30,12 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, wait_healthy  # noqa: E402
 
 BUDGET_MB = {"one session": 900, "second session adds": 150}
 BUDGET_S = {"first page interactive": 3, "Datasets": 3, "Explain first render": 5}
-IDLE = """() => !document.querySelector(
-    "[data-testid^='stStatusWidgetRunning'], [data-stale='true'], [data-testid='stSpinner']")"""
 
 
 def family(pid: int) -> list[int]:
