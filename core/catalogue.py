@@ -9,6 +9,7 @@ checkpoint file and a rewritten file is read again. Listing and naming do not im
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from core import config
@@ -24,17 +25,40 @@ def checkpoint_choices() -> list[Path]:
     return shipped + runs
 
 
+RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")  # the UTC time core.jobs puts before a run's name
+
+
 def model_names(paths) -> list[str]:
-    """Short unique names: the file stem in the checkpoints folder, ``run/stem`` elsewhere (a
-    run's ``best.pt`` alone says nothing); full paths if those still collide."""
+    """Short unique names for tables and legends: the file stem in the checkpoints folder; for
+    a run's ``best.pt`` the run's name without its time stamp (``idc_cnn-smoke-95f921``), other
+    files of a run as ``run/stem``; full paths if those still collide."""
     paths = [Path(p) for p in paths]
     shipped = config.checkpoints_dir().resolve()
-    names = [
-        p.stem if p.parent.resolve() == shipped else f"{p.parent.name}/{p.stem}" for p in paths
-    ]
+    names = [p.stem if p.parent.resolve() == shipped else _run_name(p) for p in paths]
     if len(set(names)) != len(names):
         names = [str(p) for p in paths]
     return names
+
+
+def _run_name(path: Path) -> str:
+    run = RUN_STAMP.sub("", path.parent.name) or path.parent.name
+    return run if path.stem == "best" else f"{run}/{path.stem}"
+
+
+def checkpoint_label(path) -> str:
+    """How a checkpoint reads wherever one is chosen: model, the data it learned from, when,
+    and its short name: "idc_cnn · real/idc · 2026-11-23 00:20 · idc_cnn-smoke-95f921"."""
+    from core.checkpoints import CheckpointError
+    from core.data import dataset_name
+
+    short = model_names([path])[0]
+    try:
+        card = read_card(path)
+    except (CheckpointError, OSError):
+        return f"{short} (unreadable)"
+    data = dataset_name(card.dataset) if card.dataset else card.dataset_format
+    parts = [card.arch, data + (" (synthetic)" if card.synthetic_data else ""), card.created[:16]]
+    return " · ".join([*(p.replace("T", " ") for p in parts if p), short])
 
 
 def read_card(path: str | Path):

@@ -84,9 +84,10 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
     IDC and HCD splits are drawn with the training seed. Evaluating with another seed would put
     some of a model's training patients in its "test" split, so the dataset is opened with the
     seed of the first checkpoint trained on this data (or of the same format), and a warning names
-    every checkpoint trained on this same data with a different split, or on another format.
+    every checkpoint trained on this same data with a different split, on another format, or on
+    synthetic demo data when this data is real.
     """
-    from core.catalogue import read_card
+    from core.catalogue import model_names, read_card
     from core.data import detect_format, open_dataset
 
     root = Path(data_path).resolve()
@@ -96,18 +97,25 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
     same_format = [c for c in cards.values() if c.dataset_format == fmt]
     seed = (same_data or same_format)[0].seed if (same_data or same_format) else 0
     ds = open_dataset(root, seed=seed)
+    names = dict(zip(cards, model_names(list(cards)), strict=True))
     warnings = [
-        f"{Path(path).name} was trained on a different split of this dataset "
+        f"{names[path]} was trained on a different split of this dataset "
         f"({card.split_manifest_id}, seed {card.seed}; shown: {ds.manifest_id}): its evaluation "
         "split may contain patches it was trained on."
         for path, card in cards.items()
         if card in same_data and card.split_manifest_id != ds.manifest_id
     ]
     warnings += [
-        f"{Path(path).name} was trained on {card.dataset_format.upper()} patches, not "
+        f"{names[path]} was trained on {card.dataset_format.upper()} patches, not "
         f"{fmt.upper()}: its scores here measure transfer to other data."
         for path, card in cards.items()
         if card.dataset_format and card.dataset_format != fmt
+    ]
+    warnings += [
+        f"{names[path]} was trained on synthetic demo data: on real patches its scores and "
+        "heatmaps say nothing about real tissue."
+        for path, card in cards.items()
+        if card.synthetic_data and not ds.synthetic
     ]
     return ds, warnings
 

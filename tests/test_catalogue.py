@@ -56,6 +56,31 @@ def test_checkpoint_choices_list_shipped_then_runs_newest_first(tmp_path, monkey
     assert catalogue.model_names(catalogue.checkpoint_choices()) == [
         "a",
         "b",
-        "new/best",
-        "old/best",
+        "new",
+        "old",
     ]
+
+
+def test_a_checkpoint_label_names_model_data_date_and_run(tmp_path, monkeypatch):
+    """Issue 13, item 4: not `20261123-002020-auto-95f921/best`."""
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HISTOLENS_RUNS", str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "20261123-002020-idc_cnn-smoke-95f921"
+    path = make_checkpoint(
+        run / "best.pt", dataset=str(tmp_path / "data" / "real" / "idc"), dataset_format="idc",
+        created="2026-11-23T00:20:31+00:00",
+    )  # fmt: skip
+    assert catalogue.model_names([path, run / "last.pt"]) == [
+        "idc_cnn-smoke-95f921",
+        "idc_cnn-smoke-95f921/last",
+    ]
+    assert catalogue.checkpoint_label(path) == (
+        "idc_cnn · real/idc · 2026-11-23 00:20 · idc_cnn-smoke-95f921"
+    )
+    demo = make_checkpoint(
+        tmp_path / "elsewhere" / "demo" / "pcam.pt", dataset="/other/host/demo/pcam",
+        dataset_format="pcam", synthetic_data=True, created="2026-11-22T03:06:15+00:00",
+    )  # fmt: skip
+    assert catalogue.checkpoint_label(demo).startswith("idc_cnn · demo/pcam (synthetic) · 2026-11-22 03:06")
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    assert catalogue.checkpoint_label(tmp_path / "bad.pt").endswith("/bad (unreadable)")

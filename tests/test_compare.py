@@ -28,8 +28,8 @@ def test_model_names_are_short_and_unique(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(tmp_path / "ckpts"))
     shipped = [tmp_path / "ckpts" / "demo_a.pt", tmp_path / "ckpts" / "demo_b.pt"]
     assert compare.model_names(shipped) == ["demo_a", "demo_b"]
-    assert compare.model_names(["run1/best.pt", "run2/best.pt"]) == ["run1/best", "run2/best"]
-    assert compare.model_names([shipped[0], "run1/best.pt"]) == ["demo_a", "run1/best"]
+    assert compare.model_names(["run1/best.pt", "run2/best.pt"]) == ["run1", "run2"]
+    assert compare.model_names([shipped[0], "run1/best.pt"]) == ["demo_a", "run1"]
     assert compare.model_names(["x/run/best.pt", "y/run/best.pt"]) == [
         "x/run/best.pt",
         "y/run/best.pt",

@@ -46,7 +46,7 @@ def test_checkpoints_trained_on_another_split_are_named_in_a_warning(tmp_path):
 
     ds, warnings = open_dataset_for(root, [first, other])
     assert ds.manifest_id == open_dataset(root, seed=0).manifest_id
-    assert len(warnings) == 1 and "seed3.pt" in warnings[0] and "seed 3" in warnings[0]
+    assert len(warnings) == 1 and "seed3 was trained" in warnings[0] and "seed 3" in warnings[0]
 
 
 def test_a_checkpoint_from_another_format_is_named_in_a_warning(tmp_path):
@@ -59,4 +59,17 @@ def test_a_checkpoint_from_another_format_is_named_in_a_warning(tmp_path):
 
     _, warnings = open_dataset_for(root, [idc_model, pcam_model])
     assert len(warnings) == 1
-    assert "pcam_model.pt" in warnings[0] and "PCAM" in warnings[0] and "IDC" in warnings[0]
+    assert "pcam_model" in warnings[0] and "PCAM" in warnings[0] and "IDC" in warnings[0]
+
+
+def test_a_demo_checkpoint_on_real_data_carries_the_synthetic_caveat(tmp_path):
+    """Issue 13, item 7: demo models scored real patches 1.000 without a word."""
+    root = tmp_path / "real_idc"
+    write_fake_idc(root, n_patients=4, grid=2)
+    model, _ = build_model("idc_cnn")
+    card = ModelCard.for_model(
+        "idc_cnn", dataset="demo/idc", dataset_format="idc", synthetic_data=True
+    )
+    demo_model = save_checkpoint(tmp_path / "demo_idc.pt", model, card)
+    _, warnings = open_dataset_for(root, [demo_model])
+    assert [w for w in warnings if "synthetic demo data" in w and "demo_idc" in w]
