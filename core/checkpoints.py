@@ -14,7 +14,6 @@ refused by torch itself; we turn that, truncation and foreign files into one cle
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import platform
 import zipfile
@@ -29,7 +28,7 @@ from torch import nn
 from core import __version__
 from core.config import CLASS_NAMES
 from core.errors import InputError
-from core.files import file_sha256
+from core.files import file_sha256, write_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
 from core.train_config import MIN_INPUT_SIZE
 
@@ -187,12 +186,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra: Any) -> Path:
-    """Write weights + card to ``path`` atomically: a temp file in the same folder, fsync, os.replace.
-
-    A reader (or a job killed mid-write) never sees a half-written checkpoint.
+    """Write weights + card to ``path`` atomically (core.files.write_atomic): a reader (or a job
+    killed mid-write) never sees a half-written checkpoint.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -201,16 +197,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
         "state_dict": state,
     }
     payload.update(extra)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 def load_payload(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -9,7 +9,6 @@ checkpoint; everything else works on the resulting ``{model name: predictions}``
   seed-style classification report, and paired tests (McNemar at the thresholds, DeLong for AUC)
   between every pair of models.
 - ``disagreements`` — patches where the models disagree and/or are all wrong, most confident first.
-- ``*_figure`` — plotly figures for the page and for export.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ import pandas as pd
 from core import metrics
 from core.catalogue import model_names, trained_on_index  # noqa: F401 (tests use compare.*)
 from core.evaluate import labelled, predict_split
+from core.figures import roc_figure  # noqa: F401 (tests build it through compare)
 
-KEY_COLUMNS = ("index", "id", "label")
 DISAGREEMENT_KINDS = {
     "disagree": "models disagree",
     "all_wrong": "all models wrong",
@@ -257,136 +256,3 @@ def patient_mosaics(ds, preds: dict[str, pd.DataFrame], patient: str, max_side: 
         images[name] = overlay_probs(mosaic)
     images["labels"] = overlay_labels(mosaic)
     return images
-
-
-def figures_html(figures) -> str:
-    """One self-contained HTML page holding the given plotly figures (plotly.js inlined once,
-    so the file opens offline)."""
-    parts = [
-        fig.to_html(full_html=False, include_plotlyjs=(k == 0)) for k, fig in enumerate(figures)
-    ]
-    return "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
-
-
-# -- figures (plotly) -----------------------------------------------------------------------
-
-
-# Legends under the plot: AUC ± CI labels are long and the page shows three charts side by side.
-CURVE_LAYOUT = {
-    "height": 520,
-    "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
-    "margin": {"l": 40, "r": 10, "t": 40, "b": 10},
-}
-
-
-def _ci_label(name: str, curves: Curves) -> str:
-    if curves.auc is None:
-        return f"{name} (AUC n/a)"
-    if curves.auc_ci is None:
-        return f"{name} (AUC {curves.auc:.3f})"
-    lo, hi = curves.auc_ci
-    return f"{name} (AUC {curves.auc:.3f}, 95% CI {lo:.3f}–{hi:.3f})"
-
-
-def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
-    """Overlaid ROC curves, AUC ± CI in the legend, each model's operating point marked."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"
-        )
-    )
-    for i, (name, curves) in enumerate(free.items()):
-        colour = qualitative.Plotly[i % len(qualitative.Plotly)]  # curve and its point match
-        if curves.roc:
-            fig.add_trace(
-                go.Scatter(
-                    x=curves.roc["fpr"],
-                    y=curves.roc["tpr"],
-                    name=_ci_label(name, curves),
-                    line={"color": colour},
-                )
-            )
-        row = None if at is None else at.table.loc[name]
-        if row is not None and pd.notna(row["sensitivity"]) and pd.notna(row["specificity"]):
-            fig.add_trace(
-                go.Scatter(
-                    x=[1 - row["specificity"]],
-                    y=[row["sensitivity"]],
-                    mode="markers",
-                    marker={"size": 11, "symbol": "x", "color": colour},
-                    name=f"{name} @ {row['threshold']:.3f}",
-                )
-            )
-    fig.update_layout(
-        title="ROC", xaxis_title="1 − specificity", yaxis_title="sensitivity", **CURVE_LAYOUT
-    )
-    return fig
-
-
-def pr_figure(free: dict[str, Curves]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, curves in free.items():
-        if curves.pr:
-            label = f"{name} (AP {curves.ap:.3f})"
-            fig.add_trace(go.Scatter(x=curves.pr["recall"], y=curves.pr["precision"], name=label))
-    fig.update_layout(
-        title="Precision–recall", xaxis_title="recall", yaxis_title="precision", **CURVE_LAYOUT
-    )
-    return fig
-
-
-def reliability_figure(free: dict[str, Curves]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect")
-    )
-    for name, curves in free.items():
-        rel = curves.reliability
-        fig.add_trace(
-            go.Scatter(
-                x=rel["mean_prob"],
-                y=rel["frac_tumour"],
-                mode="lines+markers",
-                name=f"{name} (ECE {curves.ece:.3f}, Brier {curves.brier:.3f})",
-                customdata=rel["count"],
-                hovertemplate="mean P %{x:.2f}<br>tumour %{y:.2f}<br>n=%{customdata}",
-            )
-        )
-    fig.update_layout(
-        title="Reliability",
-        xaxis_title="mean P(tumour) in bin",
-        yaxis_title="fraction tumour",
-        **CURVE_LAYOUT,
-    )
-    return fig
-
-
-def confusion_figure(cm: np.ndarray, title: str, normalised: bool = False):
-    """2×2 heatmap, rows = true class, columns = predicted class."""
-    import plotly.graph_objects as go
-
-    from core.config import CLASS_NAMES
-
-    values = metrics.row_normalised(cm) if normalised else cm
-    text = [[f"{v:.1%}" if normalised else f"{int(v)}" for v in row] for row in values]
-    fig = go.Figure(
-        go.Heatmap(
-            z=values.tolist(),
-            x=[f"pred {c}" for c in CLASS_NAMES],
-            y=[f"true {c}" for c in CLASS_NAMES],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            showscale=False,
-        )
-    )
-    fig.update_layout(title=title, height=300, yaxis={"autorange": "reversed"})
-    return fig

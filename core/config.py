@@ -14,6 +14,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = ("normal", "tumour")  # class index 1 is tumour everywhere
+# Which class a CAM explains: a fixed class index, or None for each patch's own prediction.
+TARGETS: dict[str, int | None] = {**{name: i for i, name in enumerate(CLASS_NAMES)}, "pred": None}
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -27,10 +26,11 @@ import pandas as pd
 
 from core import config
 from core.d4 import D4_GROUP
-from core.files import file_sha256
+from core.data.splits import SPLIT_NAMES
+from core.files import file_sha256, write_atomic
 
 CACHE_VERSION = 1
-SPLITS = ("test", "valid", "train", "all")
+SPLITS = (*reversed(SPLIT_NAMES), "all")  # evaluation choices, test (the default) first
 PREFETCH_BATCHES = 2
 # What evaluate_checkpoint reports, in display order (CLI tables and the Compare page).
 REPORTED_METRICS = (
@@ -74,7 +74,7 @@ def predict_split(
     indices = split_indices(ds, split)
     probs = predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
     frame = prediction_frame(ds, indices, probs)
-    _write_parquet_atomic(frame, cache)
+    write_atomic(cache, lambda fh: frame.to_parquet(fh, index=False))
     return frame
 
 
@@ -157,13 +157,6 @@ def prediction_frame(ds, indices: np.ndarray, probs: np.ndarray) -> pd.DataFrame
     return frame
 
 
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def predict_indices(
     checkpoint_path, ds, indices, tta=False, progress=None, batch_size=128, device=None
 ) -> np.ndarray:
@@ -176,7 +169,8 @@ def predict_indices(
 
     device = resolve_device(str(device or "auto"))
     loaded = load_checkpoint(checkpoint_path, device=device)
-    # channels_last: faster inference on CPU and GPU alike (docs/FACTS), same numerics
+    # channels_last: same numerics, faster inference on CPU (240 vs 155 img/s for the HCD seed
+    # CNN on 2 cores) and on GPU
     model = loaded.model.to(memory_format=torch.channels_last)
 
     def load(chunk):

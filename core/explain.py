@@ -50,7 +50,7 @@ from pytorch_grad_cam.utils.model_targets import (
 from threadpoolctl import threadpool_limits
 
 from core.checkpoints import LoadedModel, check_finite_probabilities
-from core.config import CLASS_NAMES
+from core.config import TARGETS
 from core.d4 import D4_GROUP
 from core.models import get_target_layer
 from core.preprocess import to_model_input
@@ -69,8 +69,6 @@ CAM_METHODS: dict[str, type] = {
 # Gradient-free methods run one forward pass per channel of the target layer: slow on CPU.
 SLOW_METHODS = frozenset({"scorecam", "ablationcam"})
 
-# Which class a map explains: a fixed class index, or None for each patch's own prediction.
-TARGETS: dict[str, int | None] = {**{name: i for i, name in enumerate(CLASS_NAMES)}, "pred": None}
 
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET,

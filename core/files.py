@@ -1,4 +1,4 @@
-"""Content hashes of files, memoised by (path, size, mtime) so pages can call them on every rerun.
+"""Files written atomically, and content hashes memoised by (path, size, mtime).
 
 Kept free of heavy imports: the CLI and the evaluation cache key use it without loading torch.
 """
@@ -7,7 +7,42 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(fh)`` into a temp file beside ``path``, fsync, then ``os.replace``: a reader (or a
+    process killed mid-write) sees the old file or the new one, never half of one. The temp file
+    is removed if writing fails. Parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda fh: fh.write(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | Path, obj: Any, **dumps_kwargs: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, **dumps_kwargs))
 
 
 def file_sha256(path: str | Path) -> str:

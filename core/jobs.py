@@ -41,9 +41,9 @@ import pandas as pd
 
 from core import config
 from core.data import DatasetError, dataset_name, open_dataset
+from core.files import write_json_atomic, write_text_atomic
 from core.train_config import TrainConfig, recommended_model
 
-STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 METRIC_COLUMNS = ("epoch", "step", "split", "loss", "accuracy", "auc", "lr", "images_per_s", "time")
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, LOG_FILE = (
@@ -70,13 +70,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Temp file in the same folder + os.replace: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
@@ -95,7 +88,7 @@ def make_run_dir(name: str, runs_dir: Path | None = None) -> Path:
 
 
 def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
-    write_json_atomic(Path(run_dir) / CONFIG_FILE, dict(cfg))
+    write_json_atomic(Path(run_dir) / CONFIG_FILE, dict(cfg), indent=2, default=str)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -108,7 +101,7 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     status = read_json(path)
     status.update(fields)
     status["updated"] = now_iso()
-    write_json_atomic(path, status)
+    write_json_atomic(path, status, indent=2, default=str)
     return status
 
 
@@ -135,10 +128,7 @@ def _metric_records(run_dir: Path) -> list[dict[str, Any]]:
 def keep_metrics(run_dir: Path, before_epoch: int) -> None:
     """On resume, drop the records of epochs that were not finished (they are trained again)."""
     kept = [r for r in _metric_records(run_dir) if r.get("epoch", 0) < before_epoch]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    tmp = Path(run_dir) / f".{METRICS_FILE}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, Path(run_dir) / METRICS_FILE)
+    write_text_atomic(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -381,47 +371,3 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-CURVE_PANELS = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"), ("lr", "learning rate"))
-
-
-def curves_figure(metrics: Mapping[str, pd.DataFrame]):
-    """Loss / accuracy / AUC / lr against the optimizer step, one colour per run; training
-    windows as thin lines, validation (once per epoch) as markers."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in CURVE_PANELS])
-    for i, (name, frame) in enumerate(metrics.items()):
-        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
-        for j, (column, _) in enumerate(CURVE_PANELS):
-            for split, mode, dash in (("train", "lines", None), ("valid", "lines+markers", "dot")):
-                rows = frame[(frame["split"] == split) & frame[column].notna()]
-                if rows.empty or (column == "lr" and split == "valid"):
-                    continue
-                if len(rows) < 3:  # a short run's lone points would be invisible as a line
-                    mode = "lines+markers"
-                fig.add_trace(
-                    go.Scatter(
-                        x=rows["step"],
-                        y=rows[column],
-                        mode=mode,
-                        name=f"{name} · {split}",
-                        legendgroup=f"{name} · {split}",
-                        showlegend=j == 0,
-                        line={
-                            "color": colour,
-                            "dash": dash,
-                            "width": 1.5 if split == "train" else 2.5,
-                        },
-                    ),
-                    row=j // 2 + 1,
-                    col=j % 2 + 1,
-                )
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(
-        height=560, margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.15}
-    )
-    return fig

@@ -141,6 +141,14 @@ def bootstrap_auc_ci(
     return float(lo), float(hi)
 
 
+def format_ci(ci, digits: int = 3) -> str:
+    """ "0.812–0.871" for a (low, high) interval, "n/a" when there is none."""
+    if ci is None:
+        return "n/a"
+    lo, hi = ci
+    return f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
 def _bin_ids(prob: np.ndarray, n_bins: int) -> np.ndarray:
     # The same uniform bins as sklearn.calibration.calibration_curve(strategy="uniform").
     edges = np.linspace(0.0, 1.0, n_bins + 1)

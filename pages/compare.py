@@ -22,21 +22,15 @@ from core.catalogue import checkpoint_choices, model_names, trained_on_index
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
-    confusion_figure,
     disagreements,
     evaluate_checkpoints,
-    figures_html,
     metrics_json,
     patient_mosaics,
-    pr_figure,
     predictions_table,
-    reliability_figure,
-    roc_figure,
     threshold_for_sensitivity,
     threshold_free,
 )
 from core.data import list_datasets
-from core.data.demo import ensure_demo
 from core.data.visual import mosaic_groups
 from core.evaluate import (
     REPORTED_METRICS,
@@ -45,7 +39,16 @@ from core.evaluate import (
     patient_table,
     prediction_cache_path,
 )
+from core.figures import (
+    confusion_figure,
+    figures_html,
+    pr_figure,
+    reliability_figure,
+    roc_figure,
+)
 from core.files import file_sha256
+from core.metrics import format_ci
+from pages._shared import ensure_demo_or_warn
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
@@ -103,7 +106,7 @@ def apply_sensitivity_target(preds, target: float, shared: bool) -> None:
 st.title("⚖️ Compare models")
 st.caption(f"{config.RESEARCH_NOTICE} Same patches, same split, several checkpoints.")
 
-ensure_demo()
+ensure_demo_or_warn()
 entries = list_datasets()
 checkpoints = checkpoint_choices()
 if not entries or len(checkpoints) < 2:
@@ -128,7 +131,7 @@ with st.sidebar:
         "Dataset",
         entries,
         index=trained_on_index(entries, chosen[0]) if chosen else 0,
-        format_func=lambda e: f"{e.name} ({e.format})",
+        format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
     )
     split = st.selectbox("Split", SPLITS, index=0)
     tta = st.toggle(
@@ -225,7 +228,7 @@ table = at.table[TABLE_COLUMNS].copy()
 table.insert(
     2,
     "auc_95ci",
-    ["n/a" if free[n].auc_ci is None else "{:.3f}–{:.3f}".format(*free[n].auc_ci) for n in names],
+    [format_ci(free[n].auc_ci) for n in names],
 )
 st.dataframe(
     table,

@@ -1,7 +1,7 @@
 """Datasets: summary, class balance, a filtered gallery, colour statistics and slide mosaics.
 
 UI only: every number and picture comes from core.data (readers, summarize, core.data.visual,
-core.data.charts). Datasets are opened once per (path, seed) with st.cache_resource; pages of
+core.figures). Datasets are opened once per (path, seed) with st.cache_resource; pages of
 the gallery, colour statistics and mosaics are cached with st.cache_data so paging is instant.
 Only folders inside the data root (HISTOLENS_DATA) can be opened.
 """
@@ -19,9 +19,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.data import DatasetError, list_datasets, open_dataset, summarize
-from core.data.charts import class_balance_figure, colour_histogram_figure
-from core.data.demo import ensure_demo
+from core.data import DatasetEntry, DatasetError, list_datasets, open_dataset, summarize
 from core.data.visual import (
     colour_stats,
     gallery_page,
@@ -30,6 +28,8 @@ from core.data.visual import (
     overlay_labels,
     slide_mosaic,
 )
+from core.figures import class_balance_figure, colour_histogram_figure
+from pages._shared import ensure_demo_or_warn
 
 GRID = 8  # 8×8 gallery
 PER_PAGE = GRID * GRID
@@ -90,7 +90,7 @@ def choose_path() -> Path | None:
         entry = st.selectbox(
             "Dataset",
             entries,
-            format_func=lambda e: f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})",
+            format_func=DatasetEntry.label,
             key="datasets_entry",
             on_change=reset_page,
         )
@@ -264,11 +264,7 @@ def mosaic_section(path: str, seed: int, ds) -> None:
 
 st.title("🗂️ Datasets")
 st.caption(config.RESEARCH_NOTICE)
-try:
-    with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
-        ensure_demo()
-except OSError as err:
-    st.warning(f"Could not write the demo datasets: {err}")
+ensure_demo_or_warn()
 
 chosen = choose_path()
 if chosen is None:

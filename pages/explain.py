@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import config
 from core.catalogue import checkpoint_choices, model_names, trained_on_index
 from core.config import CLASS_NAMES
-from core.data import list_datasets
-from core.data.demo import ensure_demo
+from core.data import DatasetEntry, list_datasets
 from core.evaluate import open_dataset_for
 from core.explain import (
     CAM_METHODS,
@@ -39,6 +38,7 @@ from core.explain import (
     tumour_sample,
 )
 from core.files import file_sha256
+from pages._shared import ensure_demo_or_warn
 
 ALL = "all"
 PAGE_SIZES = (4, 8, 16)
@@ -99,7 +99,7 @@ def pick_dataset_patches(first_checkpoint):
         "Dataset",
         entries,
         index=trained_on_index(entries, first_checkpoint),  # the data the model learned from
-        format_func=lambda e: f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})",
+        format_func=DatasetEntry.label,
         key="explain_dataset",
     )
     ds = dataset(str(entry.path), str(first_checkpoint))
@@ -246,7 +246,7 @@ def render_faithfulness(
 
 st.title("🔥 Explain")
 st.warning(config.RESEARCH_NOTICE, icon="⚠️")
-ensure_demo()
+ensure_demo_or_warn()
 
 paths = checkpoint_choices()
 if not paths:

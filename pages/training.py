@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import jobs
 from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
-from core.data.demo import ensure_demo
+from core.figures import curves_figure
 from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+from pages._shared import ensure_demo_or_warn
 
 REFRESH = "2s"
 AUTO_MODEL = "auto (recommended for the patch size)"
@@ -48,11 +49,9 @@ def model_descriptions() -> dict[str, str]:
 def dataset_choices() -> dict[str, str]:
     entries = list_datasets()
     if not entries:
-        ensure_demo()  # first launch: the embedded synthetic demo
+        ensure_demo_or_warn()  # first launch: the embedded synthetic demo
         entries = list_datasets()
-    return {
-        str(e.path): f"{e.name} ({e.format}{', synthetic' if e.synthetic else ''})" for e in entries
-    }
+    return {str(e.path): e.label() for e in entries}
 
 
 def start_form() -> None:
@@ -162,7 +161,7 @@ def runs_section() -> None:
     curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
     curves = {name: frame for name, frame in curves.items() if not frame.empty}
     if curves:
-        st.plotly_chart(jobs.curves_figure(curves), key="training_curves")
+        st.plotly_chart(curves_figure(curves), key="training_curves")
     elif chosen:
         st.caption("Curves appear after the first logged steps.")
 

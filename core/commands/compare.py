@@ -23,8 +23,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from core.catalogue import model_names
     from core.checkpoints import CheckpointError
-    from core.compare import evaluate_checkpoints, metrics_json, model_names
+    from core.compare import evaluate_checkpoints, metrics_json
 
     if len(args.checkpoints) < 2:
         print("error: give at least two --checkpoints to compare", file=sys.stderr)
@@ -58,12 +59,11 @@ def run(args) -> int:
 def format_table(by_name: dict, args) -> str:
     import pandas as pd
 
+    from core.metrics import format_ci
+
     table = pd.DataFrame({name: row for name, row in by_name.items()}).T[TABLE_COLUMNS]
     table = table.apply(pd.to_numeric).astype({"n": int})
-    table["auc_ci95"] = [
-        "n/a" if row["auc_ci95"] is None else "{:.3f}–{:.3f}".format(*row["auc_ci95"])
-        for row in by_name.values()
-    ]
+    table["auc_ci95"] = [format_ci(row["auc_ci95"]) for row in by_name.values()]
     lines = [
         f"{args.data} [{args.split}] threshold {args.threshold}",
         table.to_string(float_format="{:.4f}".format),

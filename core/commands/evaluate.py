@@ -107,6 +107,8 @@ def run(args) -> int:
 
 
 def format_result(result: dict) -> str:
+    from core.metrics import format_ci
+
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
 
@@ -114,7 +116,7 @@ def format_result(result: dict) -> str:
     lines = [f"{result['checkpoint']} on {result['data']} [{result['split']}]"]
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
     if result.get("auc_ci95"):
-        lines.append(f"  {'auc 95% CI':18} {result['auc_ci95'][0]:.4f}–{result['auc_ci95'][1]:.4f}")
+        lines.append(f"  {'auc 95% CI':18} {format_ci(result['auc_ci95'], digits=4)}")
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines.append(f"  confusion (rows true normal/tumour): [[{tn} {fp}] [{fn} {tp}]]")
     if result.get("patients"):

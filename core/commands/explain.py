@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TARGET_CHOICES = ("tumour", "normal", "pred")
+from core.config import TARGETS
 
 
 def register(sub) -> None:
@@ -18,9 +18,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     p.add_argument("--image", required=True, help="patch image (PNG, JPEG or TIFF)")
     p.add_argument("--method", default="gradcam", help="CAM method (see core.explain.CAM_METHODS)")
-    p.add_argument(
-        "--target", default="pred", choices=TARGET_CHOICES, help="class the map explains"
-    )
+    p.add_argument("--target", default="pred", choices=list(TARGETS), help="class the map explains")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     p.add_argument("--colormap", default="jet")
     p.add_argument("--tta", action="store_true", help="average the map over the 8 D4 transforms")

@@ -26,7 +26,6 @@ MAX_PATCH_FILE_BYTES = 32 * 1024 * 1024  # one patch file; a 1024² RGBA 16-bit 
 MAX_CSV_BYTES = 512 * 1024 * 1024
 
 META_COLUMNS = ("id", "split", "label", "patient", "x", "y")
-SPLITS = ("train", "valid", "test", "unlabelled")
 SYNTHETIC_MARKER = "SYNTHETIC.md"
 MASKS_FILE = "tumour_masks.h5"
 PAD_VALUE = 255  # white, like the glass around tissue
@@ -42,6 +41,11 @@ class DatasetEntry:
     path: Path
     format: str
     synthetic: bool
+
+    def label(self, tag_synthetic: bool = True) -> str:
+        """How pages list it: "demo/idc (idc, synthetic)"."""
+        tag = ", synthetic" if tag_synthetic and self.synthetic else ""
+        return f"{self.name} ({self.format}{tag})"
 
 
 def make_meta(

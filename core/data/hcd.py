@@ -30,7 +30,7 @@ from core.data.base import (
     regular_files,
 )
 from core.data.imageio import image_size_of, read_image
-from core.data.splits import HCD_OPTIMISM_NOTE, manifest_split
+from core.data.splits import HCD_OPTIMISM_NOTE, UNLABELLED, manifest_split
 from core.errors import printable
 
 LABELS_CSV = "train_labels.csv"
@@ -153,7 +153,7 @@ class HCDDataset(PatchDataset):
         meta = make_meta(
             ids=ids,
             split=[assignments[i] for i in labelled["id"]]
-            + ["unlabelled"] * (len(unlabelled) + len(test_files)),
+            + [UNLABELLED] * (len(unlabelled) + len(test_files)),
             label=labelled["label"].tolist() + [-1] * (len(unlabelled) + len(test_files)),
         )
         train_paths = [image_dir / files[i] for i in labelled["id"].tolist() + unlabelled]

@@ -34,11 +34,11 @@ from core.data.base import (
 from core.data.imageio import png_size, read_image
 from core.data.splits import manifest_split, patient_strata
 from core.errors import printable
+from core.files import write_atomic
 
 NAME_PATTERN = re.compile(r"^(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
 LABEL_FOLDERS = ("0", "1")
 EXAMPLES = 3
-INDEX_COLUMNS = ("path", "patient", "folder_label", "name_label", "x", "y", "height", "width")
 
 
 def _subdirs(path: Path) -> list[os.DirEntry]:
@@ -128,11 +128,8 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
             pass
     table, unreadable = _scan(label_dirs)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         table.attrs["unreadable"] = unreadable
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        write_atomic(path, lambda fh: table.to_parquet(fh, index=False))
     except OSError:  # read-only cache: still usable, just re-indexed next time
         pass
     return table, unreadable

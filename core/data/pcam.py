@@ -33,10 +33,10 @@ from core.data.base import (
     make_meta,
     read_csv,
 )
+from core.data.splits import SPLIT_NAMES
 from core.errors import printable
 
 PREFIX = "camelyonpatch_level_2_split_"
-PCAM_SPLITS = ("train", "valid", "test")
 CHUNK_CACHE_BYTES = 8 * 1024 * 1024  # room for whole compressed chunks: no re-decompression
 # DEFLATE (HDF5's gzip filter) cannot expand data more than ~1032:1, so an array that claims more
 # bytes than this many times its file's size is a lie (unwritten chunks, a forged shape).
@@ -181,7 +181,7 @@ class PCamDataset(PatchDataset):
         root = Path(root)
         _check_gzipped(root)
         parts, sizes = [], set()
-        for split in PCAM_SPLITS:
+        for split in SPLIT_NAMES:
             found = _split_meta(root, split)
             if found is not None:
                 parts.append(found[0])

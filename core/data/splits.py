@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core import config
+from core.files import write_json_atomic
 
-SPLIT_NAMES = ("train", "valid", "test")
+SPLIT_NAMES = ("train", "valid", "test")  # the one list of split names
+UNLABELLED = "unlabelled"  # the split of patches without a label (HCD test files)
+ALL_SPLITS = (*SPLIT_NAMES, UNLABELLED)
 HCD_OPTIMISM_NOTE = (
     "HCD has no slide or patient ids, so its train/valid/test split is per patch: patches of "
     "one slide can fall on both sides and validation scores are optimistic."
@@ -97,13 +99,6 @@ def _manifest_id(fmt: str, root: Path, seed: int, fractions, units) -> str:
     return f"{fmt}-seed{seed}-{digest.hexdigest()[:12]}"
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-
-
 def _read_manifest(path: Path) -> dict[str, str] | None:
     """The saved assignments, or None when absent or damaged (then the seeded draw is redone)."""
     try:
@@ -137,11 +132,7 @@ def manifest_split(
         "assignments": assignments,
     }
     try:
-        _write_json_atomic(path, payload)
+        write_json_atomic(path, payload)
     except OSError:  # read-only cache: the draw is seeded, so it is the same next time
         pass
     return assignments, manifest_id, path
-
-
-def load_manifest(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

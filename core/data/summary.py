@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from core.data.base import PatchDataset
-
-SPLIT_ORDER = ("train", "valid", "test", "unlabelled")
+from core.data.splits import ALL_SPLITS
 
 
 def _label_counts(labels) -> dict[str, int]:
@@ -18,7 +17,7 @@ def summarize(ds: PatchDataset, details: bool = False) -> dict:
     ``image_size``), ``problems`` (indexing findings), ``notes`` (split caveats), ``manifest_id``.
     """
     meta = ds.meta
-    present = [s for s in SPLIT_ORDER if (meta["split"] == s).any()]
+    present = [s for s in ALL_SPLITS if (meta["split"] == s).any()]
     patients = meta["patient"].dropna()
     summary = {
         "format": ds.format,

@@ -1,0 +1,250 @@
+"""Every plotly figure the pages show or export: Compare's curves and confusion matrices, the
+Training page's live curves, the Datasets page's charts. Built here from plain results, rendered
+by pages. plotly is imported inside each builder, so importing this module costs nothing (the
+CLI and the GPU machine run without plotly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from core.config import CLASS_NAMES
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from core.compare import AtThresholds, Curves
+    from core.data.visual import ColourStats
+
+
+def figures_html(figures) -> str:
+    """One self-contained HTML page holding the given plotly figures (plotly.js inlined once,
+    so the file opens offline)."""
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=(k == 0)) for k, fig in enumerate(figures)
+    ]
+    return "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
+
+
+# -- Compare ----------------------------------------------------------------------------------
+
+
+# Legends under the plot: AUC ± CI labels are long and the page shows three charts side by side.
+CURVE_LAYOUT = {
+    "height": 520,
+    "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
+    "margin": {"l": 40, "r": 10, "t": 40, "b": 10},
+}
+
+
+def _ci_label(name: str, curves: Curves) -> str:
+    if curves.auc is None:
+        return f"{name} (AUC n/a)"
+    if curves.auc_ci is None:
+        return f"{name} (AUC {curves.auc:.3f})"
+    from core.metrics import format_ci  # scikit-learn: only where a Compare figure is built
+
+    return f"{name} (AUC {curves.auc:.3f}, 95% CI {format_ci(curves.auc_ci)})"
+
+
+def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
+    """Overlaid ROC curves, AUC ± CI in the legend, each model's operating point marked."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"
+        )
+    )
+    for i, (name, curves) in enumerate(free.items()):
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]  # curve and its point match
+        if curves.roc:
+            fig.add_trace(
+                go.Scatter(
+                    x=curves.roc["fpr"],
+                    y=curves.roc["tpr"],
+                    name=_ci_label(name, curves),
+                    line={"color": colour},
+                )
+            )
+        row = None if at is None else at.table.loc[name]
+        if row is not None and pd.notna(row["sensitivity"]) and pd.notna(row["specificity"]):
+            fig.add_trace(
+                go.Scatter(
+                    x=[1 - row["specificity"]],
+                    y=[row["sensitivity"]],
+                    mode="markers",
+                    marker={"size": 11, "symbol": "x", "color": colour},
+                    name=f"{name} @ {row['threshold']:.3f}",
+                )
+            )
+    fig.update_layout(
+        title="ROC", xaxis_title="1 − specificity", yaxis_title="sensitivity", **CURVE_LAYOUT
+    )
+    return fig
+
+
+def pr_figure(free: dict[str, Curves]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, curves in free.items():
+        if curves.pr:
+            label = f"{name} (AP {curves.ap:.3f})"
+            fig.add_trace(go.Scatter(x=curves.pr["recall"], y=curves.pr["precision"], name=label))
+    fig.update_layout(
+        title="Precision–recall", xaxis_title="recall", yaxis_title="precision", **CURVE_LAYOUT
+    )
+    return fig
+
+
+def reliability_figure(free: dict[str, Curves]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect")
+    )
+    for name, curves in free.items():
+        rel = curves.reliability
+        fig.add_trace(
+            go.Scatter(
+                x=rel["mean_prob"],
+                y=rel["frac_tumour"],
+                mode="lines+markers",
+                name=f"{name} (ECE {curves.ece:.3f}, Brier {curves.brier:.3f})",
+                customdata=rel["count"],
+                hovertemplate="mean P %{x:.2f}<br>tumour %{y:.2f}<br>n=%{customdata}",
+            )
+        )
+    fig.update_layout(
+        title="Reliability",
+        xaxis_title="mean P(tumour) in bin",
+        yaxis_title="fraction tumour",
+        **CURVE_LAYOUT,
+    )
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, title: str, normalised: bool = False):
+    """2×2 heatmap, rows = true class, columns = predicted class."""
+    import plotly.graph_objects as go
+
+    from core.metrics import row_normalised
+
+    values = row_normalised(cm) if normalised else cm
+    text = [[f"{v:.1%}" if normalised else f"{int(v)}" for v in row] for row in values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=values.tolist(),
+            x=[f"pred {c}" for c in CLASS_NAMES],
+            y=[f"true {c}" for c in CLASS_NAMES],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    fig.update_layout(title=title, height=300, yaxis={"autorange": "reversed"})
+    return fig
+
+
+# -- Training ---------------------------------------------------------------------------------
+
+
+CURVE_PANELS = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"), ("lr", "learning rate"))
+
+
+def curves_figure(metrics: Mapping[str, pd.DataFrame]):
+    """Loss / accuracy / AUC / lr against the optimizer step, one colour per run; training
+    windows as thin lines, validation (once per epoch) as markers."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in CURVE_PANELS])
+    for i, (name, frame) in enumerate(metrics.items()):
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
+        for j, (column, _) in enumerate(CURVE_PANELS):
+            for split, mode, dash in (("train", "lines", None), ("valid", "lines+markers", "dot")):
+                rows = frame[(frame["split"] == split) & frame[column].notna()]
+                if rows.empty or (column == "lr" and split == "valid"):
+                    continue
+                if len(rows) < 3:  # a short run's lone points would be invisible as a line
+                    mode = "lines+markers"
+                fig.add_trace(
+                    go.Scatter(
+                        x=rows["step"],
+                        y=rows[column],
+                        mode=mode,
+                        name=f"{name} · {split}",
+                        legendgroup=f"{name} · {split}",
+                        showlegend=j == 0,
+                        line={
+                            "color": colour,
+                            "dash": dash,
+                            "width": 1.5 if split == "train" else 2.5,
+                        },
+                    ),
+                    row=j // 2 + 1,
+                    col=j % 2 + 1,
+                )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(
+        height=560, margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.15}
+    )
+    return fig
+
+
+# -- Datasets ---------------------------------------------------------------------------------
+
+CLASS_COLOURS = {"0": "#4c9a5b", "1": "#d8433a"}
+CHANNEL_COLOURS = ("#d62728", "#2ca02c", "#1f77b4")
+
+
+def class_balance_figure(summary: dict) -> go.Figure:
+    """Patches per split, stacked by class (from ``summarize(ds)``; unlabelled shown grey)."""
+    import plotly.graph_objects as go
+
+    splits = list(summary["splits"])
+    fig = go.Figure()
+    for label, name in enumerate(CLASS_NAMES):
+        counts = [summary["splits"][s]["labels"][str(label)] for s in splits]
+        fig.add_bar(x=splits, y=counts, name=name, marker_color=CLASS_COLOURS[str(label)])
+    unlabelled = [
+        summary["splits"][s]["n"] - sum(summary["splits"][s]["labels"].values()) for s in splits
+    ]
+    if any(unlabelled):
+        fig.add_bar(x=splits, y=unlabelled, name="unlabelled", marker_color="#aaaaaa")
+    fig.update_layout(
+        barmode="stack",
+        height=320,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis_title="patches",
+        legend_title_text="class",
+    )
+    return fig
+
+
+def colour_histogram_figure(stats: ColourStats) -> go.Figure:
+    """Per-channel pixel histograms of the sampled patches."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for channel, (name, colour) in enumerate(zip("RGB", CHANNEL_COLOURS, strict=True)):
+        fig.add_scatter(
+            x=list(range(256)), y=stats.histogram[channel], name=name, line=dict(color=colour)
+        )
+    fig.update_layout(
+        height=300,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis_title="intensity",
+        yaxis_title="fraction of pixels",
+    )
+    return fig
