@@ -81,6 +81,8 @@ def test_a_checkpoint_label_names_model_data_date_and_run(tmp_path, monkeypatch)
         tmp_path / "elsewhere" / "demo" / "pcam.pt", dataset="/other/host/demo/pcam",
         dataset_format="pcam", synthetic_data=True, created="2026-11-22T03:06:15+00:00",
     )  # fmt: skip
-    assert catalogue.checkpoint_label(demo).startswith("idc_cnn · demo/pcam (synthetic) · 2026-11-22 03:06")
+    assert catalogue.checkpoint_label(demo).startswith(
+        "idc_cnn · demo/pcam (synthetic) · 2026-11-22 03:06"
+    )
     (tmp_path / "bad.pt").write_bytes(b"junk")
     assert catalogue.checkpoint_label(tmp_path / "bad.pt").endswith("/bad (unreadable)")

@@ -12,6 +12,7 @@ from core.data.visual import (
     overlay_labels,
     overlay_probs,
     slide_mosaic,
+    why_empty,
 )
 
 
@@ -66,3 +67,15 @@ def test_mosaic_probability_overlay_hook(fake_idc):
     assert overlay_labels(mosaic).shape == mosaic.image.shape
     with pytest.raises(ValueError, match="without probabilities"):
         overlay_probs(slide_mosaic(ds, patient))
+
+
+def test_an_empty_gallery_says_which_filter_empties_it(fake_idc):
+    """Issue 13, item 9: "Showing 0 of 0" with no reason when a patient is not in the split."""
+    ds = open_dataset(fake_idc.root)
+    patient = str(ds.meta["patient"].iloc[0])
+    home = ds.meta.loc[ds.indices(patient=patient), "split"].iloc[0]
+    other = next(s for s in ("train", "valid", "test") if s != home)
+    assert why_empty(ds, split=home, patient=patient) is None
+    reason = why_empty(ds, split=other, patient=patient)
+    assert patient in reason and repr(other) in reason and repr(home) in reason
+    assert why_empty(ds, label=7) == "No patch matches label 7."

@@ -12,8 +12,8 @@ import torch
 
 from core.checkpoints import CheckpointError, ModelCard, load_checkpoint, read_card, save_checkpoint
 from core.models import MODELS, build_model, get_target_layer
-from core.train_config import recommended_model
 from core.preprocess import predict_proba, to_model_input
+from core.train_config import recommended_model
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -88,6 +88,26 @@ def gallery_page(
     return GalleryPage(chosen, ds.read_batch(chosen), len(matching), n_pages)
 
 
+def why_empty(ds: PatchDataset, split=None, label=None, patient=None) -> str | None:
+    """When the filters leave nothing, one line saying why (IDC splits are by patient, so a
+    patient lives in one split only); None when something matches."""
+    if len(ds.indices(split=split, label=label, patient=patient)):
+        return None
+    if (
+        patient is not None
+        and split is not None
+        and not len(ds.indices(split=split, patient=patient))
+    ):
+        where = sorted(ds.meta.loc[ds.indices(patient=patient), "split"].unique())
+        return (
+            f"Patient {patient} has no patches in split {split!r}: splits are drawn by patient, "
+            f"and theirs are in {', '.join(map(repr, where))}."
+        )
+    filters = {"split": split, "label": label, "patient": patient}
+    given = ", ".join(f"{k} {v!r}" for k, v in filters.items() if v is not None)
+    return f"No patch matches {given}." if given else "This dataset has no patches."
+
+
 @dataclass(frozen=True)
 class Mosaic:
     image: np.ndarray  # uint8 H×W×3, the slide rebuilt from its patches (white where none)
