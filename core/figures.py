@@ -41,6 +41,18 @@ CURVE_LAYOUT = {
 }
 
 
+# One colour per model (or run) by its position, the same in every chart of a page: plotly's
+# default colourway shifts when a reference line ("chance", "perfect") is drawn first.
+MODEL_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+)  # fmt: skip
+REFERENCE_LINE = {"dash": "dot", "color": "grey"}
+
+
+def model_colour(i: int) -> str:
+    return MODEL_COLOURS[i % len(MODEL_COLOURS)]
+
+
 def _ci_label(name: str, curves: Curves) -> str:
     if curves.auc is None:
         return f"{name} (AUC n/a)"
@@ -54,16 +66,11 @@ def _ci_label(name: str, curves: Curves) -> str:
 def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
     """Overlaid ROC curves, AUC ± CI in the legend, each model's operating point marked."""
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
 
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"
-        )
-    )
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=REFERENCE_LINE, name="chance"))
     for i, (name, curves) in enumerate(free.items()):
-        colour = qualitative.Plotly[i % len(qualitative.Plotly)]  # curve and its point match
+        colour = model_colour(i)  # curve and its operating point match
         if curves.roc:
             fig.add_trace(
                 go.Scatter(
@@ -94,10 +101,16 @@ def pr_figure(free: dict[str, Curves]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name, curves in free.items():
+    for i, (name, curves) in enumerate(free.items()):
         if curves.pr:
-            label = f"{name} (AP {curves.ap:.3f})"
-            fig.add_trace(go.Scatter(x=curves.pr["recall"], y=curves.pr["precision"], name=label))
+            fig.add_trace(
+                go.Scatter(
+                    x=curves.pr["recall"],
+                    y=curves.pr["precision"],
+                    name=f"{name} (AP {curves.ap:.3f})",
+                    line={"color": model_colour(i)},
+                )
+            )
     fig.update_layout(
         title="Precision–recall", xaxis_title="recall", yaxis_title="precision", **CURVE_LAYOUT
     )
@@ -108,16 +121,15 @@ def reliability_figure(free: dict[str, Curves]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect")
-    )
-    for name, curves in free.items():
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=REFERENCE_LINE, name="perfect"))
+    for i, (name, curves) in enumerate(free.items()):
         rel = curves.reliability
         fig.add_trace(
             go.Scatter(
                 x=rel["mean_prob"],
                 y=rel["frac_tumour"],
                 mode="lines+markers",
+                line={"color": model_colour(i)},
                 name=f"{name} (ECE {curves.ece:.3f}, Brier {curves.brier:.3f})",
                 customdata=rel["count"],
                 hovertemplate="mean P %{x:.2f}<br>tumour %{y:.2f}<br>n=%{customdata}",
@@ -165,12 +177,11 @@ def curves_figure(metrics: Mapping[str, pd.DataFrame]):
     """Loss / accuracy / AUC / lr against the optimizer step, one colour per run; training
     windows as thin lines, validation (once per epoch) as markers."""
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in CURVE_PANELS])
     for i, (name, frame) in enumerate(metrics.items()):
-        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
+        colour = model_colour(i)
         for j, (column, _) in enumerate(CURVE_PANELS):
             for split, mode, dash in (("train", "lines", None), ("valid", "lines+markers", "dot")):
                 rows = frame[(frame["split"] == split) & frame[column].notna()]
@@ -196,6 +207,8 @@ def curves_figure(metrics: Mapping[str, pd.DataFrame]):
                     col=j % 2 + 1,
                 )
     fig.update_xaxes(title_text="step")
+    # plotly's SI ticks write 9e-4 as "900µ"; a learning rate reads as 9e-4
+    fig.update_yaxes(exponentformat="e", tickformat=".1e", row=2, col=2)
     fig.update_layout(
         height=560, margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.15}
     )

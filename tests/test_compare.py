@@ -156,3 +156,31 @@ def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", data]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing.pt" in err and len(err.splitlines()) == 1
+
+
+def test_each_model_has_one_colour_across_roc_pr_and_reliability():
+    """Issue 13, item 6: one model had three colours across the three charts."""
+    pytest.importorskip("plotly", reason="needs plotly")
+    from core import figures
+
+    free = compare.threshold_free(_preds(), n_boot=10, seed=0)
+    charts = [figures.roc_figure(free), figures.pr_figure(free), figures.reliability_figure(free)]
+    for k, name in enumerate(free):
+        colours = {
+            t.line.color for fig in charts for t in fig.data if t.name.startswith(f"{name} (")
+        }
+        assert colours == {figures.model_colour(k)}
+    assert figures.model_colour(0) != figures.model_colour(1)
+
+
+def test_the_learning_rate_axis_reads_as_a_number():
+    """Not "900µ": plotly's SI prefixes suit lengths, not learning rates."""
+    pytest.importorskip("plotly", reason="needs plotly")
+    from core import figures
+
+    frame = pd.DataFrame(
+        {"step": [1, 2, 3], "split": "train", "loss": 0.5, "accuracy": 0.5, "auc": 0.5,
+         "lr": [9e-4, 8e-4, 7e-4]}
+    )  # fmt: skip
+    fig = figures.curves_figure({"run": frame})
+    assert fig.layout.yaxis4.exponentformat == "e"
