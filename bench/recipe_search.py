@@ -137,7 +137,9 @@ class Scorer:
         with self.lock:
             ds = self.datasets.setdefault(seed, open_dataset(self.data, seed=seed))
             indices = np.sort(ds.indices(split=split))
-            probs = predict_indices(checkpoint, ds, indices, device=self.device, batch_size=512)
+            probs = predict_indices(
+                checkpoint, ds, indices, device=self.device, batch_size=512, calibrated=False
+            )
         meta = ds.meta.iloc[indices]
         patients = meta["patient"].to_numpy() if "patient" in meta else None
         return meta["label"].to_numpy(dtype=int), probs, patients

@@ -8,7 +8,8 @@ z is the difference of the two logits) and returns sigmoid(a·z + b):
 - ``platt`` (Platt 1999): a and b free, i.e. a one-feature logistic regression on z.
 - ``identity``: a = 1, b = 0 (checkpoints written before calibration existed).
 
-Both are fitted by minimising the binary log-loss with scipy. ``cross_fitted_probs`` scores a
+Both are fitted by minimising the binary log-loss with scipy (imported when fitting: the
+torch-free TrainConfig imports ``METHODS`` from here). ``cross_fitted_probs`` scores a
 method honestly on one split: fit on half the patients, apply to the other half, and swap.
 The operating point is the threshold of maximum balanced accuracy (Youden's J), and
 ``core.metrics.threshold_for_sensitivity`` gives the "sensitivity ≥ X" rule.
@@ -19,8 +20,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, special
-from sklearn.metrics import roc_curve
 
 METHODS = ("identity", "temperature", "platt")
 _EPS = 1e-7
@@ -34,7 +33,7 @@ class Calibration:
 
     def apply(self, prob) -> np.ndarray:
         """Calibrated P(tumour) for raw softmax P(tumour)."""
-        return special.expit(self.a * logit(prob) + self.b)
+        return _sigmoid(self.a * logit(prob) + self.b)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +44,12 @@ class Calibration:
 
 
 def logit(prob) -> np.ndarray:
-    return special.logit(np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS))
+    p = np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(s: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -s))  # 1 / (1 + e^-s) without overflow
 
 
 def _log_loss(params: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
@@ -62,11 +66,15 @@ def fit_calibration(y, prob, method: str = "platt") -> Calibration:
     y = np.asarray(y, dtype=np.float64)
     if method == "identity" or np.unique(y).size < 2:
         return Calibration()
+    from scipy import optimize
+
     z = logit(prob)
     start = np.array([1.0, 0.0] if method == "platt" else [1.0])
     result = optimize.minimize(_log_loss, start, args=(z, y), method="L-BFGS-B")
     a = float(result.x[0])
     b = float(result.x[1]) if method == "platt" else 0.0
+    if not (a > 0 and np.isfinite(b)):  # a <= 0 would reverse the ranking (a useless model)
+        return Calibration()
     return Calibration(method, a, b)
 
 
@@ -86,9 +94,57 @@ def cross_fitted_probs(y, prob, groups, method: str, seed: int = 0) -> np.ndarra
 def max_balanced_accuracy_threshold(y, prob) -> float:
     """The threshold (``prob >= t`` is tumour) of maximum balanced accuracy = (TPR + TNR) / 2;
     0.5 when only one class is present."""
+    from sklearn.metrics import roc_curve
+
     y = np.asarray(y).astype(int)
     if np.unique(y).size < 2:
         return 0.5
     fpr, tpr, thresholds = roc_curve(y, prob)
     best = int(np.argmax(tpr - fpr))
     return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is inf
+
+
+SENSITIVITY_RULES = (0.90, 0.95)  # "sensitivity ≥ X" operating points kept in the card
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What training learns on validation after the last epoch: the card's fields and the
+    figures the run's status reports."""
+
+    calibration: Calibration
+    threshold: float
+    operating_points: dict
+    ece_raw: float
+    ece: float
+
+    def card_fields(self) -> dict:
+        return {
+            "calibration": self.calibration.to_dict(),
+            "threshold": self.threshold,
+            "operating_points": self.operating_points,
+        }
+
+
+def fit_operating_point(y, prob, method: str = "platt") -> Fitted:
+    """Calibration map (``method``) and thresholds fitted on validation labels and raw softmax
+    probabilities: the maximum-balanced-accuracy threshold is the default, and the highest
+    threshold reaching each sensitivity in SENSITIVITY_RULES is kept beside it."""
+    from core.metrics import expected_calibration_error, threshold_for_sensitivity
+
+    y = np.asarray(y).astype(int)
+    calibration = fit_calibration(y, prob, method)
+    calibrated = calibration.apply(prob)
+    both = np.unique(y).size == 2
+    points = {"max_balanced_accuracy": max_balanced_accuracy_threshold(y, calibrated)}
+    for target in SENSITIVITY_RULES if both else ():
+        points[f"sensitivity>={target:.2f}"] = threshold_for_sensitivity(y, calibrated, target)[
+            "threshold"
+        ]
+    return Fitted(
+        calibration=calibration,
+        threshold=points["max_balanced_accuracy"],
+        operating_points=points,
+        ece_raw=expected_calibration_error(y, prob),
+        ece=expected_calibration_error(y, calibrated),
+    )

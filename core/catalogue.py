@@ -61,6 +61,12 @@ def checkpoint_label(path) -> str:
     return " · ".join([*(p.replace("T", " ") for p in parts if p), short])
 
 
+def card_thresholds(paths) -> dict[str, float]:
+    """``{model name: the operating point in its card}`` (0.5 for checkpoints without one)."""
+    paths = list(paths)
+    return {name: read_card(p).threshold for name, p in zip(model_names(paths), paths, strict=True)}
+
+
 def read_card(path: str | Path):
     """The checkpoint's ModelCard, read once per file version (validated like a full load;
     raises core.checkpoints.CheckpointError). Treat it as read-only: it is shared."""

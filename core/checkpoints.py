@@ -75,6 +75,13 @@ class ModelCard:
     synthetic_data: bool = False
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Learnt on validation after training (core.calibration); the defaults (identity, 0.5) are
+    # what checkpoints written before calibration existed mean.
+    calibration: dict[str, Any] = field(
+        default_factory=dict
+    )  # Calibration.to_dict(); {} = identity
+    threshold: float = 0.5  # default operating point: maximum balanced accuracy on validation
+    operating_points: dict[str, float] = field(default_factory=dict)  # rule -> threshold
     versions: dict[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -93,6 +100,12 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def calibrated(self, prob):
+        """Calibrated P(tumour) from the model's softmax P(tumour) (identity when none)."""
+        from core.calibration import Calibration
+
+        return Calibration.from_dict(self.calibration).apply(prob)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -125,6 +138,19 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_calibration(value: Any) -> bool:
+    from core.calibration import METHODS
+
+    return (
+        isinstance(value, dict)
+        and set(value) == {"method", "a", "b"}
+        and value["method"] in METHODS
+        and _is_number(value["a"])
+        and value["a"] > 0
+        and _is_number(value["b"])
+    )
 
 
 def _triple(low: float, high: float, what: str):
@@ -163,6 +189,14 @@ CARD_CHECKS = {
     "synthetic_data": _expect(lambda v: isinstance(v, bool), "true or false"),
     "train_config": _expect(lambda v: isinstance(v, dict), "a mapping"),
     "metrics": _expect(lambda v: isinstance(v, dict), "a mapping"),
+    "calibration": _expect(
+        lambda v: v == {} or _is_calibration(v), "{} or {method, a > 0, b} (core.calibration)"
+    ),
+    "threshold": _expect(lambda v: _is_number(v) and 0 <= v <= 1, "a probability 0..1"),
+    "operating_points": _expect(
+        lambda v: isinstance(v, dict) and all(_is_number(t) and 0 <= t <= 1 for t in v.values()),
+        "a mapping of rule -> probability 0..1",
+    ),
     "versions": _expect(lambda v: isinstance(v, dict), "a mapping"),
     "created": _expect(lambda v: isinstance(v, str), "a text (a timestamp)"),
 }

@@ -158,9 +158,18 @@ def prediction_frame(ds, indices: np.ndarray, probs: np.ndarray) -> pd.DataFrame
 
 
 def predict_indices(
-    checkpoint_path, ds, indices, tta=False, progress=None, batch_size=128, device=None
+    checkpoint_path,
+    ds,
+    indices,
+    tta=False,
+    progress=None,
+    batch_size=128,
+    device=None,
+    calibrated: bool = True,
 ) -> np.ndarray:
-    """P(tumour) of the given patches (no cache): the prefetching loader + forward loop."""
+    """P(tumour) of the given patches (no cache): the prefetching loader + forward loop.
+    Mapped by the checkpoint card's calibration unless ``calibrated=False`` (the raw softmax,
+    which a calibration is fitted on)."""
     import torch
 
     from core.checkpoints import check_finite_probabilities, load_checkpoint
@@ -183,7 +192,8 @@ def predict_indices(
         done += len(chunk)
         if progress is not None:
             progress(done, len(indices))
-    return check_finite_probabilities(np.concatenate(probs) if probs else np.zeros(0), loaded.path)
+    probs = check_finite_probabilities(np.concatenate(probs) if probs else np.zeros(0), loaded.path)
+    return loaded.card.calibrated(probs) if calibrated else probs
 
 
 def forward_probs(model, x, tta: bool = False) -> np.ndarray:
@@ -305,15 +315,22 @@ def evaluate_checkpoint(
     ds,
     split: str = "test",
     tta: bool = False,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     **predict_kwargs,
 ) -> dict:
     """The `python -m core evaluate --json` object: metrics on the labelled patches of the split,
-    the AUC's bootstrap 95% CI and, where patients are known, the patient-level summary."""
+    the AUC's bootstrap 95% CI and, where patients are known, the patient-level summary.
+
+    ``threshold`` None: the checkpoint card's operating point (``threshold_source`` "card";
+    0.5 for checkpoints without one), else the given value ("cli")."""
+    from core.checkpoints import read_card
     from core.metrics import binary_metrics, bootstrap_auc_ci
 
+    source = "card" if threshold is None else "cli"
+    if threshold is None:
+        threshold = read_card(checkpoint_path).threshold
     preds = predict_split(checkpoint_path, ds, split=split, tta=tta, **predict_kwargs)
     known = labelled(preds)
     if known.empty:
@@ -327,6 +344,7 @@ def evaluate_checkpoint(
         "split": split,
         "tta": bool(tta),
         **binary_metrics(y, prob, threshold),
+        "threshold_source": source,
         "auc_ci95": list(ci) if ci else None,
         "patients": patient_summary(known, threshold),
     }

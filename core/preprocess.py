@@ -50,7 +50,8 @@ def to_model_input(
 def predict_proba(
     loaded: LoadedModel, images: np.ndarray | torch.Tensor, batch_size: int = 256
 ) -> np.ndarray:
-    """P(tumour) for each uint8 patch, computed in batches on the model's device."""
+    """Calibrated P(tumour) for each uint8 patch (the card's map; identity for checkpoints
+    written before calibration existed), computed in batches on the model's device."""
     device = loaded.device
     out = []
     for start in range(0, len(images), batch_size):
@@ -59,4 +60,4 @@ def predict_proba(
             logits = loaded.model(x)
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
     probs = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-    return check_finite_probabilities(probs, loaded.path)
+    return loaded.card.calibrated(check_finite_probabilities(probs, loaded.path)).astype(np.float32)

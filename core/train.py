@@ -3,7 +3,9 @@
 ``fit(cfg, run_dir)`` trains one model and writes one run directory (layout in core/jobs.py):
 ``config.json``, ``metrics.jsonl``, ``status.json``, ``last.pt`` (every epoch, with optimizer,
 scheduler and loop state for ``resume``) and ``best.pt`` (best validation score). Both .pt files
-are full checkpoints with a model card (core/checkpoints.py), written atomically.
+are full checkpoints with a model card (core/checkpoints.py), written atomically. After the last
+epoch, best.pt's card gets a calibration map and operating points fitted on the validation split
+(core.calibration): consumers report calibrated P(tumour) and call tumour at the card's threshold.
 
 The data path keeps the model, not the loader, the bottleneck: a worker reads a whole batch with
 one ``read_batch`` call as uint8 N×H×W×3 (core.loaders), the uint8 batch goes to the device, and
@@ -220,6 +222,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Loss, accuracy and ROC AUC (scikit-learn) over ``loader``; shards are gathered across
     ranks so every rank returns the same numbers."""
+    y, p, loss_sum = predictions(model, loader, criterion, rt, dist_info=dist_info)
+    n = len(y)
+    return {
+        "loss": loss_sum / n if n else float("nan"),
+        "accuracy": float(((p >= 0.5) == y).mean()) if n else float("nan"),
+        "auc": _auc(y, p),
+        "n": n,
+    }
+
+
+@torch.inference_mode()
+def predictions(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    rt: Runtime,
+    *,
+    dist_info: Dist = Dist(),
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, softmax P(tumour), summed loss) over ``loader``, gathered across ranks."""
     model.eval()
     labels_all, probs_all, loss_sum = [], [], 0.0
     for images, labels in loader:
@@ -238,13 +260,7 @@ def evaluate(
         y = np.concatenate([g[0] for g in gathered])
         p = np.concatenate([g[1] for g in gathered])
         loss_sum = sum(g[2] for g in gathered)
-    n = len(y)
-    return {
-        "loss": loss_sum / n if n else float("nan"),
-        "accuracy": float(((p >= 0.5) == y).mean()) if n else float("nan"),
-        "auc": _auc(y, p),
-        "n": n,
-    }
+    return y, p, loss_sum
 
 
 # -- fit ------------------------------------------------------------------------------------
@@ -545,7 +561,43 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
         if writer:
             _save_epoch(s, run_dir, state, val, improved)
             writer.end_epoch(s, state, val)
-    return writer.finish(s.cfg, state) if writer else {}
+    if writer is None:
+        return {}
+    jobs.write_status(run_dir, calibration=_calibrate_best(s, run_dir / "best.pt"))
+    return writer.finish(s.cfg, state)
+
+
+def _calibrate_best(s: _Setup, best_path: Path) -> dict[str, Any]:
+    """Fit the calibration map and operating points on the whole validation split (rank 0, one
+    process) with the best weights, and write them into best.pt's card (same weights).
+    Returns what the run's status reports: method, threshold, validation ECE before/after."""
+    from core.calibration import fit_operating_point
+    from core.checkpoints import card_of
+
+    payload = load_payload(best_path)
+    model = copy.deepcopy(s.model)
+    model.load_state_dict(payload["state_dict"])  # fp16 weights are cast into the fp32 model
+    loader = make_loader(
+        s.valid_loader.dataset,
+        s.cfg.batch_size,
+        shuffle=False,
+        seed=s.cfg.seed,
+        dist_info=Dist(),
+        workers=0,
+        pin_memory=False,
+    )
+    y, p, _ = predictions(model, loader, s.criterion, s.rt)
+    fitted = fit_operating_point(y, p, s.cfg.calibration)
+    card = card_of(payload, best_path)
+    metrics = {**card.metrics, "valid_ece_raw": fitted.ece_raw, "valid_ece": fitted.ece}
+    card = replace(card, metrics=metrics, **fitted.card_fields())
+    save_checkpoint(best_path, model.half() if s.cfg.best_fp16 else model, card)
+    return {
+        "method": fitted.calibration.method,
+        "threshold": fitted.threshold,
+        "valid_ece_raw": fitted.ece_raw,
+        "valid_ece": fitted.ece,
+    }
 
 
 def _for_training(model: nn.Module, device: torch.device, dist_info: Dist) -> nn.Module:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from core.calibration import METHODS as CALIBRATIONS
+
 SCHEDULERS = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MIN_INPUT_SIZE = 32  # the smallest input side every registered model accepts
@@ -33,6 +35,7 @@ class TrainConfig:
     class_weighting: bool = False  # loss weights inversely proportional to class counts
     label_smoothing: float = 0.0  # cross-entropy target smoothing (0 = hard labels)
     warmup_epochs: int = 0  # cosine only: linear lr warm-up over the first epochs
+    calibration: str = "platt"  # map fitted on validation after training (core.calibration)
     scheduler: str = "cosine"  # cosine (per step) | plateau (on validation score)
     patience: int = 3  # early stopping: epochs without a better validation score
     limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
@@ -51,6 +54,8 @@ class TrainConfig:
             problems.append("label_smoothing must be in [0, 1)")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be >= 0 and < epochs")
+        if self.calibration not in CALIBRATIONS:
+            problems.append(f"calibration must be one of {CALIBRATIONS}")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler must be one of {SCHEDULERS}")
         if self.device.split(":")[0] not in DEVICES:

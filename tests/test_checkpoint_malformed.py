@@ -33,6 +33,15 @@ BAD_FIELDS = {
     "synthetic_data": ["yes", 1],
     "train_config": ["lr=1"],
     "metrics": [[0.9]],
+    "calibration": [
+        {"method": "isotonic", "a": 1, "b": 0},
+        {"method": "platt", "a": -1.0, "b": 0.0},  # a <= 0 would reverse the ranking
+        {"method": "platt", "a": math.nan, "b": 0.0},
+        {"method": "platt"},
+        "platt",
+    ],
+    "threshold": [1.5, -0.1, math.nan, "0.5", None],
+    "operating_points": [{"rule": 2.0}, [0.5]],
     "versions": [3],
     "created": [20260101],
 }

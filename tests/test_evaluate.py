@@ -145,3 +145,21 @@ def test_patient_table_is_empty_without_patients(pcam, ckpt):
     preds = evaluate.predict_split(ckpt, pcam).drop(columns=["patient"], errors="ignore")
     assert evaluate.patient_table(preds).empty
     assert evaluate.patient_summary(preds) is None
+
+
+def test_card_calibration_and_threshold_reach_every_consumer(pcam, tmp_path):
+    plain = make_checkpoint(tmp_path / "plain.pt")
+    card_fields = dict(calibration={"method": "platt", "a": 0.5, "b": -1.0}, threshold=0.3)
+    calibrated = make_checkpoint(tmp_path / "calibrated.pt", **card_fields)
+    images = pcam.read_batch(pcam.indices(split="test")[:8])
+    raw = predict_proba(load_checkpoint(plain), images)  # no map in the card: identity
+    mapped = predict_proba(load_checkpoint(calibrated), images)
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 1.0)))
+    np.testing.assert_allclose(mapped, expected, atol=1e-5)
+
+    by_card = evaluate.evaluate_checkpoint(calibrated, pcam, n_boot=0)
+    assert by_card["threshold"] == 0.3 and by_card["threshold_source"] == "card"
+    by_cli = evaluate.evaluate_checkpoint(calibrated, pcam, threshold=0.6, n_boot=0)
+    assert by_cli["threshold"] == 0.6 and by_cli["threshold_source"] == "cli"
+    older = evaluate.evaluate_checkpoint(plain, pcam, n_boot=0)
+    assert older["threshold"] == 0.5 and older["threshold_source"] == "card"

@@ -238,6 +238,18 @@ def test_fit_writes_the_run_directory_with_full_checkpoints(demo_root, tmp_path)
     assert last["loop"]["epoch"] == 2 and last["optimizer"]["state"]
 
 
+def test_fit_learns_calibration_and_operating_point_on_validation(demo_root, tmp_path):
+    run = tmp_path / "run"
+    status = fit(quick(demo_root / "idc", epochs=1, class_weighting=True), run)
+    card = load_checkpoint(run / "best.pt").card
+    assert card.calibration["method"] in ("platt", "identity")  # identity if a <= 0 came out
+    assert 0 <= card.threshold <= 1
+    assert card.operating_points["max_balanced_accuracy"] == card.threshold
+    assert {"valid_ece_raw", "valid_ece"} <= card.metrics.keys()
+    assert status["calibration"]["threshold"] == card.threshold
+    assert load_checkpoint(run / "last.pt").card.calibration == {}  # resume state only
+
+
 def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
     run = tmp_path / "run"
     fit(quick(demo_root / "idc", epochs=1), run)

@@ -12,7 +12,7 @@ import sys
 from core.commands.evaluate import add_evaluation_arguments, open_inputs, tqdm_progress
 from core.evaluate import REPORTED_METRICS
 
-TABLE_COLUMNS = ["n", *REPORTED_METRICS]
+TABLE_COLUMNS = ["n", "threshold", *REPORTED_METRICS]
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.catalogue import model_names
+    from core.catalogue import card_thresholds, model_names
     from core.checkpoints import CheckpointError
     from core.compare import evaluate_checkpoints, metrics_json
 
@@ -44,10 +44,14 @@ def run(args) -> int:
             batch_size=args.batch_size,
             device=args.device,
         )
-        by_name = metrics_json(preds, args.threshold, n_boot=args.bootstrap, seed=args.seed)
+        from_card = args.threshold is None
+        thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold
+        by_name = metrics_json(preds, thresholds, n_boot=args.bootstrap, seed=args.seed)
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for row in by_name.values():
+        row["threshold_source"] = "card" if from_card else "cli"
     names = dict(zip(model_names(args.checkpoints), args.checkpoints, strict=True))
     if args.json:
         print(json.dumps({names[n]: row for n, row in by_name.items()}, indent=2))
@@ -65,7 +69,8 @@ def format_table(by_name: dict, args) -> str:
     table = table.apply(pd.to_numeric).astype({"n": int})
     table["auc_ci95"] = [format_ci(row["auc_ci95"]) for row in by_name.values()]
     lines = [
-        f"{args.data} [{args.split}] threshold {args.threshold}",
+        f"{args.data} [{args.split}] threshold "
+        + ("from each card" if args.threshold is None else str(args.threshold)),
         table.to_string(float_format="{:.4f}".format),
     ]
     seen = set()

@@ -16,7 +16,12 @@ def add_evaluation_arguments(p) -> None:
     """Options shared by `evaluate` and `compare`."""
     p.add_argument("--data", required=True, help="dataset folder (pcam, hcd or idc layout)")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--threshold", type=float, default=0.5, help="call tumour when P >= this")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="call tumour when P >= this (default: the checkpoint card's, 0.5 for older ones)",
+    )
     p.add_argument("--tta", action="store_true", help="average over the 8 D4 transforms")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
@@ -54,7 +59,7 @@ def option_problem(args) -> str | None:
         return f"--batch-size {args.batch_size}: use 1 or more"
     if args.bootstrap < 0:
         return f"--bootstrap {args.bootstrap}: use 0 (no confidence interval) or more"
-    if not 0 <= args.threshold <= 1:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
         return f"--threshold {args.threshold}: use a probability from 0 to 1"
     return None
 

@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+from core.train_config import CALIBRATIONS, DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
 
 _NO_DEFAULT = argparse.SUPPRESS  # unset flags keep the TrainConfig default
 
@@ -78,6 +78,11 @@ def register(sub) -> None:
         type=int,
         dest="warmup_epochs",
         help="cosine: linear lr warm-up epochs from lr/10 (default 0)",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        help="map fitted on validation after training (default platt)",
     )
     p.add_argument(
         "--scheduler", choices=SCHEDULERS, help=f"lr schedule (default {DEFAULTS['scheduler']})"
