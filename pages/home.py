@@ -19,11 +19,18 @@ st.markdown(
     "(PatchCamelyon, Kaggle Histopathologic Cancer Detection, IDC breast)."
 )
 st.warning(config.RESEARCH_NOTICE, icon="⚠️")
+st.subheader("What to try first")
 st.markdown(
-    "- **Datasets**: browse a dataset, its class balance, colour statistics and slide mosaics.\n"
-    "- **Training**: train models as background jobs and watch live curves.\n"
-    "- **Explain**: Grad-CAM-family heatmaps on dataset patches or your uploads.\n"
-    "- **Compare**: confusion matrices, ROC/PR, calibration and disagreements between models."
+    "1. **Datasets** (sidebar): pick `demo/idc`, filter the gallery to *tumour (1)*, then open "
+    "the **Slide mosaic** tab: one patient's slide rebuilt from its patches, labels overlaid.\n"
+    "2. **Explain**: the shipped demo checkpoint on `demo/pcam` — set *Outcome* to **FN** (tumour "
+    "the model missed) and compare GradCAM with EigenCAM; **Compute faithfulness** scores them.\n"
+    "3. **Compare**: the two demo checkpoints side by side — click *Choose thresholds for "
+    "sensitivity ≥ 0.90* and read what it costs in specificity; browse the disagreements.\n"
+    "4. **Training**: start a 2-epoch run on `demo/idc` (about a minute on a CPU) and watch its "
+    "curves; when it ends it is offered on Explain and Compare.\n\n"
+    "Then put real data under the data root (below) and do the same with it. The demo "
+    "checkpoints learnt painted tissue: on real patches their scores mean nothing."
 )
 
 
