@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, wait_healthy  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, settle, wait_healthy  # noqa: E402
 
 BUDGET_MB = {"one session": 900, "second session adds": 150}
 BUDGET_S = {"first page interactive": 3, "Datasets": 3, "Explain first render": 5}
@@ -77,13 +77,8 @@ class Session:
     def step(self, name: str, action, expect: str) -> float:
         started = time.perf_counter()
         action()
-        self.page.wait_for_timeout(150)  # let the rerun start (counted: times err high)
-        self.page.locator(expect).first.wait_for(timeout=180_000)
-        self.page.wait_for_function(IDLE, timeout=180_000, polling=100)
+        settle(self.page, expect)  # also fails on any stException
         seconds = time.perf_counter() - started
-        errors = self.page.locator("[data-testid='stException']").count()
-        if errors:
-            raise RuntimeError(f"{self.name}: {name}: {errors} exception(s) on the page")
         self.steps.append(
             (name, seconds, memory_mb(self.pid, "VmRSS"), memory_mb(self.pid, "VmHWM"))
         )
