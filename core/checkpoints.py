@@ -13,6 +13,7 @@ refused by torch itself; we turn that, truncation and foreign files into one cle
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import platform
@@ -28,7 +29,7 @@ from torch import nn
 from core import __version__
 from core.config import CLASS_NAMES
 from core.errors import InputError
-from core.files import file_sha256, write_atomic
+from core.files import file_sha256, write_atomic, write_bytes_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
 from core.train_config import MIN_INPUT_SIZE
 
@@ -353,3 +354,58 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise CheckpointError(f"{path}: model card field 'target_layer': {err}") from None
     model.to(device).eval()
     return LoadedModel(model=model, card=card, path=path, sha256=file_sha256(path))
+
+
+MAX_UPLOADED_CHECKPOINT_BYTES = 100 * 2**20  # resnet50 is ~95 MB; a public server holds a few
+KEEP_UPLOADED_CHECKPOINTS = 8  # files kept under the upload folder, newest first
+
+
+def load_uploaded_checkpoint(
+    name: str, data: bytes, folder: Path, max_bytes: int = MAX_UPLOADED_CHECKPOINT_BYTES
+) -> LoadedModel:
+    """A visitor's checkpoint, validated exactly as ``load_checkpoint`` (card required,
+    ``weights_only``) plus one forward pass at the card's input size. Kept as
+    ``folder/<sha256>.pt`` so evaluation can read it (content-addressed: only the session that
+    uploaded it knows its path; the oldest beyond 8 files are removed). Errors name ``name``."""
+    if len(data) > max_bytes:
+        raise CheckpointError(
+            f"{name}: {len(data) / 2**20:.0f} MB is over the {max_bytes / 2**20:.0f} MB limit "
+            "for uploaded checkpoints"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()}.pt"
+    try:
+        if not path.is_file():
+            write_bytes_atomic(path, data)
+        loaded = load_checkpoint(path)
+        _check_input_size(loaded)
+    except CheckpointError as err:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(str(err).replace(str(path), name)) from None
+    _prune(folder, keep=path)
+    return loaded
+
+
+def _check_input_size(loaded: LoadedModel) -> None:
+    size = loaded.card.input_size
+    try:
+        with torch.no_grad():
+            logits = loaded.model(torch.zeros(1, 3, size, size))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{loaded.path}: the card's input size {size} px does not fit its weights "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    if tuple(logits.shape) != (1, len(CLASS_NAMES)):
+        raise CheckpointError(
+            f"{loaded.path}: gives {tuple(logits.shape)} outputs for one {size} px patch, "
+            f"not {len(CLASS_NAMES)} classes"
+        )
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in files[KEEP_UPLOADED_CHECKPOINTS:]:
+        if old != keep:
+            old.unlink(missing_ok=True)

@@ -5,6 +5,7 @@
                        (default ``<data root>/.cache``); real datasets may live on read-only disks.
 - ``HISTOLENS_RUNS``   training run directories (default ``<repo>/runs``).
 - ``HISTOLENS_CHECKPOINTS`` checkpoint folder scanned by the pages (default ``<repo>/checkpoints``).
+- ``HISTOLENS_PUBLIC`` ``1`` for a shared deployment (public mode, see ``public_mode``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ CLASS_NAMES = ("normal", "tumour")  # class index 1 is tumour everywhere
 # Which class a CAM explains: a fixed class index, or None for each patch's own prediction.
 TARGETS: dict[str, int | None] = {**{name: i for i, name in enumerate(CLASS_NAMES)}, "pred": None}
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
+
+
+def public_mode() -> bool:
+    """True when ``HISTOLENS_PUBLIC`` is 1/true/yes/on: a deployment anyone with the link uses.
+    The UI then starts no training, opens no typed paths, caps uploads harder and says that
+    nothing persists. A top-level Streamlit secret of that name reaches here as an env var."""
+    return os.environ.get("HISTOLENS_PUBLIC", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _env_path(name: str, default: Path) -> Path:

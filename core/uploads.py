@@ -23,9 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core import config
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a patch is KBs; a 20 MB cap still admits large tiles
 MAX_UPLOAD_PIXELS = 64_000_000  # 8000×8000; decoded RGB ≈ 192 MB, the most we accept in memory
+PUBLIC_MAX_UPLOAD_PIXELS = 16_000_000  # public mode: 4000×4000, a quarter of the memory per file
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -47,9 +50,12 @@ def load_upload(
     data: bytes,
     size: int,
     max_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_UPLOAD_PIXELS,
+    max_pixels: int | None = None,
 ) -> UploadedPatch:
-    """Validate and decode one uploaded file into a ``size``×``size`` uint8 RGB patch."""
+    """Validate and decode one uploaded file into a ``size``×``size`` uint8 RGB patch.
+    ``max_pixels`` defaults to 64 MP, 16 MP in public mode."""
+    if max_pixels is None:
+        max_pixels = PUBLIC_MAX_UPLOAD_PIXELS if config.public_mode() else MAX_UPLOAD_PIXELS
     if len(data) == 0:
         raise UploadError(f"{name}: the file is empty; upload a PNG, JPEG or TIFF patch")
     if len(data) > max_bytes:
