@@ -7,6 +7,8 @@ e.g. a newline or a terminal escape inside a file name) as visible ``\\xNN`` tex
 
 from __future__ import annotations
 
+import errno
+
 MAX_MESSAGE_CHARS = 600
 
 
@@ -33,3 +35,21 @@ class InputError(ValueError):
 
     def __init__(self, message: object = ""):
         super().__init__(one_line(message))
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# torch's zip writer reports a short write (what a full disk causes) only as these
+TORCH_SHORT_WRITE = ("unexpected pos", "file write failed")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_SHORT_WRITE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -71,10 +71,12 @@ def now_iso() -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} when absent, damaged or not an object."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def make_run_dir(name: str, runs_dir: Path | None = None) -> Path:
@@ -192,14 +194,22 @@ def process_alive(pid: int, start: int | None = None, updated: str | None = None
     return not (updated and _started_after(pid, updated))
 
 
-def _looks_dead(status: dict[str, Any]) -> bool:
+def status_pid(status: Mapping[str, Any]) -> int | None:
+    """The run's pid when status.json holds a plausible one (an int > 1). A damaged or
+    hand-edited value must never reach os.kill: 0 and -1 would signal whole process groups."""
     pid = status.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 else None
+
+
+def _looks_dead(status: dict[str, Any]) -> bool:
+    pid = status_pid(status)
     same_host = status.get("host", socket.gethostname()) == socket.gethostname()
+    start = status.get("pid_start")
     return (
         status.get("state") in ACTIVE_STATES
-        and bool(pid)
+        and pid is not None
         and same_host
-        and not process_alive(int(pid), status.get("pid_start"), status.get("updated"))
+        and not process_alive(pid, start if isinstance(start, int) else None, status.get("updated"))
     )
 
 
@@ -318,7 +328,7 @@ def cancel_run(run_dir: Path, grace_s: float = 0.0) -> bool:
     status = read_status(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return False
-    pid = int(status.get("pid") or 0)
+    pid = status_pid(status)
     if pid and process_alive(pid, status.get("pid_start")):
         # Runs started by start_run lead their own process group (torchrun children included).
         target = os.killpg if os.getpgid(pid) == pid else os.kill

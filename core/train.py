@@ -43,10 +43,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import jobs
+from core import jobs, run_lock
 from core.augment import Augmentation, epoch_generator
 from core.checkpoints import ModelCard, load_payload, save_checkpoint
 from core.device import Dist, autocast_for, init_distributed, resolve_device, seed_everything
+from core.errors import is_disk_full, one_line
 from core.loaders import BatchReader, make_loader
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
@@ -356,10 +357,12 @@ def fit(
     re-raises, so a caller (the CLI) can choose its exit code."""
     run_dir = Path(run_dir)
     dist_info = init_distributed(cfg.device)
-    writer = _RunWriter(run_dir) if dist_info.is_main else None
+    writer = lock = None
     try:
-        if writer:
-            writer.start()
+        if dist_info.is_main:
+            lock = run_lock.acquire(run_dir)  # RunInUse before anything is written
+            writer = _RunWriter(run_dir)
+            writer.start(lock.notices)
         return _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress)
     except (TrainingCancelled, KeyboardInterrupt):
         if writer:
@@ -367,12 +370,25 @@ def fit(
         raise
     except BaseException as exc:
         if writer:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = failure_line(exc, run_dir)
             writer.end("failed", error=message, traceback=traceback.format_exc())
         raise
     finally:
+        if lock:
+            lock.release()
         if dist_info.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def failure_line(exc: BaseException, run_dir: Path) -> str:
+    """The one line a failed run reports; a full disk says so (torch only says 'unexpected
+    pos')."""
+    if is_disk_full(exc):
+        return (
+            f"disk full: could not write into {run_dir}; free space, then continue with "
+            f"`python -m core train --resume {run_dir}`"
+        )
+    return one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 class _RunWriter:
@@ -384,8 +400,9 @@ class _RunWriter:
         self.first_step = 0  # global step this process started from (after a resume)
         self.images_per_s: float | None = None  # last training pace, kept through validation
 
-    def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def start(self, notices: list[str]) -> None:
+        for notice in notices:  # a stale lock taken over, leftover temp files removed
+            print(f"note: {notice}", flush=True)
         status = jobs.read_json(self.run_dir / jobs.STATUS_FILE)
         jobs.write_status(
             self.run_dir,
@@ -559,8 +576,10 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
         val = evaluate(s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info)
         improved = _advance(s, state, val)
         if writer:
-            _save_epoch(s, run_dir, state, val, improved)
+            # The validation line first: last.pt claims the epoch done, so a kill between the
+            # two must leave the epoch unclaimed (redone on --resume), never unrecorded.
             writer.end_epoch(s, state, val)
+            _save_epoch(s, run_dir, state, val, improved)
     if writer is None:
         return {}
     jobs.write_status(run_dir, calibration=_calibrate_best(s, run_dir / "best.pt"))

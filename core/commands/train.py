@@ -7,7 +7,8 @@
 The flags are the TrainConfig field names (``batch_size`` -> ``--batch-size``), which is how
 core.jobs.start_run builds the command line. The same command runs under
 ``torchrun --nproc_per_node N -m core train ...`` (DistributedDataParallel, rank 0 writes).
-Exit codes: 0 finished, 1 failed (status.json has the traceback), 2 bad arguments, 130 cancelled.
+Exit codes: 0 finished, 1 failed (status.json has the traceback), 2 bad arguments or a run
+folder owned by another live process (then nothing is written), 130 cancelled.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def run(args) -> int:
         return 2
     stop = _stop_on_sigterm()
 
-    from core.train import TrainingCancelled, fit
+    from core.run_lock import RunInUse
+    from core.train import TrainingCancelled, failure_line, fit
 
     try:
         status = fit(
@@ -175,8 +177,11 @@ def run(args) -> int:
     except (TrainingCancelled, KeyboardInterrupt):
         print(f"cancelled: {run_dir}", file=sys.stderr)
         return 130
-    except Exception as exc:  # the traceback is in status.json; the terminal gets one line
+    except RunInUse as exc:  # another live process owns the folder: nothing was written
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the traceback is in status.json; the terminal gets one line
+        print(f"error: {failure_line(exc, run_dir)}", file=sys.stderr)
         return 1
     if status and int(os.environ.get("RANK", "0")) == 0:
         best = status.get("best", {})
