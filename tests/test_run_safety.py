@@ -153,10 +153,11 @@ def test_kills_during_checkpoint_writes_never_lose_a_checkpoint_or_a_validation_
     assert load_payload(run / "last.pt")["loop"]["epoch"] == epochs
 
 
-def test_full_disk_says_disk_full(data, tmp_path, capsys):
+def test_full_disk_says_disk_full(data, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
-    (run / f".last.pt.{os.getpid()}.tmp").symlink_to("/dev/full")  # every write: ENOSPC
+    monkeypatch.setattr("core.files.secrets.token_hex", lambda n: "feed")  # a known temp name
+    (run / f".last.pt.{os.getpid()}.feed.tmp").symlink_to("/dev/full")  # every write: ENOSPC
     assert main(["train", *_train_argv(data, run, epochs=1)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: disk full") and "--resume" in err[0]
