@@ -111,12 +111,13 @@ class AtThresholds:
 
 def _thresholds_for(preds, thresholds) -> dict[str, float]:
     if thresholds is None or isinstance(thresholds, int | float):
-        return dict.fromkeys(preds, 0.5 if thresholds is None else float(thresholds))
+        default = metrics.DECISION_THRESHOLD
+        return dict.fromkeys(preds, default if thresholds is None else float(thresholds))
     return {name: float(thresholds[name]) for name in preds}
 
 
 def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThresholds:
-    """Metrics of each model at its threshold (a dict by model name, one float, or None = 0.5)."""
+    """Metrics of each model at its threshold (a dict by model name, one float, or None = DECISION_THRESHOLD)."""
     thresholds = _thresholds_for(preds, thresholds)
     by_model, confusion, reports = {}, {}, {}
     for name, frame in preds.items():
@@ -244,6 +245,14 @@ def predictions_table(preds, thresholds=None) -> pd.DataFrame:
     return table
 
 
+def patient_groups(ds, preds: dict[str, pd.DataFrame]) -> list[str]:
+    """Patients (or slides) with coordinates that have patches among the predictions."""
+    from core.data.visual import mosaic_groups
+
+    predicted = set(next(iter(preds.values())).get("patient", []))
+    return [g for g in mosaic_groups(ds) if g in predicted]
+
+
 def patient_mosaics(ds, preds: dict[str, pd.DataFrame], patient: str, max_side: int = 900):
     """``{model: uint8 image}``: the patient's slide rebuilt from its patches, each patch tinted
     by that model's P(tumour) (blue 0 → red 1); plus ``"labels"``, tinted by the ground truth."""
@@ -251,6 +260,7 @@ def patient_mosaics(ds, preds: dict[str, pd.DataFrame], patient: str, max_side: 
 
     images = {}
     for name, frame in preds.items():
+        frame = frame[frame["patient"] == patient]
         probs = dict(zip(frame["id"].astype(str), frame["prob"], strict=True))
         mosaic = slide_mosaic(ds, patient, probs=probs, max_side=max_side)
         images[name] = overlay_probs(mosaic)

@@ -52,6 +52,17 @@ def checkpoints_dir() -> Path:
     return _env_path("HISTOLENS_CHECKPOINTS", REPO_ROOT / "checkpoints")
 
 
+def folder_in_data_root(typed: str) -> Path:
+    """A folder typed by a user: relative to the data root, or absolute inside it. Anything that
+    resolves outside the data root is refused (ValueError, one line), so a deployed app never
+    opens other folders."""
+    path = Path(typed.strip()).expanduser()
+    path = path if path.is_absolute() else data_root() / path
+    if not is_within(path, data_root()):
+        raise ValueError(f"{path} is outside the data root {data_root()}; move or link it there.")
+    return path
+
+
 def is_within(path: Path, root: Path) -> bool:
     """True if ``path`` resolves inside ``root`` (used to keep a deployed app inside its roots)."""
     try:

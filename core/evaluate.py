@@ -81,14 +81,15 @@ def predict_split(
     return frame
 
 
-def open_dataset_for(data_path, checkpoint_paths) -> tuple:
+def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
     """Open ``data_path`` with the split the checkpoints were trained on; returns (ds, warnings).
 
     IDC and HCD splits are drawn with the training seed. Evaluating with another seed would put
     some of a model's training patients in its "test" split, so the dataset is opened with the
     seed of the first checkpoint trained on this data (or of the same format), and a warning names
     every checkpoint trained on this same data with a different split, on another format, or on
-    synthetic demo data when this data is real.
+    synthetic demo data when this data is real. ``opener(path: str, seed: int)`` opens it
+    (default ``open_dataset``; pages pass their shared dataset cache).
     """
     from core.catalogue import model_names, read_card
     from core.data import detect_format, open_dataset
@@ -99,7 +100,7 @@ def open_dataset_for(data_path, checkpoint_paths) -> tuple:
     same_data = [c for c in cards.values() if c.dataset and Path(c.dataset).resolve() == root]
     same_format = [c for c in cards.values() if c.dataset_format == fmt]
     seed = (same_data or same_format)[0].seed if (same_data or same_format) else 0
-    ds = open_dataset(root, seed=seed)
+    ds = (opener or open_dataset)(str(root), seed)
     names = dict(zip(cards, model_names(list(cards)), strict=True))
     warnings = [
         f"{names[path]} was trained on a different split of this dataset "

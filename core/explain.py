@@ -52,6 +52,7 @@ from threadpoolctl import threadpool_limits
 from core.checkpoints import LoadedModel, check_finite_probabilities
 from core.config import TARGETS
 from core.d4 import D4_GROUP
+from core.metrics import DECISION_THRESHOLD
 from core.models import get_target_layer
 from core.preprocess import to_model_input
 from core.uploads import UploadedPatch, UploadError, load_upload
@@ -447,7 +448,9 @@ def rank_methods(table: pd.DataFrame) -> pd.DataFrame:
 OUTCOMES = ("TP", "FP", "FN", "TN")
 
 
-def outcomes(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def outcomes(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = DECISION_THRESHOLD
+) -> np.ndarray:
     """TP/FP/FN/TN per patch (tumour = positive); "" where the label is unknown (-1)."""
     labels, called = np.asarray(labels), np.asarray(probs) >= threshold
     table = {(1, True): "TP", (0, True): "FP", (1, False): "FN", (0, False): "TN"}
@@ -460,7 +463,7 @@ def select_patches(
     label: int | None = None,
     outcome: str | None = None,
     preds: pd.DataFrame | None = None,
-    threshold: float = 0.5,
+    threshold: float = DECISION_THRESHOLD,
 ) -> np.ndarray:
     """Positional indices of ``ds`` matching split / label and, given a checkpoint's predictions
     (``core.evaluate.predict_split`` frame with ``id, label, prob``), the outcome TP/FP/FN/TN."""
@@ -485,6 +488,37 @@ def load_uploads(files, size: int) -> tuple[list[UploadedPatch], list[str]]:
         except UploadError as err:
             errors.append(str(err))
     return patches, errors
+
+
+@dataclass(frozen=True)
+class FaithfulnessSample:
+    images: np.ndarray  # uint8 N×H×W×3
+    masks: np.ndarray | None  # bool N×H×W ground-truth tumour masks, or None
+    key: str  # identifies the sample (cache key)
+    description: str  # one line for the page
+
+
+def faithfulness_sample(ds, split, n: int, shown: np.ndarray, shown_key: str) -> FaithfulnessSample:
+    """What faithfulness is scored on: on a synthetic set, up to ``n`` tumour patches of
+    ``split`` with ground-truth masks (pointing game, energy in mask); otherwise, or when none
+    has a mask, the first ``n`` of the ``shown`` patches (``shown_key`` identifies them)."""
+    if ds is not None and ds.synthetic:
+        idx, images, masks = tumour_sample(ds, n, split)
+        if len(idx):
+            return FaithfulnessSample(
+                images,
+                masks,
+                f"{ds.root}|{split}|{','.join(map(str, idx))}",
+                f"Sample: {len(idx)} tumour patches with ground-truth masks from split "
+                f"{split or 'all'}.",
+            )
+    images = shown[:n]
+    return FaithfulnessSample(
+        images,
+        None,
+        f"{shown_key}|{n}",
+        f"Sample: the first {len(images)} patches shown above (no ground-truth masks).",
+    )
 
 
 def tumour_sample(

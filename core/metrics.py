@@ -35,6 +35,8 @@ from sklearn.metrics import (
 
 from core.config import CLASS_NAMES
 
+DECISION_THRESHOLD = 0.5  # P(tumour) at or above it calls tumour, unless a threshold is chosen
+
 
 def _arrays(y, prob) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(int).ravel()
@@ -48,11 +50,16 @@ def _has_both_classes(y: np.ndarray) -> bool:
     return np.unique(y).size == 2
 
 
-def predict_labels(prob, threshold: float = 0.5) -> np.ndarray:
+def called_class(prob: float, threshold: float = DECISION_THRESHOLD) -> str:
+    """The class name a P(tumour) calls: "tumour" at or above ``threshold``, else "normal"."""
+    return CLASS_NAMES[int(prob >= threshold)]
+
+
+def predict_labels(prob, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
     return (np.asarray(prob, dtype=float) >= threshold).astype(int)
 
 
-def confusion(y, prob, threshold: float = 0.5) -> np.ndarray:
+def confusion(y, prob, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
     """2×2 counts, rows = true (normal, tumour), columns = predicted (normal, tumour)."""
     y, prob = _arrays(y, prob)
     return confusion_matrix(y, predict_labels(prob, threshold), labels=[0, 1])
@@ -64,7 +71,7 @@ def row_normalised(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
 
 
-def rates_at_threshold(y, prob, threshold: float = 0.5) -> dict:
+def rates_at_threshold(y, prob, threshold: float = DECISION_THRESHOLD) -> dict:
     """Sensitivity, specificity, PPV, NPV (None where the denominator is 0)."""
     (tn, fp), (fn, tp) = confusion(y, prob, threshold)
 
@@ -79,7 +86,7 @@ def rates_at_threshold(y, prob, threshold: float = 0.5) -> dict:
     }
 
 
-def binary_metrics(y, prob, threshold: float = 0.5) -> dict:
+def binary_metrics(y, prob, threshold: float = DECISION_THRESHOLD) -> dict:
     """All threshold-free and at-threshold metrics as a JSON-able dict.
 
     ``auc`` and ``ap`` are None when only one class is present (they are undefined there).
@@ -184,7 +191,7 @@ def threshold_for_sensitivity(y, prob, min_sensitivity: float) -> dict:
     return {"threshold": threshold, **{k: rates[k] for k in ("sensitivity", "specificity")}}
 
 
-def report(y, prob, threshold: float = 0.5) -> dict:
+def report(y, prob, threshold: float = DECISION_THRESHOLD) -> dict:
     """Per-class precision/recall/F1/support, as the seeds print with ``classification_report``."""
     y, prob = _arrays(y, prob)
     return classification_report(

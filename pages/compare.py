@@ -25,13 +25,13 @@ from core.compare import (
     disagreements,
     evaluate_checkpoints,
     metrics_json,
+    patient_groups,
     patient_mosaics,
     predictions_table,
     threshold_for_sensitivity,
     threshold_free,
 )
 from core.data import list_datasets
-from core.data.visual import mosaic_groups
 from core.evaluate import (
     REPORTED_METRICS,
     SPLITS,
@@ -47,26 +47,13 @@ from core.figures import (
     roc_figure,
 )
 from core.files import file_sha256
-from core.metrics import format_ci
-from pages._shared import ensure_demo_or_warn
+from core.metrics import DECISION_THRESHOLD, format_ci
+from pages._shared import dataset, ensure_demo_or_warn, loaded_model
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
 STEP = 0.001  # threshold slider step: untrained or very confident models need fine steps
 TABLE_COLUMNS = ["threshold", *REPORTED_METRICS, "n"]
-
-
-@st.cache_resource(show_spinner=False)
-def dataset(path: str, checkpoints: tuple[str, ...]):
-    """(dataset opened with the checkpoints' training split, split-mismatch warnings)."""
-    return open_dataset_for(path, checkpoints)
-
-
-@st.cache_resource(show_spinner=False)
-def loaded_model(path: str, sha: str):
-    from core.checkpoints import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 @st.cache_data(show_spinner="Curves and bootstrap CIs…", max_entries=16)
@@ -76,7 +63,7 @@ def curves(cache_keys: tuple[str, ...], _preds):
 
 @st.cache_data(show_spinner="Rebuilding the slide…", max_entries=8)
 def mosaics(cache_keys: tuple[str, ...], patient: str, _ds, _preds):
-    return patient_mosaics(_ds, {n: f[f["patient"] == patient] for n, f in _preds.items()}, patient)
+    return patient_mosaics(_ds, _preds, patient)
 
 
 @st.cache_data(show_spinner="Grad-CAM per model…", max_entries=32)
@@ -103,152 +90,148 @@ def apply_sensitivity_target(preds, target: float, shared: bool) -> None:
         st.session_state[threshold_key("shared")] = min(chosen.values())
 
 
-st.title("⚖️ Compare models")
-st.caption(f"{config.RESEARCH_NOTICE} Same patches, same split, several checkpoints.")
+def choose_inputs(entries, checkpoints):
+    """Sidebar: checkpoints, dataset, split, TTA."""
+    with st.sidebar:
+        chosen = st.multiselect(
+            "Checkpoints (2–4)",
+            checkpoints,
+            default=checkpoints[:2],
+            format_func=lambda p: (
+                p.name if p.parent == config.checkpoints_dir() else f"{p.parent.name}/{p.name}"
+            ),
+            max_selections=MAX_MODELS,
+        )
+        entry = st.selectbox(
+            "Dataset",
+            entries,
+            index=trained_on_index(entries, chosen[0]) if chosen else 0,
+            format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
+        )
+        split = st.selectbox("Split", SPLITS, index=0)
+        tta = st.toggle(
+            "D4 test-time augmentation", help="average over the 8 rotations/flips (8× slower)"
+        )
+    return chosen, entry, split, tta
 
-ensure_demo_or_warn()
-entries = list_datasets()
-checkpoints = checkpoint_choices()
-if not entries or len(checkpoints) < 2:
-    st.info(
-        "Comparing needs a dataset and at least two checkpoints. Train some with "
-        "`python -m core train --data data/demo/pcam --out runs/NAME` or on the Training page; "
-        f"checkpoints are read from `{config.checkpoints_dir()}` and the runs folder."
-    )
-    st.stop()
 
-with st.sidebar:
-    chosen = st.multiselect(
-        "Checkpoints (2–4)",
-        checkpoints,
-        default=checkpoints[:2],
-        format_func=lambda p: (
-            p.name if p.parent == config.checkpoints_dir() else f"{p.parent.name}/{p.name}"
-        ),
-        max_selections=MAX_MODELS,
-    )
-    entry = st.selectbox(
-        "Dataset",
-        entries,
-        index=trained_on_index(entries, chosen[0]) if chosen else 0,
-        format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
-    )
-    split = st.selectbox("Split", SPLITS, index=0)
-    tta = st.toggle(
-        "D4 test-time augmentation", help="average over the 8 rotations/flips (8× slower)"
-    )
-
-if len(chosen) < 2:
-    st.info("Pick at least two checkpoints in the sidebar.")
-    st.stop()
-
-try:
-    ds, split_warnings = dataset(str(entry.path), tuple(str(p) for p in chosen))
-except ValueError as err:  # DatasetError / CheckpointError: one clear line
-    st.error(str(err))
-    st.stop()
-for warning in split_warnings:
-    st.warning(warning, icon="⚠️")
-bar = st.progress(0.0, text="Evaluating…")
-try:
-    preds = evaluate_checkpoints(
-        chosen,
-        ds,
-        split=split,
-        tta=tta,
-        progress=lambda done, total: bar.progress(
-            min(done / max(total, 1), 1.0), text=f"Evaluating… {done}/{total} patches"
-        ),
-    )
-except (ValueError, OSError) as err:
+def predictions(chosen, entry, split: str, tta: bool):
+    """(dataset opened with the checkpoints' training split, {name: predictions}); stops the
+    page with one line on bad input."""
+    try:
+        ds, split_warnings = open_dataset_for(
+            str(entry.path), [str(p) for p in chosen], opener=dataset
+        )
+    except ValueError as err:  # DatasetError / CheckpointError: one clear line
+        st.error(str(err))
+        st.stop()
+    for warning in split_warnings:
+        st.warning(warning, icon="⚠️")
+    bar = st.progress(0.0, text="Evaluating…")
+    try:
+        preds = evaluate_checkpoints(
+            chosen,
+            ds,
+            split=split,
+            tta=tta,
+            progress=lambda done, total: bar.progress(
+                min(done / max(total, 1), 1.0), text=f"Evaluating… {done}/{total} patches"
+            ),
+        )
+    except (ValueError, OSError) as err:
+        bar.empty()
+        st.error(str(err))
+        st.stop()
     bar.empty()
-    st.error(str(err))
-    st.stop()
-bar.empty()
-names = model_names(chosen)
-paths = dict(zip(names, chosen, strict=True))
-if any(frame["label"].ge(0).sum() == 0 for frame in preds.values()):
-    st.warning(f"Split {split!r} of {entry.name} has no labelled patches: nothing to score.")
-    st.stop()
+    if any(frame["label"].ge(0).sum() == 0 for frame in preds.values()):
+        st.warning(f"Split {split!r} of {entry.name} has no labelled patches: nothing to score.")
+        st.stop()
+    return ds, preds
 
-# -- thresholds ---------------------------------------------------------------------------------
-st.subheader("Thresholds")
-c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-shared = c1.toggle("One shared threshold", value=False)
-target = c2.number_input("Target sensitivity", 0.5, 1.0, 0.9, 0.01)
-c3.button(
-    f"Choose thresholds for sensitivity ≥ {target:.2f}",
-    on_click=apply_sensitivity_target,
-    args=(preds, target, shared),
-)
-if shared:
-    st.session_state.setdefault(threshold_key("shared"), 0.5)
-    value = st.slider(
-        "Threshold (all models)", 0.0, 1.0, step=STEP, format="%.3f", key=threshold_key("shared")
+
+def threshold_section(names, preds) -> dict[str, float]:
+    st.subheader("Thresholds")
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    shared = c1.toggle("One shared threshold", value=False)
+    target = c2.number_input("Target sensitivity", 0.5, 1.0, 0.9, 0.01)
+    c3.button(
+        f"Choose thresholds for sensitivity ≥ {target:.2f}",
+        on_click=apply_sensitivity_target,
+        args=(preds, target, shared),
     )
-    thresholds = dict.fromkeys(names, value)
-else:
+    if shared:
+        st.session_state.setdefault(threshold_key("shared"), DECISION_THRESHOLD)
+        value = st.slider(
+            "Threshold (all models)",
+            0.0,
+            1.0,
+            step=STEP,
+            format="%.3f",
+            key=threshold_key("shared"),
+        )
+        return dict.fromkeys(names, value)
     for name in names:
-        st.session_state.setdefault(threshold_key(name), 0.5)
-    thresholds = {
+        st.session_state.setdefault(threshold_key(name), DECISION_THRESHOLD)
+    return {
         name: col.slider(
             f"Threshold · {name}", 0.0, 1.0, step=STEP, format="%.3f", key=threshold_key(name)
         )
         for name, col in zip(names, st.columns(len(names)), strict=True)
     }
 
-keys = tuple(str(prediction_cache_path(p, ds, split, tta)) for p in chosen)
-free = curves(keys, preds)
-at = at_thresholds(preds, thresholds)
 
-# -- confusion matrices -------------------------------------------------------------------------
-st.subheader("Confusion matrices")
-for name, col in zip(names, st.columns(len(names)), strict=True):
-    with col:
-        row = at.table.loc[name]
-        st.markdown(f"**{name}** @ {thresholds[name]:.3f}")
-        for metric, col_ in zip(("sensitivity", "specificity"), st.columns(2), strict=True):
-            value = row[metric]
-            col_.metric(metric.capitalize(), "n/a" if pd.isna(value) else f"{value:.3f}")
-        st.plotly_chart(confusion_figure(at.confusion[name], f"{name}: counts"), key=f"cm::{name}")
-        st.plotly_chart(
-            confusion_figure(at.confusion[name], f"{name}: row-normalised", normalised=True),
-            key=f"cmn::{name}",
-        )
-
-# -- curves ---------------------------------------------------------------------------------------
-st.subheader("ROC, precision–recall and calibration")
-figures = [roc_figure(free, at=at), pr_figure(free), reliability_figure(free)]
-for fig, col in zip(figures, st.columns(3), strict=True):
-    col.plotly_chart(fig)
-
-# -- metrics table and paired tests --------------------------------------------------------------
-st.subheader("Metrics")
-table = at.table[TABLE_COLUMNS].copy()
-table.insert(
-    2,
-    "auc_95ci",
-    [format_ci(free[n].auc_ci) for n in names],
-)
-st.dataframe(
-    table,
-    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in TABLE_COLUMNS[:-1]},
-)
-st.caption(
-    "Paired tests on the same patches: McNemar = exact binomial test on the patches one model "
-    "gets right and the other wrong (at the thresholds above); DeLong = difference of ROC AUCs."
-)
-st.dataframe(at.paired, hide_index=True)
-with st.expander("Classification report per model (as the seeds print it)"):
+def confusion_section(names, thresholds, at) -> None:
+    st.subheader("Confusion matrices")
     for name, col in zip(names, st.columns(len(names)), strict=True):
-        col.markdown(f"**{name}**")
-        col.dataframe(
-            {k: v for k, v in at.reports[name].items() if isinstance(v, dict)}, width="stretch"
-        )
+        with col:
+            row = at.table.loc[name]
+            st.markdown(f"**{name}** @ {thresholds[name]:.3f}")
+            for metric, col_ in zip(("sensitivity", "specificity"), st.columns(2), strict=True):
+                value = row[metric]
+                col_.metric(metric.capitalize(), "n/a" if pd.isna(value) else f"{value:.3f}")
+            counts = confusion_figure(at.confusion[name], f"{name}: counts")
+            st.plotly_chart(counts, key=f"cm::{name}")
+            st.plotly_chart(
+                confusion_figure(at.confusion[name], f"{name}: row-normalised", normalised=True),
+                key=f"cmn::{name}",
+            )
 
-# -- patients (IDC) ------------------------------------------------------------------------------
-groups = [g for g in mosaic_groups(ds) if g in set(next(iter(preds.values())).get("patient", []))]
-if groups:
+
+def curves_section(free, at) -> list:
+    st.subheader("ROC, precision–recall and calibration")
+    figures = [roc_figure(free, at=at), pr_figure(free), reliability_figure(free)]
+    for fig, col in zip(figures, st.columns(3), strict=True):
+        col.plotly_chart(fig)
+    return figures
+
+
+def metrics_section(names, free, at) -> None:
+    st.subheader("Metrics")
+    table = at.table[TABLE_COLUMNS].copy()
+    table.insert(2, "auc_95ci", [format_ci(free[n].auc_ci) for n in names])
+    st.dataframe(
+        table,
+        column_config={c: st.column_config.NumberColumn(format="%.3f") for c in TABLE_COLUMNS[:-1]},
+    )
+    st.caption(
+        "Paired tests on the same patches: McNemar = exact binomial test on the patches one model "
+        "gets right and the other wrong (at the thresholds above); DeLong = difference of ROC AUCs."
+    )
+    st.dataframe(at.paired, hide_index=True)
+    with st.expander("Classification report per model (as the seeds print it)"):
+        for name, col in zip(names, st.columns(len(names)), strict=True):
+            col.markdown(f"**{name}**")
+            col.dataframe(
+                {k: v for k, v in at.reports[name].items() if isinstance(v, dict)},
+                width="stretch",
+            )
+
+
+def patients_section(ds, preds, names, thresholds, keys) -> None:
+    """IDC (and PCam with coordinates): each model's probability mosaic of one patient."""
+    groups = patient_groups(ds, preds)
+    if not groups:
+        return
     st.subheader("Patients")
     patient = st.selectbox("Patient / slide", groups)
     pictures = mosaics(keys, patient, ds, preds)
@@ -264,21 +247,26 @@ if groups:
             st.markdown(f"**{name}**")
             st.dataframe(patient_table(preds[name], thresholds[name]), hide_index=True)
 
-# -- disagreement browser ------------------------------------------------------------------------
-st.subheader("Disagreements")
-d1, d2, d3, d4 = st.columns(4)
-kind = d1.selectbox("Show", list(DISAGREEMENT_KINDS), index=2, format_func=DISAGREEMENT_KINDS.get)
-sort_by = d2.selectbox(
-    "Sort by",
-    ["confidence", "spread"],
-    help="confidence = mean |P − threshold|; spread = max − min P",
-)
-page_size = d3.number_input("Patches", 1, 32, 6)
-show_cams = d4.toggle("Grad-CAM per model", value=True)
-rows = disagreements(preds, thresholds, kind=kind, sort_by=sort_by)
-st.caption(f"{len(rows)} patches; showing the first {min(page_size, len(rows))}.")
-shown = rows.head(int(page_size))
-if len(shown):
+
+def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
+    st.subheader("Disagreements")
+    names = list(paths)
+    d1, d2, d3, d4 = st.columns(4)
+    kind = d1.selectbox(
+        "Show", list(DISAGREEMENT_KINDS), index=2, format_func=DISAGREEMENT_KINDS.get
+    )
+    sort_by = d2.selectbox(
+        "Sort by",
+        ["confidence", "spread"],
+        help="confidence = mean |P − threshold|; spread = max − min P",
+    )
+    page_size = d3.number_input("Patches", 1, 32, 6)
+    show_cams = d4.toggle("Grad-CAM per model", value=True)
+    rows = disagreements(preds, thresholds, kind=kind, sort_by=sort_by)
+    st.caption(f"{len(rows)} patches; showing the first {min(page_size, len(rows))}.")
+    shown = rows.head(int(page_size))
+    if not len(shown):
+        return
     images = ds.read_batch(shown["index"].to_numpy())
     overlays = None
     if show_cams:
@@ -298,27 +286,61 @@ if len(shown):
         else:
             cols[0].caption(" · ".join(f"{n} P(tumour) {row[f'prob:{n}']:.2f}" for n in names))
 
-# -- exports -------------------------------------------------------------------------------------
-st.subheader("Export")
-e1, e2, e3 = st.columns(3)
-e1.download_button(
-    "Predictions CSV",
-    lambda: predictions_table(preds, thresholds).to_csv(index=False),
-    file_name=f"predictions_{entry.name.replace('/', '_')}_{split}.csv",
-    mime="text/csv",
-    on_click="ignore",
-)
-e2.download_button(
-    "Metrics JSON",
-    lambda: json.dumps(metrics_json(preds, thresholds, free=free, at=at), indent=2, default=float),
-    file_name=f"metrics_{entry.name.replace('/', '_')}_{split}.json",
-    mime="application/json",
-    on_click="ignore",
-)
-e3.download_button(
-    "Figures (HTML)",
-    lambda: figures_html(figures),
-    file_name=f"figures_{entry.name.replace('/', '_')}_{split}.html",
-    mime="text/html",
-    on_click="ignore",
-)
+
+def export_section(entry, split, preds, thresholds, free, at, figures) -> None:
+    st.subheader("Export")
+    stem = f"{entry.name.replace('/', '_')}_{split}"
+    e1, e2, e3 = st.columns(3)
+    e1.download_button(
+        "Predictions CSV",
+        lambda: predictions_table(preds, thresholds).to_csv(index=False),
+        file_name=f"predictions_{stem}.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
+    e2.download_button(
+        "Metrics JSON",
+        lambda: json.dumps(
+            metrics_json(preds, thresholds, free=free, at=at), indent=2, default=float
+        ),
+        file_name=f"metrics_{stem}.json",
+        mime="application/json",
+        on_click="ignore",
+    )
+    e3.download_button(
+        "Figures (HTML)",
+        lambda: figures_html(figures),
+        file_name=f"figures_{stem}.html",
+        mime="text/html",
+        on_click="ignore",
+    )
+
+
+st.title("⚖️ Compare models")
+st.caption(f"{config.RESEARCH_NOTICE} Same patches, same split, several checkpoints.")
+ensure_demo_or_warn()
+entries = list_datasets()
+checkpoints = checkpoint_choices()
+if not entries or len(checkpoints) < 2:
+    st.info(
+        "Comparing needs a dataset and at least two checkpoints. Train some with "
+        "`python -m core train --data data/demo/pcam --out runs/NAME` or on the Training page; "
+        f"checkpoints are read from `{config.checkpoints_dir()}` and the runs folder."
+    )
+    st.stop()
+chosen, entry, split, tta = choose_inputs(entries, checkpoints)
+if len(chosen) < 2:
+    st.info("Pick at least two checkpoints in the sidebar.")
+    st.stop()
+ds, preds = predictions(chosen, entry, split, tta)
+paths = dict(zip(model_names(chosen), chosen, strict=True))
+thresholds = threshold_section(list(paths), preds)
+keys = tuple(str(prediction_cache_path(p, ds, split, tta)) for p in chosen)
+free = curves(keys, preds)
+at = at_thresholds(preds, thresholds)
+confusion_section(list(paths), thresholds, at)
+figures = curves_section(free, at)
+metrics_section(list(paths), free, at)
+patients_section(ds, preds, list(paths), thresholds, keys)
+disagreements_section(ds, preds, paths, thresholds, keys)
+export_section(entry, split, preds, thresholds, free, at, figures)

@@ -19,7 +19,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.data import DatasetEntry, DatasetError, list_datasets, open_dataset, summarize
+from core.data import DatasetEntry, DatasetError, list_datasets, summarize
 from core.data.visual import (
     colour_stats,
     gallery_page,
@@ -29,17 +29,12 @@ from core.data.visual import (
     slide_mosaic,
 )
 from core.figures import class_balance_figure, colour_histogram_figure
-from pages._shared import ensure_demo_or_warn
+from pages._shared import dataset, ensure_demo_or_warn
 
 GRID = 8  # 8×8 gallery
 PER_PAGE = GRID * GRID
 ALL = "all"
 LABEL_NAMES = {0: "normal (0)", 1: "tumour (1)", -1: "unlabelled"}
-
-
-@st.cache_resource(show_spinner="Opening the dataset (the first time indexes it)…")
-def dataset(path: str, seed: int):
-    return open_dataset(path, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -101,14 +96,10 @@ def choose_path() -> Path | None:
         )
         st.number_input("Split seed", 0, 2**31 - 1, 0, key="datasets_seed")
     if typed.strip():
-        path = Path(typed.strip()).expanduser()
-        path = path if path.is_absolute() else config.data_root() / path
-        if not config.is_within(path, config.data_root()):
-            st.error(
-                literal(
-                    f"{path} is outside the data root {config.data_root()}; move or link it there."
-                )
-            )
+        try:
+            path = config.folder_in_data_root(typed)
+        except ValueError as err:
+            st.error(literal(str(err)))
             return None
         st.sidebar.caption("Using the typed folder; clear it to pick from the list again.")
         return path

@@ -9,7 +9,6 @@ opacity and colormap controls only redraw.
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 from pathlib import Path
 
@@ -21,24 +20,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.catalogue import checkpoint_choices, model_names, trained_on_index
-from core.config import CLASS_NAMES
+from core.config import CLASS_NAMES, TARGETS
 from core.data import DatasetEntry, list_datasets
+from core.data.visual import page_count, page_of
 from core.evaluate import open_dataset_for
 from core.explain import (
     CAM_METHODS,
     COLORMAPS,
     OUTCOMES,
     SLOW_METHODS,
-    TARGETS,
     explain_gallery,
+    faithfulness_sample,
     faithfulness_table,
     load_uploads,
     overlays_zip,
     select_patches,
-    tumour_sample,
 )
 from core.files import file_sha256
-from pages._shared import ensure_demo_or_warn
+from core.metrics import DECISION_THRESHOLD, called_class
+from pages._shared import dataset, ensure_demo_or_warn, loaded_model
 
 ALL = "all"
 PAGE_SIZES = (4, 8, 16)
@@ -55,24 +55,16 @@ GRID_MIN_COLUMNS = 6
 TARGET_LABELS = {"pred": "predicted class", "tumour": "tumour", "normal": "normal"}
 
 
-@st.cache_resource(show_spinner=False)
-def dataset(path: str, checkpoint: str):
+def dataset_for(path: str, checkpoint: str):
     """The dataset opened with the split ``checkpoint`` was trained on (TP/FP/... use its test)."""
-    return open_dataset_for(path, [checkpoint])[0]
-
-
-@st.cache_resource(show_spinner="Loading checkpoint…")
-def loaded_model(path: str, sha: str):
-    from core.checkpoints import load_checkpoint
-
-    return load_checkpoint(path)
+    return open_dataset_for(path, [checkpoint], opener=dataset)[0]
 
 
 @st.cache_data(show_spinner="Predicting the split (cached on disk afterwards)…", max_entries=16)
 def predictions(checkpoint: str, sha: str, data_path: str, split: str):
     from core.evaluate import predict_split
 
-    return predict_split(checkpoint, dataset(data_path, checkpoint), split=split)
+    return predict_split(checkpoint, dataset_for(data_path, checkpoint), split=split)
 
 
 @st.cache_data(show_spinner="Computing CAMs…", max_entries=32)
@@ -102,7 +94,7 @@ def pick_dataset_patches(first_checkpoint):
         format_func=DatasetEntry.label,
         key="explain_dataset",
     )
-    ds = dataset(str(entry.path), str(first_checkpoint))
+    ds = dataset_for(str(entry.path), str(first_checkpoint))
     if entry.synthetic:
         st.caption(
             "Synthetic demo data: ground-truth tumour masks allow localisation scores below."
@@ -117,7 +109,8 @@ def pick_dataset_patches(first_checkpoint):
         "Outcome",
         [ALL, *OUTCOMES],
         key="explain_outcome",
-        help="TP/FP/FN/TN of the first selected checkpoint at threshold 0.5 (predicts the split once).",
+        help=f"TP/FP/FN/TN of the first selected checkpoint at threshold {DECISION_THRESHOLD} "
+        "(predicts the split once).",
     )
     per_page = c_size.selectbox("Per page", PAGE_SIZES, index=1, key="explain_per_page")
     preds = None
@@ -132,11 +125,11 @@ def pick_dataset_patches(first_checkpoint):
         None if outcome == ALL else outcome,
         preds,
     )
-    pages = max(1, math.ceil(len(indices) / per_page))
+    pages = page_count(len(indices), per_page)
     page = st.number_input(
         f"Page (of {pages}; {len(indices)} patches)", 1, pages, 1, key="explain_page"
     )
-    shown = indices[(page - 1) * per_page : page * per_page]
+    shown = page_of(indices, int(page) - 1, per_page)
     names = [str(n) for n in ds.meta["id"].to_numpy()[shown]]
     images = ds.read_batch(shown) if len(shown) else np.zeros((0, *ds.image_size, 3), np.uint8)
     key = f"{entry.path}|{split}|{label}|{outcome}|{','.join(map(str, shown))}"
@@ -174,7 +167,7 @@ def pick_uploads(size: int):
 
 def cell_caption(column, i: int) -> str:
     prob = float(column.result.probs[i])
-    called = CLASS_NAMES[int(prob >= 0.5)]
+    called = called_class(prob)
     explained = CLASS_NAMES[int(column.result.classes[i])]
     return f"{column.model} · {column.method} — P(tumour) {prob:.3f} → {called}; map of {explained}"
 
@@ -214,25 +207,15 @@ def render_faithfulness(
         "random point) and the share of CAM energy inside the mask. Rank 1 = best within a model."
     )
     size = st.number_input("Sample size", 2, 64, 8, key="explain_faith_n")
-    sample = tumour_sample(ds, int(size), split) if ds is not None and ds.synthetic else None
-    if sample is not None and len(sample[0]):
-        idx, sample_images, masks = sample
-        sample_key = f"{ds.root}|{split}|{','.join(map(str, idx))}"
-        st.caption(
-            f"Sample: {len(idx)} tumour patches with ground-truth masks from split {split or ALL}."
-        )
-    else:
-        sample_images, masks, sample_key = images[: int(size)], None, f"{images_key}|{int(size)}"
-        st.caption(
-            f"Sample: the first {len(sample_images)} patches shown above (no ground-truth masks)."
-        )
-    request = (model_keys, sample_key, tuple(methods), target)
+    sample = faithfulness_sample(ds, split, int(size), images, images_key)
+    st.caption(sample.description)
+    request = (model_keys, sample.key, tuple(methods), target)
     if st.button("Compute faithfulness", key="explain_faith_run"):
         st.session_state["explain_faith_request"] = request
     if st.session_state.get("explain_faith_request") != request:
         return
     table = faithfulness(
-        model_keys, sample_key, tuple(methods), target, models, sample_images, masks
+        model_keys, sample.key, tuple(methods), target, models, sample.images, sample.masks
     )
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button(

@@ -77,15 +77,26 @@ class GalleryPage:
     n_pages: int
 
 
+def page_count(n: int, per_page: int) -> int:
+    """Pages needed for ``n`` items (at least one, so an empty result still shows a page)."""
+    return max(1, -(-n // per_page))
+
+
+def page_of(indices: np.ndarray, page: int, per_page: int) -> np.ndarray:
+    """The ``page``-th slice of ``indices`` (pages start at 0; out-of-range pages are clamped)."""
+    page = min(max(page, 0), page_count(len(indices), per_page) - 1)
+    return indices[page * per_page : (page + 1) * per_page]
+
+
 def gallery_page(
     ds: PatchDataset, split=None, label=None, patient=None, page: int = 0, per_page: int = 64
 ) -> GalleryPage:
     """One page of the patches matching the filters (page numbers start at 0, clamped)."""
     matching = ds.indices(split=split, label=label, patient=patient)
-    n_pages = max(1, -(-len(matching) // per_page))
-    page = min(max(page, 0), n_pages - 1)
-    chosen = matching[page * per_page : (page + 1) * per_page]
-    return GalleryPage(chosen, ds.read_batch(chosen), len(matching), n_pages)
+    chosen = page_of(matching, page, per_page)
+    return GalleryPage(
+        chosen, ds.read_batch(chosen), len(matching), page_count(len(matching), per_page)
+    )
 
 
 def why_empty(ds: PatchDataset, split=None, label=None, patient=None) -> str | None:

@@ -7,8 +7,11 @@ page test runs each of them. Import it as ``pages._shared`` after the page's sys
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
+from core.data import open_dataset
 from core.data.demo import ensure_demo
 
 
@@ -20,3 +23,27 @@ def ensure_demo_or_warn() -> None:
             ensure_demo()
     except OSError as err:
         st.warning(f"Could not write the demo datasets: {err}")
+
+
+MAX_MODELS = 8  # checkpoints kept loaded (Compare shows up to 4, Explain several)
+
+
+@st.cache_resource(show_spinner="Opening the dataset (the first time indexes it)…")
+def _dataset(path: str, seed: int):
+    return open_dataset(path, seed=seed)
+
+
+def dataset(path, seed: int = 0):
+    """The dataset at ``path`` with split ``seed``: one cache entry per (resolved path, seed),
+    whichever page opens it (Compare and Explain choose the seed with core.evaluate's
+    ``open_dataset_for(..., opener=dataset)``)."""
+    return _dataset(str(Path(path).resolve()), int(seed))
+
+
+@st.cache_resource(show_spinner="Loading checkpoint…", max_entries=MAX_MODELS)
+def loaded_model(path: str, sha: str):
+    """A checkpoint's model, loaded once per file content (``sha``) for every page. Shared by
+    sessions: CAM work goes through core.explain's per-model lock, nothing else mutates it."""
+    from core.checkpoints import load_checkpoint
+
+    return load_checkpoint(path)
