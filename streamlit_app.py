@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.config import RESEARCH_NOTICE
 from core.data.demo import demo_in_background
+from pages._shared import PUBLIC_NOTICE, public_mode
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
 
@@ -16,6 +17,8 @@ pages = [
 ]
 pg = st.navigation(pages)
 st.sidebar.caption(f"⚠️ {RESEARCH_NOTICE}")
+if public_mode():
+    st.info(PUBLIC_NOTICE, icon="🌐")
 
 # A fresh clone has no data: the synthetic demo is written by a background thread (once per
 # server), so the first page paints at once; Home shows its progress.

@@ -20,7 +20,7 @@ from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
 from core.figures import curves_figure
 from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
-from pages._shared import ensure_demo_or_warn
+from pages._shared import ensure_demo_or_warn, public_mode
 
 REFRESH = "2s"
 AUTO_MODEL = "auto (recommended for the patch size)"
@@ -99,14 +99,27 @@ def start_form() -> None:
         st.toast(f"Started {run.name} in the background.", icon="🚀")
 
 
+def training_refused() -> None:
+    """Public mode: why there is no start button, and how to train instead."""
+    st.subheader("Start a run")
+    st.info(
+        "Training is off on this public deployment: a run holds the server's CPU for minutes, "
+        "every visitor shares that CPU and memory, and the run would vanish at the next restart. "
+        "Train on your own machine, then upload the checkpoint (best.pt) on Explain or Compare:"
+    )
+    st.code("python -m core train --data data/demo/pcam --out runs/my-run", language="bash")
+
+
 def run_panel(run: jobs.RunInfo) -> None:
     status = run.status
     progress = status.get("progress") or {}
     with st.container(border=True):
         head, button = st.columns([5, 1])
         head.markdown(f"**{run.name}** · `{run.state}` · {run.config.get('model') or 'auto'}")
-        if run.state in jobs.ACTIVE_STATES and button.button(
-            "Cancel", key=f"training_cancel::{run.name}"
+        if (
+            run.state in jobs.ACTIVE_STATES
+            and not public_mode()
+            and button.button("Cancel", key=f"training_cancel::{run.name}")
         ):
             jobs.cancel_run(run.path)
             st.toast(f"Cancelling {run.name}…")
@@ -172,5 +185,8 @@ for field, key in WIDGETS.items():
     default = DEFAULTS[field]
     st.session_state.setdefault(key, 0 if default is None else default)  # batch limit 0 = all
 st.session_state.setdefault("training_selected", [])
-start_form()
+if public_mode():
+    training_refused()
+else:
+    start_form()
 runs_section()

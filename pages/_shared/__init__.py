@@ -7,10 +7,12 @@ page test runs each of them. Import it as ``pages._shared`` after the page's sys
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
 
+from core import config
 from core.data import open_dataset
 from core.data.demo import ensure_demo
 
@@ -47,3 +49,19 @@ def loaded_model(path: str, sha: str):
     from core.checkpoints import load_checkpoint
 
     return load_checkpoint(path)
+
+
+PUBLIC_NOTICE = (
+    "Public deployment: nothing you do here is kept. Uploads, uploaded checkpoints and caches "
+    "last only until the app sleeps, restarts or is redeployed; training is off."
+)
+
+
+def public_mode() -> bool:
+    """Public mode, from ``HISTOLENS_PUBLIC`` as an environment variable or a top-level Streamlit
+    secret. Streamlit copies top-level text and number secrets into the environment but not
+    booleans, so a TOML ``HISTOLENS_PUBLIC = true`` is copied here; core reads the environment."""
+    if not config.public_mode() and st.secrets.load_if_toml_exists():
+        if st.secrets.get("HISTOLENS_PUBLIC") is True:
+            os.environ["HISTOLENS_PUBLIC"] = "1"
+    return config.public_mode()
