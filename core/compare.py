@@ -77,6 +77,7 @@ class Curves:
     reliability: dict
     brier: float
     ece: float
+    ci_unit: str = "patch"  # what the AUC bootstrap resampled: "patient" where patients are known
 
 
 def threshold_free(
@@ -84,18 +85,21 @@ def threshold_free(
 ) -> dict[str, Curves]:
     results = {}
     for name, frame in preds.items():
-        y, prob = (labelled(frame)[c].to_numpy() for c in ("label", "prob"))
+        known = labelled(frame)
+        y, prob = (known[c].to_numpy() for c in ("label", "prob"))
+        groups = metrics.known_groups(known)
         both = np.unique(y).size == 2
         m = metrics.binary_metrics(y, prob)
         results[name] = Curves(
             auc=m["auc"],
-            auc_ci=metrics.bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed),
+            auc_ci=metrics.bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=groups),
             ap=m["ap"],
             roc=metrics.roc(y, prob) if both else {},
             pr=metrics.pr(y, prob) if both else {},
             reliability=metrics.reliability(y, prob, n_bins=n_bins),
             brier=m["brier"],
             ece=m["ece"],
+            ci_unit=metrics.ci_unit(groups),
         )
     return results
 
@@ -131,17 +135,24 @@ def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThreshol
 
 
 def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFrame:
-    """McNemar (exact, at each model's threshold) and DeLong (AUC) for every pair of models."""
+    """McNemar (at each model's threshold) and DeLong (AUC) for every pair of models. Where
+    patients are known (and there are at least two), both treat patients as clusters
+    (``core.metrics.*_clustered``) and ``test_unit`` says "patient"; otherwise McNemar is the
+    exact test on patches and ``mcnemar_chi2_cc_p`` its continuity-corrected chi-square."""
     thresholds = _thresholds_for(preds, thresholds)
     table = joined(preds)
     y = table["label"].to_numpy()
+    groups = metrics.known_groups(table)
+    if groups is not None and np.unique(groups).size < 2:
+        groups = None
     rows = []
     for a, b in itertools.combinations(preds, 2):
         prob_a, prob_b = table[f"prob:{a}"].to_numpy(), table[f"prob:{b}"].to_numpy()
-        mc = metrics.mcnemar(
-            y,
-            metrics.predict_labels(prob_a, thresholds[a]),
-            metrics.predict_labels(prob_b, thresholds[b]),
+        calls = [metrics.predict_labels(p, thresholds[m]) for p, m in ((prob_a, a), (prob_b, b))]
+        mc = (
+            metrics.mcnemar(y, *calls)
+            if groups is None
+            else metrics.mcnemar_clustered(y, *calls, groups)
         )
         row = {
             "model_a": a,
@@ -149,10 +160,15 @@ def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFram
             "a_right_b_wrong": mc["b"],
             "a_wrong_b_right": mc["c"],
             "mcnemar_p": mc["p_value"],
-            "mcnemar_chi2_cc_p": mc["p_chi2_cc"],
+            "mcnemar_chi2_cc_p": mc.get("p_chi2_cc"),
+            "test_unit": metrics.ci_unit(groups),
         }
         if np.unique(y).size == 2:
-            dl = metrics.delong(y, prob_a, prob_b)
+            dl = (
+                metrics.delong(y, prob_a, prob_b)
+                if groups is None
+                else metrics.delong_clustered(y, prob_a, prob_b, groups)
+            )
             row.update(auc_diff=dl["auc_diff"], delong_z=dl["z"], delong_p=dl["p_value"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -214,6 +230,8 @@ def metrics_json(
     for name in preds:
         row = dict(at.metrics[name])
         row["auc_ci95"] = list(free[name].auc_ci) if free[name].auc_ci else None
+        row["ci_unit"] = free[name].ci_unit
+        row["patients"] = metrics.patient_level(labelled(preds[name]), row["threshold"])
         row["report"] = at.reports[name]
         row["paired"] = _paired_for(at.paired, name)
         out[name] = row

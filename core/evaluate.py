@@ -296,15 +296,20 @@ def patient_table(preds: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
 
 
 def patient_summary(preds: pd.DataFrame, threshold: float = 0.5) -> dict | None:
-    """Patient-level figures: how well each patient's tumour burden (fraction of tumour
-    patches) is estimated, and the spread of per-patient accuracy. None without patients."""
+    """Patient-level figures: detection (``core.metrics.patient_level``: a patient is tumour
+    when any patch is, scored by its max P(tumour)), how well each patient's tumour burden
+    (fraction of tumour patches) is estimated, and the spread of per-patient accuracy.
+    None without patients."""
+    from core.metrics import patient_level
+
     table = patient_table(preds, threshold)
     if table.empty:
         return None
+    detection = patient_level(labelled(preds).dropna(subset=["patient"]), threshold)
     error = table["predicted_fraction"] - table["tumour_fraction"]
     spread = table["tumour_fraction"].std() > 0 and table["predicted_fraction"].std() > 0
     return {
-        "n_patients": int(len(table)),
+        **detection,
         "burden_mae": float(error.abs().mean()),
         "burden_correlation": float(table["tumour_fraction"].corr(table["predicted_fraction"]))
         if spread
@@ -331,7 +336,7 @@ def evaluate_checkpoint(
     ``threshold`` None: the checkpoint card's operating point (``threshold_source`` "card";
     0.5 for checkpoints without one), else the given value ("cli")."""
     from core.checkpoints import read_card
-    from core.metrics import binary_metrics, bootstrap_auc_ci
+    from core.metrics import binary_metrics, bootstrap_auc_ci, ci_unit, known_groups
 
     source = "card" if threshold is None else "cli"
     if threshold is None:
@@ -341,7 +346,8 @@ def evaluate_checkpoint(
     if known.empty:
         raise ValueError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
     y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
-    ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed) if n_boot else None
+    groups = known_groups(known)
+    ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=groups) if n_boot else None
     return {
         "checkpoint": str(checkpoint_path),
         "data": str(ds.root),
@@ -351,5 +357,6 @@ def evaluate_checkpoint(
         **binary_metrics(y, prob, threshold),
         "threshold_source": source,
         "auc_ci95": list(ci) if ci else None,
+        "ci_unit": ci_unit(groups),
         "patients": patient_summary(known, threshold),
     }

@@ -4,13 +4,18 @@ Conventions: labels are 0 (normal) / 1 (tumour); ``prob`` is P(tumour); a patch 
 tumour when ``prob >= threshold`` (the same rule as ``sklearn.metrics.roc_curve``).
 
 What is not in scikit-learn, and how it is done here:
-- AUC 95% CI: seeded percentile bootstrap over patches (``bootstrap_auc_ci``).
+- AUC 95% CI: seeded percentile bootstrap over patches, or over patients (a cluster bootstrap:
+  a patient's patches are resampled together) where patients are known (``bootstrap_auc_ci``).
 - ECE: the bins of ``sklearn.calibration.calibration_curve`` (uniform), weighted by bin size.
 - McNemar: exact two-sided binomial test on the discordant pairs (``scipy.stats.binomtest``),
   which is valid for any count (statsmodels' default); the chi-square statistic with Edwards'
   continuity correction, (|b - c| - 1)^2 / (b + c), and its p-value are reported beside it.
 - Paired AUC: DeLong, DeLong & Clarke-Pearson (1988) test, computed with the midrank algorithm
   of Sun & Xu (2014); the AUCs themselves come from ``roc_auc_score``.
+- With patients known, the paired tests treat each patient as a cluster: DeLong as generalised
+  by Obuchowski (1997) and McNemar as by Durkalski et al. (2003) (``*_clustered``).
+- Patient-level metrics: a patient is tumour when any of its patches is, scored by the max
+  P(tumour) of its patches (``patient_level``).
 """
 
 from __future__ import annotations
@@ -125,9 +130,11 @@ def pr(y, prob) -> dict:
 
 
 def bootstrap_auc_ci(
-    y, prob, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    y, prob, n_boot: int = 1000, seed: int = 0, level: float = 0.95, groups=None
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of the ROC AUC, resampling patches with a seeded generator.
+    """Percentile bootstrap CI of the ROC AUC with a seeded generator. Resamples patches, or,
+    with ``groups`` (patient of each patch), whole patients with all their patches: a cluster
+    bootstrap, since patches of one patient are not independent (``ci_unit`` names the unit).
 
     Resamples with a single class are skipped (AUC undefined). None if ``y`` has one class
     or ``n_boot`` is 0 (no CI asked for).
@@ -136,9 +143,13 @@ def bootstrap_auc_ci(
     if n_boot < 1 or not _has_both_classes(y):
         return None
     rng = np.random.default_rng(seed)
+    members = None if groups is None else _members(groups)
     aucs = []
     for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
+        if members is None:
+            idx = rng.integers(0, y.size, y.size)
+        else:
+            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
         if _has_both_classes(y[idx]):
             aucs.append(roc_auc_score(y[idx], prob[idx]))
     if not aucs:
@@ -263,4 +274,114 @@ def delong(y, prob_a, prob_b) -> dict:
         "se_diff": float(np.sqrt(max(var_diff, 0.0))),
         "z": float(z),
         "p_value": float(2 * stats.norm.sf(abs(z))),
+    }
+
+
+# -- statistics that respect patients ------------------------------------------------------------
+
+
+def ci_unit(groups) -> str:
+    """What a bootstrap or paired test resamples: whole patients when they are known."""
+    return "patch" if groups is None else "patient"
+
+
+def known_groups(frame) -> np.ndarray | None:
+    """The ``patient`` column of a predictions frame when every row has one, else None
+    (patches are then the unit)."""
+    if "patient" not in frame or frame["patient"].isna().any():
+        return None
+    return frame["patient"].astype(str).to_numpy()
+
+
+def _members(groups) -> list[np.ndarray]:
+    """Positions of each group's patches, one array per group."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+
+
+def delong_clustered(y, prob_a, prob_b, groups) -> dict:
+    """DeLong's test with patients as clusters (Obuchowski 1997): the structural components
+    are summed per patient and their (co)variances taken over patients, so correlated patches
+    of one patient count as one draw. With one patch per patient it is DeLong's test."""
+    y, prob_a = _arrays(y, prob_a)
+    prob_b = np.asarray(prob_b, dtype=float).ravel()
+    if not _has_both_classes(y):
+        raise ValueError("DeLong's test needs both tumour and normal patches")
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    members = _members(groups)
+    k = len(members)
+    if k < 2:
+        raise ValueError("a clustered DeLong test needs at least two patients")
+    aucs, vx, vy = [], [], []
+    for prob in (prob_a, prob_b):
+        v10, v01 = _midrank_components(prob[pos], prob[neg])
+        per_patch = np.zeros(y.size)
+        per_patch[pos], per_patch[neg] = v10, v01
+        aucs.append(float(v10.mean()))
+        vx.append(np.array([per_patch[i][pos[i]].sum() for i in members]))
+        vy.append(np.array([per_patch[i][neg[i]].sum() for i in members]))
+    m_i = np.array([pos[i].sum() for i in members])
+    n_i = np.array([neg[i].sum() for i in members])
+    dx = [vx[r] - m_i * aucs[r] for r in range(2)]
+    dy = [vy[r] - n_i * aucs[r] for r in range(2)]
+    scale = k / (k - 1)
+
+    def cov(r, s):
+        s10 = scale / m * np.sum(dx[r] * dx[s])
+        s01 = scale / n * np.sum(dy[r] * dy[s])
+        s11 = scale * (np.sum(dx[r] * dy[s]) + np.sum(dx[s] * dy[r]))
+        return s10 / m + s01 / n + s11 / (m * n)
+
+    var_diff = cov(0, 0) + cov(1, 1) - 2 * cov(0, 1)
+    z = (aucs[0] - aucs[1]) / np.sqrt(var_diff) if var_diff > 0 else 0.0
+    return {
+        "auc_a": aucs[0],
+        "auc_b": aucs[1],
+        "auc_diff": aucs[0] - aucs[1],
+        "se_diff": float(np.sqrt(max(var_diff, 0.0))),
+        "z": float(z),
+        "p_value": float(2 * stats.norm.sf(abs(z))),
+        "unit": "patient",
+    }
+
+
+def mcnemar_clustered(y, pred_a, pred_b, groups) -> dict:
+    """McNemar's test with patients as clusters (Durkalski et al. 2003): with d_i = b_i - c_i
+    the discordant difference of patient i, X² = (Σ d_i)² / Σ d_i², chi-square with 1 df.
+    ``b``/``c`` are the patch counts, as in ``mcnemar``."""
+    y = np.asarray(y).astype(int)
+    right_a = np.asarray(pred_a) == y
+    right_b = np.asarray(pred_b) == y
+    d = (right_a & ~right_b).astype(int) - (~right_a & right_b).astype(int)
+    per_patient = np.array([d[i].sum() for i in _members(groups)])
+    denominator = float(np.sum(per_patient**2))
+    chi2 = float(per_patient.sum() ** 2 / denominator) if denominator else 0.0
+    return {
+        "b": int(np.sum(d == 1)),
+        "c": int(np.sum(d == -1)),
+        "p_value": float(stats.chi2.sf(chi2, df=1)) if denominator else 1.0,
+        "chi2": chi2,
+        "unit": "patient",
+    }
+
+
+PATIENT_AGGREGATION = "max"  # a patient's score: the max P(tumour) over its patches
+
+
+def patient_level(frame, threshold: float = 0.5) -> dict | None:
+    """Patient-level metrics from patch predictions (columns label, prob, patient): a patient is
+    tumour when any of its patches is, and is scored by the max P(tumour) of its patches (so it
+    is called tumour when any patch is called at ``threshold``). None without patients."""
+    if known_groups(frame) is None:
+        return None
+    per_patient = frame.groupby("patient")[["label", "prob"]].max()
+    m = binary_metrics(per_patient["label"], per_patient["prob"], threshold)
+    keys = ("auc", "balanced_accuracy", "sensitivity", "specificity", "f1")
+    return {
+        "aggregation": PATIENT_AGGREGATION,
+        "n_patients": m["n"],
+        "n_tumour_patients": m["n_tumour"],
+        **{k: m[k] for k in keys},
     }

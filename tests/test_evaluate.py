@@ -139,6 +139,9 @@ def test_idc_patient_table_aggregates_per_patient(demo_root, tmp_path):
     summary = evaluate.patient_summary(preds)
     assert summary["n_patients"] == len(table)
     assert 0 <= summary["burden_mae"] <= 1
+    assert summary["aggregation"] == "max"
+    result = evaluate.evaluate_checkpoint(ckpt, idc, split="all", n_boot=20)
+    assert result["ci_unit"] == "patient" and result["patients"]["aggregation"] == "max"
 
 
 def test_patient_table_is_empty_without_patients(pcam, ckpt):
@@ -161,5 +164,6 @@ def test_card_calibration_and_threshold_reach_every_consumer(pcam, tmp_path):
     assert by_card["threshold"] == 0.3 and by_card["threshold_source"] == "card"
     by_cli = evaluate.evaluate_checkpoint(calibrated, pcam, threshold=0.6, n_boot=0)
     assert by_cli["threshold"] == 0.6 and by_cli["threshold_source"] == "cli"
-    older = evaluate.evaluate_checkpoint(plain, pcam, n_boot=0)
+    older = evaluate.evaluate_checkpoint(plain, pcam, n_boot=20)
     assert older["threshold"] == 0.5 and older["threshold_source"] == "card"
+    assert older["ci_unit"] == "patient" and older["patients"]["aggregation"] == "max"  # meta csv

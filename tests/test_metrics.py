@@ -192,3 +192,69 @@ def test_confusion_invariant_over_thresholds():
     for t in np.linspace(0, 1, 11):
         cm = metrics.confusion(y, prob, t)
         assert cm.sum() == 50 and cm[1].sum() == y.sum()
+
+
+def _clustered(n_patients=30, per_patient=20, seed=0):
+    """Patches of a patient share a random offset: they are far from independent."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n_patients), per_patient)
+    y = (rng.random(patients.size) < rng.random(n_patients)[patients]).astype(int)
+    offset = rng.normal(0, 1.0, n_patients)[patients]
+    prob = 1 / (1 + np.exp(-(1.2 * y - 0.6 + offset + rng.normal(0, 0.5, y.size))))
+    return y, prob, patients
+
+
+def test_cluster_bootstrap_resamples_patients_and_is_wider_when_patches_correlate():
+    y, prob, patients = _clustered()
+    by_patch = metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1)
+    by_patient = metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1, groups=patients)
+    assert by_patient == metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1, groups=patients)
+    auc = skm.roc_auc_score(y, prob)
+    assert by_patient[0] < auc < by_patient[1]
+    assert by_patient[1] - by_patient[0] > 1.3 * (by_patch[1] - by_patch[0])
+    assert metrics.ci_unit(patients) == "patient" and metrics.ci_unit(None) == "patch"
+
+
+def test_clustered_delong_is_delong_with_one_patch_per_patient_and_wider_with_clusters():
+    y, prob_a = _fixed_vectors()
+    prob_b = np.clip(prob_a + np.random.default_rng(5).normal(0, 0.2, y.size), 0, 1)
+    plain = metrics.delong(y, prob_a, prob_b)
+    single = metrics.delong_clustered(y, prob_a, prob_b, np.arange(y.size))
+    assert single["auc_diff"] == pytest.approx(plain["auc_diff"])
+    assert single["se_diff"] == pytest.approx(plain["se_diff"], rel=0.02)
+    y, prob, patients = _clustered()
+    other = np.clip(prob + np.random.default_rng(2).normal(0, 0.15, y.size), 0, 1)
+    assert (
+        metrics.delong_clustered(y, prob, other, patients)["se_diff"]
+        > metrics.delong(y, prob, other)["se_diff"]
+    )
+
+
+def test_clustered_mcnemar_follows_durkalski_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    pred_a = np.array([1, 1, 1, 0, 1, 0])  # right, right, right, right, wrong, right
+    pred_b = np.array([0, 0, 1, 1, 1, 0])  # wrong, wrong, right, wrong, wrong, right
+    patients = np.array(["p", "p", "q", "q", "r", "r"])
+    # d_i = b_i - c_i: p: 2, q: 1, r: 0 -> X² = 3² / (4 + 1) = 1.8
+    result = metrics.mcnemar_clustered(y, pred_a, pred_b, patients)
+    assert result["b"] == 3 and result["c"] == 0 and result["unit"] == "patient"
+    assert result["chi2"] == pytest.approx(1.8)
+    assert result["p_value"] == pytest.approx(0.1797, abs=1e-4)
+
+
+def test_patient_level_uses_the_max_patch_probability():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "patient": ["a", "a", "b", "b", "c"],
+            "label": [0, 1, 0, 0, 0],
+            "prob": [0.2, 0.7, 0.6, 0.1, 0.3],
+        }
+    )
+    level = metrics.patient_level(frame, threshold=0.5)
+    assert level["aggregation"] == "max" and level["n_patients"] == 3
+    assert level["n_tumour_patients"] == 1
+    assert level["sensitivity"] == 1.0 and level["specificity"] == 0.5  # b is called (0.6)
+    assert level["auc"] == 1.0
+    assert metrics.patient_level(frame.drop(columns="patient")) is None
