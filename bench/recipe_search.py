@@ -11,9 +11,11 @@ temperature / Platt scaling, each cross-fitted over validation patients (fitted 
 scored on the other half; see core/calibration.py). One JSON line per run goes to ``--out``.
 
 ``--final RECIPE`` (or ``auto``: the best mean validation AUC among the recipes that fit the CPU
-budget, below) then looks at the TEST split once, for that recipe only: Platt map and threshold
-fitted on validation, test AUC, balanced accuracy and F1 at that threshold, calibrated ECE, and
-patient-level AUC (a patient is positive when any patch is; scored by its patches' max P).
+budget, below) then looks at the TEST split once, for that recipe only, with the calibration map
+and threshold the trainer fitted on validation into each card: test AUC (95% CI by patient),
+balanced accuracy, F1, sensitivity and specificity at the card's threshold, ECE before and after
+calibration, and patient-level metrics (core.metrics.patient_level: max aggregation).
+``--skip-grid --final RECIPE`` runs only that.
 
 The CPU budget: the default recipe must train in ~15 minutes on 2 loaded cores. An idc_cnn
 epoch of the IDC sample takes ~20 s there (README, measured figures); ``CPU_COST`` is each
@@ -28,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -164,25 +167,25 @@ def validation_scores(y, prob, patients) -> dict:
 
 
 def test_scores(scorer: Scorer, checkpoint: Path, seed: int) -> dict:
-    """Calibration and threshold from validation, applied once to the test split."""
-    from core.calibration import fit_calibration, max_balanced_accuracy_threshold
-    from core.metrics import binary_metrics
+    """The test split, once: with the calibration map and threshold the trainer fitted on
+    validation into the checkpoint's card (what every consumer applies)."""
+    import pandas as pd
 
-    y_val, p_val, _ = scorer.predictions(checkpoint, seed, "valid")
-    calibration = fit_calibration(y_val, p_val, "platt")
-    threshold = max_balanced_accuracy_threshold(y_val, calibration.apply(p_val))
-    y, prob, patients = scorer.predictions(checkpoint, seed, "test")
-    calibrated = calibration.apply(prob)
-    m = binary_metrics(y, calibrated, threshold)
+    from core.checkpoints import read_card
+    from core.metrics import binary_metrics, bootstrap_auc_ci, ci_unit, patient_level
+
+    card = read_card(checkpoint)
+    y, raw, patients = scorer.predictions(checkpoint, seed, "test")
+    prob = card.calibrated(raw)
+    m = binary_metrics(y, prob, card.threshold)
     out = {k: m[k] for k in ("auc", "balanced_accuracy", "f1", "sensitivity", "specificity")}
-    out.update(ece_raw=binary_metrics(y, prob)["ece"], ece=m["ece"], threshold=threshold)
+    out.update(ece_raw=binary_metrics(y, raw)["ece"], ece=m["ece"], threshold=card.threshold)
+    out.update(calibration=card.calibration.get("method", "identity"))
+    out.update(auc_ci95=bootstrap_auc_ci(y, prob, seed=seed, groups=patients))
+    out.update(ci_unit=ci_unit(patients))
     if patients is not None:
-        frame = {"y": y, "p": calibrated, "patient": patients}
-        import pandas as pd
-
-        per_patient = pd.DataFrame(frame).groupby("patient").max()
-        out["patient_auc_max"] = binary_metrics(per_patient["y"], per_patient["p"])["auc"]
-        out["n_patients"] = int(len(per_patient))
+        frame = pd.DataFrame({"label": y, "prob": prob, "patient": patients})
+        out["patients"] = patient_level(frame, card.threshold)
     return {f"test_{k}": v for k, v in out.items()}
 
 
@@ -265,6 +268,15 @@ def summarise(records: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def print_test_summary(records: list[dict]) -> None:
+    """Mean ± sd over seeds of the test figures (the README table's row)."""
+    for key in ("auc", "balanced_accuracy", "f1", "ece_raw", "ece", "threshold"):
+        values = [r[f"test_{key}"] for r in records if r.get(f"test_{key}") is not None]
+        if values:
+            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            print(f"test {key:18s} {np.mean(values):.3f} ± {sd:.3f}  (n={len(values)})")
+
+
 def choose(summary: dict[str, dict]) -> str:
     """Best mean validation AUC among recipes trainable within the CPU budget."""
     feasible = {
@@ -283,12 +295,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
-    p.add_argument("--runs", type=Path, help="run directories (default: next to --out)")
+    p.add_argument("--runs", type=Path, help="run directories (default: a new temp folder)")
     p.add_argument("--grid", choices=("full", "tiny"), default="full")
     p.add_argument("--final", help="recipe name, or 'auto', to score on the test split")
     p.add_argument("--skip-grid", action="store_true", help="only --final (runs retrained)")
     opts = p.parse_args(argv)
-    opts.runs = opts.runs or opts.out.with_suffix("").with_name(opts.out.stem + "-runs")
+    opts.runs = opts.runs or Path(tempfile.mkdtemp(prefix="recipe-runs-"))
     recipes = {r.name: r for r in (full_grid() if opts.grid == "full" else tiny_grid())}
     t0 = time.perf_counter()
     summary = {}
@@ -301,7 +313,7 @@ def main(argv=None) -> int:
         name = choose(summary) if opts.final == "auto" else opts.final
         print(f"final: {name} on the test split, {opts.seeds} seeds", flush=True)
         opts.runs = opts.runs / "final"
-        run_grid([recipes[name]], opts, final=True)
+        print_test_summary(run_grid([recipes[name]], opts, final=True))
     return 0
 
 
