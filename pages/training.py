@@ -21,6 +21,7 @@ from core.data import list_datasets
 from core.figures import curves_figure
 from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
 from pages._shared import ensure_demo_or_warn, public_mode
+from pages._shared.state import SESSION
 
 REFRESH = "2s"
 AUTO_MODEL = "auto (recommended for the patch size)"
@@ -60,35 +61,63 @@ def start_form() -> None:
     with st.form("training_start"):
         st.subheader("Start a run")
         data = st.selectbox(
-            "Dataset", list(datasets), format_func=datasets.get, key="training_data"
+            "Dataset",
+            list(datasets),
+            format_func=datasets.get,
+            key="training_data",
+            persist_state=SESSION,
         )
         model = st.selectbox(
             "Model",
             [AUTO_MODEL, *models],
             format_func=lambda m: m if m == AUTO_MODEL else f"{m} — {models[m]}",
             key="training_model",
+            persist_state=SESSION,
         )
         name = st.text_input(
             "Run name (optional)",
             max_chars=30,
             key="training_name",
+            persist_state=SESSION,
             help="Added to the run folder after the model, e.g. `idc_cnn-baseline`.",
         )
         c1, c2, c3, c4 = st.columns(4)
-        c1.number_input("Epochs", 1, 1000, step=1, key="training_epochs")
-        c2.number_input("Batch size", 1, 4096, step=8, key="training_batch")
-        c3.number_input("Learning rate", 1e-7, 1.0, format="%.5f", key="training_lr")
-        c4.selectbox("Device", DEVICES, key="training_device", help="auto = cuda > mps > cpu")
-        st.checkbox(
-            "Augmentation: 8 dihedral flips/rotations + light stain jitter", key="training_augment"
+        c1.number_input("Epochs", 1, 1000, step=1, key="training_epochs", persist_state=SESSION)
+        c2.number_input("Batch size", 1, 4096, step=8, key="training_batch", persist_state=SESSION)
+        c3.number_input(
+            "Learning rate", 1e-7, 1.0, format="%.5f", key="training_lr", persist_state=SESSION
         )
-        st.checkbox("Weight the loss by inverse class frequency", key="training_class_weighting")
+        c4.selectbox(
+            "Device",
+            DEVICES,
+            key="training_device",
+            persist_state=SESSION,
+            help="auto = cuda > mps > cpu",
+        )
+        st.checkbox(
+            "Augmentation: 8 dihedral flips/rotations + light stain jitter",
+            key="training_augment",
+            persist_state=SESSION,
+        )
+        st.checkbox(
+            "Weight the loss by inverse class frequency",
+            key="training_class_weighting",
+            persist_state=SESSION,
+        )
         with st.expander("Advanced"):
             a1, a2, a3, a4 = st.columns(4)
-            a1.number_input("Seed", 0, 2**31 - 1, key="training_seed")
-            a2.selectbox("LR schedule", SCHEDULERS, key="training_scheduler")
-            a3.number_input("Early-stopping patience", 1, 100, key="training_patience")
-            a4.number_input("Max batches per epoch (0 = all)", 0, 10**6, key="training_limit")
+            a1.number_input("Seed", 0, 2**31 - 1, key="training_seed", persist_state=SESSION)
+            a2.selectbox("LR schedule", SCHEDULERS, key="training_scheduler", persist_state=SESSION)
+            a3.number_input(
+                "Early-stopping patience", 1, 100, key="training_patience", persist_state=SESSION
+            )
+            a4.number_input(
+                "Max batches per epoch (0 = all)",
+                0,
+                10**6,
+                key="training_limit",
+                persist_state=SESSION,
+            )
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         state = st.session_state
@@ -168,7 +197,9 @@ def runs_section() -> None:
     ]
     if not st.session_state.training_selected:
         st.session_state.training_selected = [runs[0].name]
-    chosen = st.multiselect("Runs to show", list(by_name), key="training_selected")
+    chosen = st.multiselect(
+        "Runs to show", list(by_name), key="training_selected", persist_state=SESSION
+    )
     for name in chosen:
         run_panel(by_name[name])
     curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
