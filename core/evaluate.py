@@ -3,9 +3,13 @@
 Cache layout: ``config.cache_dir()/predictions/<sha12>-<key16>.parquet``, one row per patch with
 columns ``index`` (position in the dataset), ``id``, ``label`` (-1 if unknown), ``prob``
 (P(tumour)) and ``patient``/``x``/``y`` where the dataset knows them. ``key16`` hashes the
-checkpoint's sha256, the dataset identity (resolved root, format, split manifest id), the split,
-the TTA flag and ``CACHE_VERSION``: a retrained checkpoint or a re-split dataset never reuses
-stale predictions, and opening the same comparison again does no model forward at all.
+checkpoint's sha256, the dataset identity (resolved root, format, split manifest id), the size
+and mtime of every data file of the split (``ds.data_fingerprint``), the split, the TTA flag and
+``CACHE_VERSION``: a retrained checkpoint, a re-split dataset or an overwritten image never
+reuses stale predictions, and opening the same comparison again does no model forward at all.
+A cache folder that cannot be written (read-only disk, full disk) means "no cache": one notice
+per folder on the ``histolens`` logger (stderr for the CLI), and the predictions are returned.
+A damaged cache file is recomputed.
 
 Data path: a background thread reads the next sorted batch (``ds.read_batch``) and turns it into
 the model's input (``core.preprocess.to_model_input``) while the main thread runs the forward
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +34,9 @@ from core.d4 import D4_GROUP
 from core.data.splits import SPLIT_NAMES
 from core.files import file_sha256, write_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key includes the split's data files
+LOG = logging.getLogger("histolens")
+_UNWRITABLE: set[str] = set()  # cache folders already reported (one notice each per process)
 SPLITS = (*reversed(SPLIT_NAMES), "all")  # evaluation choices, test (the default) first
 PREFETCH_BATCHES = 2
 # On the CPU, batches past 32 patches are no faster, and 128 96-px patches through a 32-channel
@@ -69,16 +76,37 @@ def predict_split(
     ``tta`` averages the softmax over the 8 dihedral transforms (``core.d4``).
     """
     cache = prediction_cache_path(checkpoint_path, ds, split, tta)
-    if cache.exists():
-        frame = pd.read_parquet(cache)
+    frame = _read_cached(cache)
+    if frame is not None:
         if progress is not None:
             progress(len(frame), len(frame))
         return frame
     indices = split_indices(ds, split)
     probs = predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
     frame = prediction_frame(ds, indices, probs)
-    write_atomic(cache, lambda fh: frame.to_parquet(fh, index=False))
+    _store(frame, cache)
     return frame
+
+
+def _read_cached(cache: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(cache) if cache.is_file() else None
+    except Exception:  # damaged or foreign file: recompute (and overwrite it if we can)
+        return None
+
+
+def _store(frame: pd.DataFrame, cache: Path) -> None:
+    try:
+        write_atomic(cache, lambda fh: frame.to_parquet(fh, index=False))
+    except OSError as err:
+        folder = str(cache.parent)
+        if folder not in _UNWRITABLE:
+            _UNWRITABLE.add(folder)
+            LOG.warning(
+                "note: prediction cache %s is not writable (%s); results are not cached",
+                folder,
+                err.strerror or type(err).__name__,
+            )
 
 
 def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
@@ -138,6 +166,7 @@ def prediction_cache_path(checkpoint_path, ds, split: str, tta: bool) -> Path:
         "format": ds.format,
         "manifest_id": ds.manifest_id,
         "split": split,
+        "data_files": ds.data_fingerprint(split_indices(ds, split)),
         "tta": bool(tta),
         "version": CACHE_VERSION,
     }

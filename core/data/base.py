@@ -8,6 +8,7 @@ A set is synthetic when a ``SYNTHETIC.md`` marker file sits in its root.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +260,25 @@ class PatchDataset:
         if not 0 <= i < len(self):
             raise IndexError(f"patch index {i} out of range 0..{len(self) - 1}")
         return i
+
+    def data_files(self, indices) -> list:
+        """The files patches ``indices`` are read from (labels included); readers override it."""
+        return [self.root]
+
+    def data_fingerprint(self, indices) -> str:
+        """A hash of the size and mtime of every file behind ``indices``: caches of results
+        computed from those patches key on it, so an overwritten image is never served stale."""
+        digest = hashlib.sha256()
+        for path in sorted(
+            set(self.data_files(np.asarray(indices, dtype=np.int64))), key=os.fsencode
+        ):
+            try:
+                info = os.stat(path)
+                stamp = f"{info.st_size}:{info.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            digest.update(os.fsencode(path) + b"\0" + stamp.encode() + b"\n")
+        return digest.hexdigest()[:16]
 
     def source(self, i: int) -> str:
         """Where patch ``i`` is stored (named in errors); readers override it."""

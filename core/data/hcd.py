@@ -172,6 +172,7 @@ class HCDDataset(PatchDataset):
             notes=[HCD_OPTIMISM_NOTE],
         )
         self.manifest_path = manifest_path
+        self._labels_csv = labels_csv
 
     @staticmethod
     def _cross_check(labels, files, labels_csv: Path, image_dir: Path) -> list[str]:
@@ -188,6 +189,9 @@ class HCDDataset(PatchDataset):
                 )
             )
         return problems
+
+    def data_files(self, indices) -> list:
+        return [self._labels_csv, *self._paths[indices]]
 
     def source(self, i: int) -> str:
         return printable(str(self._paths[i]))

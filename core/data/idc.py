@@ -232,6 +232,9 @@ class IDCDataset(PatchDataset):
         h, w = self.image_size
         return int(((self.meta["height"] < h) | (self.meta["width"] < w)).sum())
 
+    def data_files(self, indices) -> list:
+        return list(self._paths[indices])
+
     def source(self, i: int) -> str:
         return printable(os.fsdecode(self._paths[i]))
 

@@ -212,6 +212,13 @@ class PCamDataset(PatchDataset):
             self._handles[split] = (h5file, _dataset(h5file, "x", path))
         return self._handles[split][1]
 
+    def data_files(self, indices) -> list:
+        files = []
+        for split in np.unique(self._splits[indices]):
+            files += [split_file(self.root, split, kind) for kind in ("x", "y")]
+            files.append(Path(self.root) / f"{PREFIX}{split}_meta.csv")
+        return files
+
     def source(self, i: int) -> str:
         return f"{split_file(self.root, self._splits[i], 'x')} (row {self._rows[i]})"
 
