@@ -17,6 +17,8 @@ import hashlib
 import math
 import pickle
 import platform
+import re
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -365,25 +367,25 @@ def load_uploaded_checkpoint(
 ) -> LoadedModel:
     """A visitor's checkpoint, validated exactly as ``load_checkpoint`` (card required,
     ``weights_only``) plus one forward pass at the card's input size. Kept as
-    ``folder/<sha256>.pt`` so evaluation can read it (content-addressed: only the session that
-    uploaded it knows its path; the oldest beyond 8 files are removed). Errors name ``name``."""
+    ``folder/upload-<sha256[:12]>/<name>.pt`` so evaluation can read it and tables can name it
+    (only the session that uploaded it knows the path; the oldest beyond 8 are removed).
+    A refusal is one CheckpointError line naming ``name``, never the server's folders."""
     if len(data) > max_bytes:
         raise CheckpointError(
             f"{name}: {len(data) / 2**20:.0f} MB is over the {max_bytes / 2**20:.0f} MB limit "
             "for uploaded checkpoints"
         )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()}.pt"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem)[:40] or "checkpoint"
+    path = Path(folder) / f"upload-{hashlib.sha256(data).hexdigest()[:12]}" / f"{stem}.pt"
     try:
         if not path.is_file():
             write_bytes_atomic(path, data)
         loaded = load_checkpoint(path)
         _check_input_size(loaded)
     except CheckpointError as err:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
         raise CheckpointError(str(err).replace(str(path), name)) from None
-    _prune(folder, keep=path)
+    _prune(Path(folder), keep=path.parent)
     return loaded
 
 
@@ -405,7 +407,7 @@ def _check_input_size(loaded: LoadedModel) -> None:
 
 
 def _prune(folder: Path, keep: Path) -> None:
-    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in files[KEEP_UPLOADED_CHECKPOINTS:]:
+    uploads = sorted(folder.glob("upload-*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in uploads[KEEP_UPLOADED_CHECKPOINTS:]:
         if old != keep:
-            old.unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)

@@ -48,7 +48,7 @@ from core.figures import (
 )
 from core.files import file_sha256
 from core.metrics import DECISION_THRESHOLD, format_ci
-from pages._shared import dataset, ensure_demo_or_warn, loaded_model
+from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
@@ -320,7 +320,9 @@ st.title("⚖️ Compare models")
 st.caption(f"{config.RESEARCH_NOTICE} Same patches, same split, several checkpoints.")
 ensure_demo_or_warn()
 entries = list_datasets()
-checkpoints = checkpoint_choices()
+with st.sidebar.expander("Bring your own checkpoint"):
+    uploaded = session_checkpoints("compare_checkpoint_upload")
+checkpoints = checkpoint_choices() + uploaded
 if not entries or len(checkpoints) < 2:
     st.info(
         "Comparing needs a dataset and at least two checkpoints. Train some with "

@@ -29,7 +29,7 @@ from core.data.visual import (
     slide_mosaic,
 )
 from core.figures import class_balance_figure, colour_histogram_figure
-from pages._shared import dataset, ensure_demo_or_warn
+from pages._shared import dataset, ensure_demo_or_warn, public_mode
 
 GRID = 8  # 8×8 gallery
 PER_PAGE = GRID * GRID
@@ -89,10 +89,14 @@ def choose_path() -> Path | None:
             key="datasets_entry",
             on_change=reset_page,
         )
-        typed = st.text_input(
-            "…or a folder under the data root",
-            key="datasets_path",
-            help=f"Relative to {config.data_root()} (nothing outside it can be opened).",
+        typed = (
+            ""  # public mode: only the datasets listed under the data root, no typed paths
+            if public_mode()
+            else st.text_input(
+                "…or a folder under the data root",
+                key="datasets_path",
+                help=f"Relative to {config.data_root()} (nothing outside it can be opened).",
+            )
         )
         st.number_input("Split seed", 0, 2**31 - 1, 0, key="datasets_seed")
     if typed.strip():

@@ -38,7 +38,7 @@ from core.explain import (
 )
 from core.files import file_sha256
 from core.metrics import DECISION_THRESHOLD, called_class
-from pages._shared import dataset, ensure_demo_or_warn, loaded_model
+from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
 
 ALL = "all"
 PAGE_SIZES = (4, 8, 16)
@@ -231,7 +231,9 @@ st.title("🔥 Explain")
 st.warning(config.RESEARCH_NOTICE, icon="⚠️")
 ensure_demo_or_warn()
 
-paths = checkpoint_choices()
+with st.expander("Bring your own checkpoint"):
+    uploaded = session_checkpoints("explain_checkpoint_upload")
+paths = checkpoint_choices() + uploaded
 if not paths:
     st.info(
         f"No checkpoints yet: train one on the Training page, or put .pt files in {config.checkpoints_dir()}."

@@ -40,7 +40,7 @@ WIDGETS = {
 }
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=1)
 def model_descriptions() -> dict[str, str]:
     from core.models import MODELS  # imports torch: only when this page runs
 

@@ -63,3 +63,26 @@ def test_a_boolean_secret_turns_public_mode_on(demo_data, monkeypatch):
     assert not at.exception
     assert "Training is off on this public deployment" in texts(at)
     os.environ.pop("HISTOLENS_PUBLIC", None)  # the helper copied it there, as Streamlit would
+
+
+def test_datasets_page_offers_no_typed_path(public):
+    at = app_on("pages/datasets.py")
+    assert not [t for t in at.text_input if t.key == "datasets_path"]
+    assert at.selectbox(key="datasets_entry").options
+
+
+def test_explain_takes_a_session_checkpoint_and_refuses_a_bad_one(public):
+    at = AppTest.from_file(str(REPO / "pages" / "explain.py"), default_timeout=120).run()
+    assert not at.exception
+    shipped = REPO / "checkpoints" / "demo_pcam_hcd_cnn.pt"
+    upload = at.file_uploader(key="explain_checkpoint_upload")
+    upload.set_value(
+        [("not_ours.pt", b"PK\x03\x04 no", "application/octet-stream"),
+         ("mine.pt", shipped.read_bytes(), "application/octet-stream")]
+    ).run()  # fmt: skip
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("not_ours.pt: ")
+    options = at.multiselect(key="explain_models").options
+    assert any("mine" in option for option in options)
+    assert at.image  # the page goes on: the grid of the preselected checkpoint

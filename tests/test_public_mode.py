@@ -51,7 +51,7 @@ def checkpoint_bytes(tmp_path, **card_fields) -> bytes:
 def test_uploaded_checkpoint_loads_like_a_local_one(tmp_path):
     loaded = load_uploaded_checkpoint("mine.pt", checkpoint_bytes(tmp_path), tmp_path / "up")
     assert loaded.card.arch == "hcd_cnn"
-    assert loaded.path.parent == tmp_path / "up" and loaded.path.is_file()
+    assert loaded.path.parent.parent == tmp_path / "up" and loaded.path.name == "mine.pt"
     assert not loaded.model.training
 
 
@@ -61,7 +61,7 @@ def refused(tmp_path, data: bytes, **kwargs) -> str:
     message = str(info.value)
     assert message.startswith("visitor.pt: ") and "\n" not in message
     assert str(tmp_path) not in message  # the server's folders stay private
-    assert not list((tmp_path / "up").glob("*.pt"))  # nothing kept from a refused upload
+    assert not list((tmp_path / "up").rglob("*.pt"))  # nothing kept from a refused upload
     return message
 
 

@@ -7,6 +7,7 @@ page test runs each of them. Import it as ``pages._shared`` after the page's sys
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -30,7 +31,12 @@ def ensure_demo_or_warn() -> None:
 MAX_MODELS = 8  # checkpoints kept loaded (Compare shows up to 4, Explain several)
 
 
-@st.cache_resource(show_spinner="Opening the dataset (the first time indexes it)…")
+MAX_DATASETS = 8  # datasets kept open (indexes and h5 handles), least recently used out
+
+
+@st.cache_resource(
+    show_spinner="Opening the dataset (the first time indexes it)…", max_entries=MAX_DATASETS
+)
 def _dataset(path: str, seed: int):
     return open_dataset(path, seed=seed)
 
@@ -65,3 +71,38 @@ def public_mode() -> bool:
         if st.secrets.get("HISTOLENS_PUBLIC") is True:
             os.environ["HISTOLENS_PUBLIC"] = "1"
     return config.public_mode()
+
+
+def session_checkpoints(key: str) -> list[Path]:
+    """An upload for the visitor's own checkpoints (.pt), held for this browser session only;
+    returns every checkpoint the session uploaded, on any page. Each file is validated exactly
+    like a local one (core.checkpoints.load_uploaded_checkpoint); a bad one gets one line."""
+    from core.checkpoints import MAX_UPLOADED_CHECKPOINT_BYTES
+
+    files = st.file_uploader(
+        "Your own checkpoint (.pt from `python -m core train`; this session only)",
+        type=["pt"],
+        accept_multiple_files=True,
+        key=key,
+        max_upload_size=MAX_UPLOADED_CHECKPOINT_BYTES // 2**20,
+    )
+    held = st.session_state.setdefault("session_checkpoints", {})  # sha256 -> path
+    for file in files or []:
+        data = file.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha not in held:
+            path = _validated_upload(file.name, data)
+            if path is not None:
+                held[sha] = path
+    return [Path(p) for p in held.values() if Path(p).is_file()]
+
+
+def _validated_upload(name: str, data: bytes) -> str | None:
+    from core.checkpoints import CheckpointError, load_uploaded_checkpoint
+
+    try:
+        loaded = load_uploaded_checkpoint(name, data, config.cache_dir() / "uploaded_checkpoints")
+    except CheckpointError as err:
+        st.error(str(err))
+        return None
+    return str(loaded.path)

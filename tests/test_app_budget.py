@@ -1,5 +1,6 @@
-"""Start-up budget: the pages a visitor opens first never import the heavy libraries.
+"""Memory and start-up budget of the app (bench/app_memory.py measures it in a browser).
 
+The pages a visitor opens first never import the heavy libraries:
 torch (~470 MB RSS with the CUDA build), torchvision (+160 MB: it pulls torch._dynamo, sympy and
 triton), pytorch_grad_cam and scikit-learn load only when Explain, Compare or a model needs them.
 Checked in a fresh interpreter, since the test process itself has imported them.
@@ -7,6 +8,7 @@ Checked in a fresh interpreter, since the test process itself has imported them.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -44,3 +46,20 @@ def test_first_pages_do_not_import_heavy_libraries(pages, demo_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [], f"imported on {pages or 'Home'}: {result.stdout}"
+
+
+def test_every_streamlit_cache_is_bounded():
+    """Sessions share st.cache_* entries: each one has max_entries, so memory stays bounded."""
+    unbounded = []
+    for path in [REPO / "streamlit_app.py", *(REPO / "pages").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                call = decorator if isinstance(decorator, ast.Call) else None
+                name = ast.unparse(call.func if call else decorator)
+                if name.startswith("st.cache_") and not (
+                    call and any(k.arg == "max_entries" for k in call.keywords)
+                ):
+                    unbounded.append(f"{path.relative_to(REPO)}: {node.name}")
+    assert not unbounded, f"st.cache_* without max_entries: {unbounded}"
