@@ -1,7 +1,8 @@
 """End to end in a real browser: every page's main journey once, failing on any stException.
 
 Local mode: Datasets paging, Explain on an uploaded patch, Compare with a threshold move,
-Training start and a live curve tick.
+Training start and a live curve tick. Public mode: the banner on every page, and the Training
+page refuses to start runs, showing the command line instead.
 """
 
 from __future__ import annotations
@@ -64,3 +65,14 @@ def test_every_page_main_journey_local(demo_data, tmp_path):
         explain_upload(page, patch)
         compare_threshold(page)
         training_start_and_tick(page)
+
+
+def test_public_mode_refuses_training_and_says_nothing_persists(demo_data):
+    with serve(demo_data, HISTOLENS_PUBLIC="1") as url, browser_page() as page:
+        page.goto(url)
+        settle(page, "text=nothing you do here is kept")
+        nav(page, "Training")
+        settle(page, "text=Training is off on this public deployment")
+        assert page.get_by_role("button", name="Start training").count() == 0
+        assert page.get_by_text("python -m core train --data data/demo/pcam").count() == 1
+        assert page.get_by_text("nothing you do here is kept").count() == 1  # on every page
