@@ -30,6 +30,13 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a patch is KBs; a 20 MB cap still admits 
 MAX_UPLOAD_PIXELS = 64_000_000  # 8000×8000; decoded RGB ≈ 192 MB, the most we accept in memory
 PUBLIC_MAX_UPLOAD_PIXELS = 16_000_000  # public mode: 4000×4000, a quarter of the memory per file
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Peak bytes per pixel to decode a mode and convert it to uint8 RGB here: the decoded image, the
+# float64 working copies of 16-bit and float modes, the RGB result. Uploads are capped on this,
+# read from the header, so a small file cannot decode huge (an 8000×8000 float TIFF of 384 KB).
+WORK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 4, "RGB": 6, "YCbCr": 6, "CMYK": 7, "LAB": 6}
+WORK_BYTES_PER_PIXEL |= dict.fromkeys(("RGBA", "LA", "PA", "RGBa", "La"), 15)
+WORK_BYTES_PER_PIXEL |= dict.fromkeys(SIXTEEN_BIT_MODES[:4], 21)
+OTHER_MODE_WORK_BYTES = 23  # "I", "F" and anything rarer: 4-byte pixels + float64 copies
 
 
 class UploadError(ValueError):
@@ -78,6 +85,7 @@ def _open_checked(name: str, data: bytes, max_pixels: int) -> Image.Image:
         with Image.open(io.BytesIO(data)) as probe:
             fmt, (w, h) = probe.format, probe.size
             _check_format_and_pixels(name, fmt, w, h, max_pixels)
+            _check_decoded_bytes(name, probe.mode, w, h, max_pixels)
             probe.verify()  # structure and checksums, without decoding pixels
         image = Image.open(io.BytesIO(data))  # verify() leaves the image unusable: reopen
         image.load()  # full decode: catches truncated pixel data
@@ -112,6 +120,17 @@ def _check_format_and_pixels(name: str, fmt: str | None, w: int, h: int, max_pix
         )
     if w == 0 or h == 0:
         raise UploadError(f"{name}: image has no pixels")
+
+
+def _check_decoded_bytes(name: str, mode: str, w: int, h: int, max_pixels: int) -> None:
+    """The pixel cap admits that many 8-bit RGB pixels; deeper modes get fewer (header only)."""
+    limit = max_pixels * WORK_BYTES_PER_PIXEL["RGB"]
+    need = w * h * WORK_BYTES_PER_PIXEL.get(mode, OTHER_MODE_WORK_BYTES)
+    if need > limit:
+        raise UploadError(
+            f"{name}: {w}×{h} pixels in mode {mode} would take ~{need / 1e6:,.0f} MB to decode "
+            f"(limit {limit / 1e6:,.0f} MB); crop a patch or export it as 8-bit RGB"
+        )
 
 
 def _to_rgb_uint8(image: Image.Image) -> np.ndarray:

@@ -31,30 +31,32 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- forged files in the real formats --------------------------------------------------------
-def forged_png(h: int, w: int) -> bytes:
+def forged_png(h: int, w: int, depth: int = 8, colour: int = 2) -> bytes:
     """A PNG whose header claims h×w (with valid CRCs) but holds one row of data."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
     idat = zlib.compress(b"\0" + b"\x80" * 3 * min(w, 64))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def forged_tiff(h: int, w: int) -> bytes:
-    """An uncompressed 8-bit grey TIFF whose tags claim h×w but which holds 64 bytes."""
+def forged_tiff(h: int, w: int, bits: int = 8, sample_format: int = 1) -> bytes:
+    """An uncompressed grey TIFF whose tags claim h×w but which holds 64 bytes
+    (``sample_format`` 3 with 32 bits: float32 pixels, Pillow's mode F)."""
     tags = [  # (tag, type, value): SHORT = 3, LONG = 4
         (256, 4, w),
         (257, 4, h),
-        (258, 3, 8),
+        (258, 3, bits),
         (259, 3, 1),
         (262, 3, 1),
         (273, 4, 0),  # strip offset, filled below
         (277, 3, 1),
         (278, 4, h),
-        (279, 4, h * w),
+        (279, 4, h * w * bits // 8),
+        (339, 3, sample_format),
     ]
     data_offset = 8 + 2 + 12 * len(tags) + 4
     ifd = struct.pack("<H", len(tags))
