@@ -52,15 +52,44 @@ def checkpoints_dir() -> Path:
     return _env_path("HISTOLENS_CHECKPOINTS", REPO_ROOT / "checkpoints")
 
 
+MAX_TYPED_CHARS = 512  # a typed folder longer than this is a mistake (names are ≤ 255 bytes)
+
+
+def leaves_its_entry(path: Path, root: Path) -> bool:
+    """The data-root rule: what the server's owner placed directly in ``root`` (folders, or links
+    to datasets on other disks) is trusted; nothing *below* such an entry may resolve outside it.
+    ``path`` is lexically under ``root``."""
+    parts = Path(path).relative_to(root).parts
+    if not parts:
+        return False
+    try:
+        return not Path(path).resolve().is_relative_to((Path(root) / parts[0]).resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return True
+
+
 def folder_in_data_root(typed: str) -> Path:
-    """A folder typed by a user: relative to the data root, or absolute inside it. Anything that
-    resolves outside the data root is refused (ValueError, one line), so a deployed app never
-    opens other folders."""
-    path = Path(typed.strip()).expanduser()
-    path = path if path.is_absolute() else data_root() / path
-    if not is_within(path, data_root()):
-        raise ValueError(f"{path} is outside the data root {data_root()}; move or link it there.")
-    return path
+    """A folder typed by a visitor: relative to the data root (or absolute inside it), opened by
+    the same rule as the dataset list (``leaves_its_entry``). Too long, control characters,
+    ``..``, or a link below a root entry that leads elsewhere: a ValueError of one line."""
+    root, text = data_root(), typed.strip()
+    path = Path(text)
+    if len(text) > MAX_TYPED_CHARS or any(len(part.encode()) > 255 for part in path.parts):
+        raise ValueError(f"that folder name is too long ({len(text)} characters); check it.")
+    if not text.isprintable():
+        raise ValueError("that folder name holds control characters; type a plain path.")
+    if path.is_absolute():
+        if not path.is_relative_to(root):
+            raise ValueError(f"{path} is outside the data root {root}; move or link it there.")
+        path = path.relative_to(root)
+    if ".." in path.parts:
+        raise ValueError(f"{text} is outside the data root {root} ('..' is not allowed).")
+    if leaves_its_entry(root / path, root):
+        raise ValueError(
+            f"{text} is outside the data root {root}: a link inside it leads elsewhere; "
+            "link the dataset itself into the data root instead."
+        )
+    return root / path
 
 
 def is_within(path: Path, root: Path) -> bool:

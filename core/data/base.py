@@ -145,10 +145,19 @@ def list_dir(folder) -> list[os.DirEntry]:
         ) from None
 
 
-def regular_files(folder, suffix: str) -> tuple[list[os.DirEntry], list[str]]:
+def leaves(path, root) -> bool:
+    """Whether ``path`` (under the dataset ``root``) resolves outside it through a link."""
+    try:
+        return not Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return True
+
+
+def regular_files(folder, suffix: str, root) -> tuple[list[os.DirEntry], list[str], list[str]]:
     """(regular files ending in ``suffix``, paths of other things named so: FIFOs, folders,
-    broken links). The others are never opened; readers report them as problems."""
-    files, others = [], []
+    broken links; links among the files that lead outside the dataset ``root``). The others are
+    never opened; readers report them and the outward links as problems."""
+    files, others, outward = [], [], []
     for entry in list_dir(folder):
         if entry.name.endswith(suffix):
             try:
@@ -156,7 +165,12 @@ def regular_files(folder, suffix: str) -> tuple[list[os.DirEntry], list[str]]:
             except OSError:
                 regular = False
             (files if regular else others).append(entry if regular else printable(entry.path))
-    return files, others
+            if regular and entry.is_symlink() and leaves(entry.path, root):
+                outward.append(printable(entry.path))
+    return files, others, outward
+
+
+OUTWARD_LINKS = "links leading outside the dataset (read, but the set is not self-contained)"
 
 
 def read_csv(path, **kwargs) -> pd.DataFrame:

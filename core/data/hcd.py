@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.base import (
+    OUTWARD_LINKS,
     DatasetError,
     PatchDataset,
     check_unique_ids,
@@ -38,13 +39,21 @@ SUBMISSION_CSV = "sample_submission.csv"
 EXAMPLES = 3
 
 
-def _tif_files(folder: Path) -> tuple[dict[str, str], list[str]]:
+def _tif_files(folder: Path, root: Path) -> tuple[dict[str, str], list[str]]:
     """({id: file name}, problems). Ids are the printable names (a name that is not UTF-8
-    keeps its bytes in the file name); FIFOs and other non-files named *.tif are reported."""
-    files, others = regular_files(folder, ".tif")
+    keeps its bytes in the file name); FIFOs and other non-files named *.tif are reported, and
+    so are links leading outside the dataset."""
+    files, others, outward = regular_files(folder, ".tif", root)
     found = {printable(e.name[:-4]): e.name for e in files}
-    problems = [_summarise_missing("*.tif entries that are not files (skipped)", others, folder)]
-    return dict(sorted(found.items())), problems if others else []
+    problems = [
+        _summarise_missing(kind, paths, folder)
+        for kind, paths in (
+            ("*.tif entries that are not files (skipped)", others),
+            (OUTWARD_LINKS, outward),
+        )
+        if paths
+    ]
+    return dict(sorted(found.items())), problems
 
 
 def _label_csvs(root: Path) -> list[Path]:
@@ -125,7 +134,7 @@ def _test_files(root: Path, image_dir: Path) -> tuple[dict[str, str], list[str]]
     if image_dir == root or not (root / "test").is_dir():
         return {}, []
     try:
-        return _tif_files(root / "test")
+        return _tif_files(root / "test", root)
     except DatasetError as err:
         return {}, [str(err)]
 
@@ -138,7 +147,7 @@ class HCDDataset(PatchDataset):
         root = Path(root)
         labels_csv, image_dir = _layout(root)
         labels = _read_labels(labels_csv)
-        files, problems = _tif_files(image_dir)
+        files, problems = _tif_files(image_dir, root)
         if not files:
             raise DatasetError(f"{image_dir}: no .tif files; put the <id>.tif patches there.")
         problems += self._cross_check(labels, list(files), labels_csv, image_dir)

@@ -25,8 +25,10 @@ import pandas as pd
 from core import config
 from core.data.base import (
     MAX_PATCH_SIDE,
+    OUTWARD_LINKS,
     DatasetError,
     PatchDataset,
+    leaves,
     list_dir,
     make_meta,
     regular_files,
@@ -78,17 +80,20 @@ def _valid_size(size) -> bool:
     return size is not None and 0 < size[0] <= MAX_PATCH_SIDE and 0 < size[1] <= MAX_PATCH_SIDE
 
 
-def _scan(label_dirs) -> tuple[pd.DataFrame, list[str]]:
-    """The index table and the skipped entries (not PNGs, oversized headers, FIFOs, folders
-    that cannot be listed), each as a printable line."""
-    rows, skipped = [], []
+def _scan(root: Path, label_dirs) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The index table, the skipped entries (not PNGs, oversized headers, FIFOs, folders that
+    cannot be listed) and the links leading outside the dataset, each as a printable line."""
+    rows, skipped, outward = [], [], []
     for patient, label, folder in label_dirs:
+        if leaves(folder, root):
+            outward.append(printable(folder))
         try:
-            files, others = regular_files(folder, ".png")
+            files, others, links = regular_files(folder, ".png", root)
         except DatasetError as err:
             skipped.append(str(err))
             continue
         skipped += [f"{p} (not a file)" for p in others]
+        outward += links
         for entry in files:
             size = png_size(entry.path)
             name = printable(entry.name)
@@ -105,7 +110,7 @@ def _scan(label_dirs) -> tuple[pd.DataFrame, list[str]]:
     table["name_label"] = pd.to_numeric(parsed["c"]).astype("Int64")
     table["x"] = pd.to_numeric(parsed["x"]).astype("Int64")
     table["y"] = pd.to_numeric(parsed["y"]).astype("Int64")
-    return table.sort_values("path", ignore_index=True), sorted(skipped)
+    return table.sort_values("path", ignore_index=True), sorted(skipped), sorted(outward)
 
 
 def _index_path(root: Path, key: str) -> Path:
@@ -126,7 +131,8 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
             return table, list(table.attrs.get("unreadable", []))
         except Exception:  # damaged cache file: rebuild it below
             pass
-    table, unreadable = _scan(label_dirs)
+    table, unreadable, outward = _scan(root, label_dirs)
+    table.attrs["outward"] = outward  # links leaving the dataset, reported by _problems
     try:
         table.attrs["unreadable"] = unreadable
         write_atomic(path, lambda fh: table.to_parquet(fh, index=False))
@@ -142,6 +148,8 @@ def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
         return f"{len(examples)} {what}, e.g. {shown}"
 
     problems = []
+    if table.attrs.get("outward"):
+        problems.append(report(OUTWARD_LINKS, table.attrs["outward"]))
     if unreadable:
         problems.append(
             report("entries skipped (not PNGs, not files, or over 1024 px a side)", unreadable)

@@ -25,11 +25,13 @@ import pandas as pd
 
 from core.data.base import (
     MAX_PATCHES,
+    OUTWARD_LINKS,
     DatasetError,
     PatchDataset,
     check_regular,
     check_side,
     integer_column,
+    leaves,
     make_meta,
     read_csv,
 )
@@ -188,6 +190,7 @@ class PCamDataset(PatchDataset):
                 sizes.add(found[1])
         if not parts:
             raise DatasetError(f"{root}: no {PREFIX}<split>_x.h5 / _y.h5 files found.")
+        outward = [printable(str(p)) for p in sorted(root.glob(f"{PREFIX}*")) if leaves(p, root)]
         if len(sizes) > 1:
             raise DatasetError(f"{root}: splits have different patch sizes {sorted(sizes)}.")
         super().__init__(
@@ -196,6 +199,7 @@ class PCamDataset(PatchDataset):
             sizes.pop(),
             seed=seed,
             manifest_id="pcam-official",
+            problems=[f"{len(outward)} {OUTWARD_LINKS}: {', '.join(outward)}"] if outward else [],
         )
         # fractions are ignored: PCam ships official splits.
         self._rows = self.meta["row"].to_numpy()

@@ -97,6 +97,8 @@ def list_datasets(root=None, depth: int = 2) -> list[DatasetEntry]:
     for path in _candidates(root, depth):
         if any(config.is_within(path, done) for done in claimed):
             continue  # inside a dataset already found (e.g. IDC patient folders)
+        if config.leaves_its_entry(path, root):
+            continue  # the typed box refuses it too (one data-root rule, see core.config)
         try:
             fmt = detect_format(path)
         except DatasetError:
