@@ -124,7 +124,9 @@ def journey(s: Session, upload: Path, formats: list[str]) -> None:
     )
     s.step(
         "Explain: uploaded patch",
-        lambda: page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(upload),
+        lambda: page.locator(
+            "[data-testid='stFileUploaderDropzoneInput'][accept*='.png']"
+        ).set_input_files(upload),
         f"text={upload.name}",
     )
     s.step("Compare + disagreement CAMs", s.nav("Compare"), "text=Grad-CAM, P(tumour)")

@@ -104,7 +104,9 @@ def browser_page():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1200})
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.set_default_timeout(120_000)  # a loaded 2-core machine reruns pages slowly
+            yield page
         finally:
             browser.close()
 
@@ -115,10 +117,14 @@ IDLE = """() => !document.querySelector(
 
 
 def settle(page, expect: str, timeout_s: float = 180) -> None:
-    """Wait until ``expect`` (a Playwright selector) shows and the app is idle; no exception."""
+    """Wait until ``expect`` (a Playwright selector) shows and the app stays idle (two checks
+    half a second apart: a page may rerun itself right after a first render); no exception."""
     page.wait_for_timeout(150)  # let the rerun an action triggered start
+    for _ in range(2):
+        page.locator(expect).first.wait_for(timeout=timeout_s * 1000)
+        page.wait_for_function(IDLE, timeout=timeout_s * 1000, polling=100)
+        page.wait_for_timeout(500)
     page.locator(expect).first.wait_for(timeout=timeout_s * 1000)
-    page.wait_for_function(IDLE, timeout=timeout_s * 1000, polling=100)
     errors = page.locator("[data-testid='stException']")
     assert errors.count() == 0, errors.first.inner_text()
 

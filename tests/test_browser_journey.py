@@ -32,7 +32,9 @@ def explain_upload(page, patch) -> None:
     settle(page, "text=P(tumour)")
     page.get_by_text("Upload patches").click()
     settle(page, "text=Upload PNG")
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(patch)
+    page.locator("[data-testid='stFileUploaderDropzoneInput'][accept*='.png']").set_input_files(
+        patch
+    )
     settle(page, f"[data-testid='stImage'] >> text={patch.name}")
 
 
