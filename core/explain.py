@@ -209,6 +209,10 @@ def _run_cam(cam, model, x, fixed_class, aug_smooth, eigen_smooth, tta):
         return cam(
             input_tensor=x, targets=targets, aug_smooth=True, eigen_smooth=eigen_smooth
         ), logits
+    # Our own D4 loop rather than pytorch-grad-cam's tta_transforms (ttach): core.d4 is the one
+    # definition of the 8 transforms, shared with training augmentation and prediction TTA, and
+    # aug_smooth (the library's flip + brightness TTA) still composes inside each transform;
+    # tta_transforms replaces aug_smooth's list and is fixed when the CAM object is built.
     maps = [
         g.invert(
             cam(

@@ -27,6 +27,7 @@ class ModelSpec:
     description: str
     input_size: int  # default side length in pixels; the card records what was trained
     target_layer: str  # dotted path for Grad-CAM, e.g. "layer4.-1"
+    classifier: str  # dotted path of the final Linear (2 logits), as timm's cfg "classifier"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     builder: Callable[[bool], tuple[nn.Module, str | None]]  # pretrained -> (model, notice)
@@ -59,22 +60,23 @@ def cached_weights_path(weights_name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def _replace_head(model: nn.Module, name: str) -> nn.Module:
+def _two_class_head(model: nn.Module, classifier: str) -> nn.Module:
+    """Swap the ImageNet Linear at ``classifier`` (e.g. "fc", "classifier.-1") for 2 logits."""
     from torch import nn
 
-    if name.startswith("resnet"):
-        model.fc = nn.Linear(model.fc.in_features, 2)
-    elif name.startswith("densenet"):
-        model.classifier = nn.Linear(model.classifier.in_features, 2)
-    elif name.startswith("efficientnet"):
-        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, 2)
-    else:  # pragma: no cover - registry and this function are edited together
-        raise KeyError(name)
+    parent_path, _, last = classifier.rpartition(".")
+    parent = get_target_layer(model, parent_path) if parent_path else model
+    old = get_target_layer(model, classifier)
+    new = nn.Linear(old.in_features, 2)
+    if last.lstrip("-").isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
     return model
 
 
 def _torchvision_builder(
-    name: str, weights_name: str
+    name: str, weights_name: str, classifier: str
 ) -> Callable[[bool], tuple[nn.Module, str | None]]:
     def build(pretrained: bool) -> tuple[nn.Module, str | None]:
         import torch
@@ -91,20 +93,21 @@ def _torchvision_builder(
                     f"No ImageNet weights for {name} in the local torch cache ({path}); "
                     "nothing is downloaded, so the model trains from scratch."
                 )
-        return _replace_head(model, name), notice
+        return _two_class_head(model, classifier), notice
 
     return build
 
 
-def _tv(name: str, weights: str, target_layer: str, description: str) -> ModelSpec:
+def _tv(name: str, weights: str, target_layer: str, classifier: str, description: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         description=description,
         input_size=96,
         target_layer=target_layer,
+        classifier=classifier,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        builder=_torchvision_builder(name, weights),
+        builder=_torchvision_builder(name, weights, classifier),
         torchvision_weights=weights,
     )
 
@@ -117,6 +120,7 @@ MODELS: dict[str, ModelSpec] = {
             description="Kaggle HCD seed CNN: 3 conv blocks 32/64/128 + dense 128 (2.45M params, 96 px)",
             input_size=96,
             target_layer="features.2.2",
+            classifier="classifier.-1",
             mean=RESCALE_MEAN,
             std=RESCALE_STD,
             builder=_seed_builder("HCDSeedCNN"),
@@ -126,6 +130,7 @@ MODELS: dict[str, ModelSpec] = {
             description="IDC seed CNN: 6 convs 32-32-64-64-128-128 + dense 128 (50 px)",
             input_size=50,
             target_layer="features.2.5",
+            classifier="classifier.-1",
             mean=RESCALE_MEAN,
             std=RESCALE_STD,
             builder=_seed_builder("IDCSeedCNN"),
@@ -135,6 +140,7 @@ MODELS: dict[str, ModelSpec] = {
             description="BatchNorm CNN: 4 blocks of 2 convs 32-64-128-256 + global pool (1.2M params, any size)",
             input_size=50,
             target_layer="features.3",
+            classifier="classifier.-1",
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             builder=_seed_builder("BNCNN"),
@@ -144,22 +150,29 @@ MODELS: dict[str, ModelSpec] = {
             description="Small ResNet: 3x3 stem + 3 stages of 2 basic blocks 32-64-128 (0.7M params, any size)",
             input_size=50,
             target_layer="stages.-1",
+            classifier="head.-1",
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             builder=_seed_builder("SmallResNet"),
         ),
-        _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4.-1", "torchvision ResNet-18"),
-        _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V2", "layer4.-1", "torchvision ResNet-50"),
+        _tv(
+            "resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4.-1", "fc", "torchvision ResNet-18"
+        ),
+        _tv(
+            "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "layer4.-1", "fc", "torchvision ResNet-50"
+        ),
         _tv(
             "densenet121",
             "DenseNet121_Weights.IMAGENET1K_V1",
             "features.norm5",
+            "classifier",
             "torchvision DenseNet-121",
         ),
         _tv(
             "efficientnet_b0",
             "EfficientNet_B0_Weights.IMAGENET1K_V1",
             "features.-1",
+            "classifier.-1",
             "torchvision EfficientNet-B0",
         ),
     )
