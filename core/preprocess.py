@@ -51,7 +51,11 @@ def predict_proba(
     loaded: LoadedModel, images: np.ndarray | torch.Tensor, batch_size: int = 256
 ) -> np.ndarray:
     """Calibrated P(tumour) for each uint8 patch (the card's map; identity for checkpoints
-    written before calibration existed), computed in batches on the model's device."""
+    written before calibration existed), computed in batches on the model's device.
+
+    The plain reference path: no prefetching, no TTA, no channels_last. The app's paths
+    (``core.evaluate.predict_split``, ``core.explain.compute_cams``) are optimised variants, and
+    the tests check each of them against this one, so it stays here beside ``to_model_input``."""
     device = loaded.device
     out = []
     for start in range(0, len(images), batch_size):
