@@ -228,7 +228,7 @@ def no_trainer(monkeypatch):
 
 def test_a_run_is_named_after_its_model_and_the_users_name(fake_idc, tmp_path, no_trainer):
     auto = jobs.start_run({"data": str(fake_idc.root)}, runs_dir=tmp_path / "runs")
-    assert "-idc_cnn-" in auto.name  # the trainer's pick for 50 px patches, not "auto"
+    assert "-bn_cnn-" in auto.name  # the trainer's pick for 50 px patches, not "auto"
     named = jobs.start_run(
         {"data": str(fake_idc.root), "model": "resnet18"}, runs_dir=tmp_path / "runs",
         name="lr sweep #2",

@@ -62,7 +62,7 @@ def test_pretrained_weights_come_from_the_local_cache(tmp_path, monkeypatch):
 
 
 def test_recommended_model_follows_patch_size():
-    assert recommended_model(50) == "idc_cnn"
+    assert recommended_model(50) == "bn_cnn"
     assert recommended_model(96) == "hcd_cnn"
 
 

@@ -45,7 +45,7 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     assert not at.exception, at.exception
     runs = jobs.list_runs()
     assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
-    assert "-idc_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
+    assert "-bn_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
     deadline = time.monotonic() + 150
     while (
         jobs.read_status(runs[0].path)["state"] in jobs.ACTIVE_STATES

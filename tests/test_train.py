@@ -65,7 +65,7 @@ def quick(data, **overrides) -> TrainConfig:
         dict(device="tpu"),
         dict(img_size=8),
         dict(label_smoothing=1.0),
-        dict(warmup_epochs=10),  # as many as the epochs: no cosine left
+        dict(epochs=10, warmup_epochs=10),  # as many as the epochs: no cosine left
     ],
 )
 def test_config_rejects_bad_values(bad):
@@ -222,7 +222,7 @@ def test_fit_writes_the_run_directory_with_full_checkpoints(demo_root, tmp_path)
     for name in ("config.json", "metrics.jsonl", "status.json", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "idc_cnn" and config["img_size"] == 50  # resolved from the data
+    assert config["model"] == "bn_cnn" and config["img_size"] == 50  # resolved from the data
     metrics = jobs.read_metrics(run)
     assert set(metrics["split"]) == {"train", "valid"}
     assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
@@ -230,7 +230,7 @@ def test_fit_writes_the_run_directory_with_full_checkpoints(demo_root, tmp_path)
     for name in ("best.pt", "last.pt"):
         loaded = load_checkpoint(run / name)
         card = loaded.card
-        assert card.arch == "idc_cnn" and card.input_size == 50 and card.dataset_format == "idc"
+        assert card.arch == "bn_cnn" and card.input_size == 50 and card.dataset_format == "idc"
         assert card.split_manifest_id == open_dataset(demo_root / "idc").manifest_id
         assert card.synthetic_data and card.train_config["epochs"] == 2
         assert 0 <= card.metrics["valid_auc"] <= 1

@@ -66,7 +66,7 @@ def register(sub) -> None:
         "--class-weighting",
         dest="class_weighting",
         action=argparse.BooleanOptionalAction,
-        help="weight the loss by inverse class frequency",
+        help="weight the loss by inverse class frequency (default on)",
     )
     p.add_argument(
         "--label-smoothing",
