@@ -323,16 +323,19 @@ def start_run(
 
 def cancel_run(run_dir: Path, grace_s: float = 0.0) -> bool:
     """Ask a live run to stop (SIGTERM; the trainer then writes "cancelled"). A run whose
-    process is gone is marked cancelled directly. Returns False if the run had already ended."""
+    process is gone is marked cancelled directly. Returns False if the run had already ended.
+
+    Only the trainer (rank 0 under torchrun) is signalled, never its process group: its
+    DataLoader workers share that group, and killing them under the trainer's feet ended runs
+    as "failed". The trainer stops at its next step or validation batch (every rank at the same
+    step under torchrun), shuts its workers down and writes "cancelled" itself."""
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return False
     pid = status_pid(status)
     if pid and process_alive(pid, status.get("pid_start")):
-        # Runs started by start_run lead their own process group (torchrun children included).
-        target = os.killpg if os.getpgid(pid) == pid else os.kill
-        target(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and process_alive(pid, status.get("pid_start")):
             time.sleep(0.1)

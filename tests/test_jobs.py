@@ -3,12 +3,14 @@ detection, the config -> command-line mapping, and real background runs started 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 
@@ -188,20 +190,49 @@ def wait_for_state(run, states, timeout=120.0):
     )
 
 
+def wait_for_status(run, predicate, what: str, timeout=120.0) -> dict:
+    """Poll status.json (written by the trainer) until ``predicate(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.read_status(run)
+        if predicate(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"{run}: no {what} after {timeout}s; log:\n{jobs.tail_log(run)}")
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live children of ``pid`` (here: its DataLoader workers), from procfs."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children |= {int(c) for c in (task / "children").read_text().split()}
+    return children
+
+
 @pytest.mark.slow
-def test_start_run_in_the_background_then_cancel(demo_root, tmp_path):
-    cfg = {"data": str(demo_root / "idc"), "epochs": 50, "batch_size": 8, "log_every": 1}
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs procfs")
+def test_start_run_with_loader_workers_then_cancel_ends_cancelled(demo_root, tmp_path):
+    """cancel_run signals the trainer only: it stops at its next step, shuts its two DataLoader
+    workers down and writes "cancelled" (signalling the group killed the workers first and the
+    run ended "failed")."""
+    cfg = {
+        "data": str(demo_root / "idc"), "epochs": 50, "batch_size": 8, "log_every": 1,
+        "device": "cpu", "workers": 2,
+    }  # fmt: skip
     run = jobs.start_run(cfg, runs_dir=tmp_path)
     assert jobs.read_status(run)["state"] in ("queued", "running")
     assert [r.path for r in jobs.list_runs(tmp_path)] == [run]
-    wait_for_state(run, ("running",))
-    deadline = time.monotonic() + 120
-    while jobs.read_metrics(run).empty and time.monotonic() < deadline:
-        time.sleep(0.25)
+    status = wait_for_status(
+        run, lambda s: (s.get("progress") or {}).get("step", 0) >= 1, "first logged step"
+    )
+    workers = child_pids(status["pid"])
+    assert len(workers) == 2
     assert jobs.cancel_run(run)
-    status = wait_for_state(run, ("cancelled", "failed"), timeout=60)
+    status = wait_for_state(run, ("cancelled", "failed", "finished"), timeout=60)
     assert status["state"] == "cancelled", status
     assert wait_for_exit(status["pid"])
+    assert not [pid for pid in workers if jobs.process_alive(pid)]  # none outlives the trainer
 
 
 def wait_for_exit(pid: int, timeout: float = 20.0) -> bool:

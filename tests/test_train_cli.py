@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -60,49 +60,78 @@ def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
     assert jobs.read_status(run)["state"] == "failed"
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+# `python -m core train` in a process that signals itself the moment its trainer writes a chosen
+# event into the run directory ("step:N": the N-th training metrics line; "valid:N": the N-th
+# start of validation): deterministic on any machine, where a test polling from outside races a
+# fast GPU that finishes short epochs between two polls.
+SIGNAL_AT_EVENT = """
+import os, signal, sys
+from core import jobs
+from core.__main__ import main
+
+sig, (kind, n), argv = getattr(signal, sys.argv[1]), sys.argv[2].split(":"), sys.argv[3:]
+seen = {"step": 0, "valid": 0}
+real_append, real_status = jobs.append_metrics, jobs.write_status
+
+def event(name):
+    seen[name] += 1
+    if name == kind and seen[name] == int(n):
+        os.kill(os.getpid(), sig)
+
+def append_metrics(run_dir, records):
+    real_append(run_dir, records)
+    for record in records:
+        if record.get("split") == "train":
+            event("step")
+
+def write_status(run_dir, **fields):
+    status = real_status(run_dir, **fields)
+    if fields.get("phase") == "valid":
+        event("valid")
+    return status
+
+jobs.append_metrics, jobs.write_status = append_metrics, write_status
+sys.exit(main(["train", *argv]))
+"""
+
+
+def train_until(signal_name: str, event: str, *args) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-c", SIGNAL_AT_EVENT, signal_name, event, *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "event, finished_epochs",
+    [("step:1", 0), ("step:9", 1), ("valid:2", 1)],
+    ids=["first step", "mid-epoch", "during validation"],
+)
+def test_sigterm_with_loader_workers_ends_cancelled(demo_root, tmp_path, event, finished_epochs):
+    """SIGTERM (what cancel_run sends) with two DataLoader workers, at the first step, in the
+    middle of epoch 2 and during epoch 2's validation: the run always ends "cancelled" and
+    last.pt holds the last finished epoch."""
+    run = tmp_path / "run"
+    args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
+    args += ["--limit-batches", "6", "--log-every", "1", "--workers", "2", "--out", run]
+    result = train_until("SIGTERM", event, *args)
+    assert result.returncode == 130, result.stderr[-3000:]
+    status = jobs.read_status(run)
+    assert status["state"] == "cancelled", status
+    if finished_epochs:
+        assert load_payload(run / "last.pt")["loop"]["epoch"] == finished_epochs
+        assert load_checkpoint(run / "last.pt").card.arch == "idc_cnn"
+    else:
+        assert not (run / "last.pt").exists()
 
 
 def test_sigkill_mid_epoch_then_resume_finishes(demo_root, tmp_path):
     run = tmp_path / "run"
     args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "16", "--log-every", "1"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "core",
-            "train",
-            *map(str, args),
-            "--limit-batches",
-            "4",
-            "--out",
-            str(run),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        # kill once the second epoch has logged progress (last.pt of epoch 1 is on disk)
-        def in_epoch_2():
-            metrics = jobs.read_metrics(run)
-            return bool(((metrics["split"] == "train") & (metrics["epoch"] == 1)).any())
-
-        wait_for(in_epoch_2, 120, "progress in epoch 2")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    # killed at step 2 of epoch 2 (4 steps per epoch), after last.pt of epoch 1 was written
+    result = train_until("SIGKILL", "step:6", *args, "--limit-batches", "4", "--out", run)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     status = jobs.read_status(run)
     assert status["state"] == "failed" and status["killed"]  # dead pid detected
-    # killed during epoch 2 (maybe just after its checkpoint): at most that epoch is lost
-    assert load_payload(run / "last.pt")["loop"]["epoch"] in (1, 2)
+    assert load_payload(run / "last.pt")["loop"]["epoch"] == 1
 
     result = core_cli("train", "--resume", str(run))
     assert result.returncode == 0, result.stderr
@@ -125,3 +154,25 @@ def test_torchrun_two_process_gloo_run_on_cpu(demo_root, tmp_path):
     # rank 0 logged its 2 steps per epoch; validation gathered both ranks' shards
     assert metrics.query("split == 'train'")["step"].max() == 2 * 2
     assert (metrics.query("split == 'valid'")["n"] == 2 * 16 * 2).all()
+
+
+def test_torchrun_cancel_of_rank_0_stops_every_rank_at_the_same_step(demo_root, tmp_path):
+    """cancel_run signals rank 0 only (its pid is in status.json): the ranks agree on the stop at
+    the next logged step, so none is left waiting in a collective and the run ends cancelled."""
+    run, script = tmp_path / "run", tmp_path / "signal_at_event.py"
+    script.write_text(SIGNAL_AT_EVENT)
+    args = ["--data", demo_root / "idc", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
+    args += ["--limit-batches", "4", "--log-every", "1", "--out", run]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(script), "SIGTERM", "step:2", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert result.returncode != 0  # torchrun reports ranks that exit 130 as failed
+    status = jobs.read_status(run)
+    assert status["state"] == "cancelled", result.stderr[-3000:]
+    train_steps = jobs.read_metrics(run).query("split == 'train'")["step"]
+    assert train_steps.max() <= 3  # stopped at the step after the signal, not at the end
