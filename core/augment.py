@@ -7,12 +7,14 @@ are the same whether or not the run was resumed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from core.d4 import D4_GROUP
+from core.device import to_device
 
 # Ruifrok & Johnston H&E-DAB stain vectors, as in skimage.color.rgb2hed.
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -31,21 +33,23 @@ class Augmentation:
     brightness: float = 0.05  # factor ~ U(1 - b, 1 + b)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 N×H×W×3 on any device -> augmented uint8 N×H×W×3 on the same device.
+
+        Every random draw is made on the host (``generator`` is a CPU generator) and copied
+        over without waiting; the device only gathers and computes. Each patch's D4 transform
+        is a gather through a precomputed index map, never a boolean mask (``out[mask] = ...``
+        makes the host wait for the device once per transform).
+        """
         n, h, w, _ = images.shape
-        x = images.permute(0, 3, 1, 2)  # NCHW view: D4 acts on the last two axes
-        n_ops = len(D4_GROUP) if h == w else 2  # quarter turns need square patches
-        ops = torch.randint(0, n_ops, (n,), generator=generator).to(x.device)
-        out = torch.empty_like(x)
-        for j in range(n_ops):  # one batched op per transform, not one per patch
-            chosen = ops == j
-            out[chosen] = D4_GROUP[j].apply(x[chosen])
-        x = out
-        log_rgb = (
-            x.permute(0, 2, 3, 1).reshape(n, h * w, 3).float().div_(255.0).clamp_(min=1e-6).log_()
-        )
+        maps = d4_index_maps(h, w, images.device)
+        ops = torch.randint(0, len(maps), (n,), generator=generator)
         matrix, offset = self.colour_transform(n, generator)
+        ops, matrix, offset = (to_device(t, images.device) for t in (ops, matrix, offset))
+        index = maps.index_select(0, ops).unsqueeze(-1).expand(n, h * w, 3)
+        x = images.reshape(n, h * w, 3).gather(1, index)
+        log_rgb = x.float().div_(255.0).clamp_(min=1e-6).log_()
         # One batched affine map in log space = HED jitter + brightness (see colour_transform).
-        log_rgb = torch.baddbmm(offset.to(x.device), log_rgb, matrix.to(x.device))
+        log_rgb = torch.baddbmm(offset, log_rgb, matrix)
         rgb = log_rgb.exp_().mul_(255.0).round_().clamp_(0, 255)
         return rgb.to(torch.uint8).view(n, h, w, 3)
 
@@ -65,6 +69,16 @@ class Augmentation:
         matrix = _HED_FROM_RGB @ torch.diag_embed(alpha) @ _RGB_FROM_HED
         offset = (_LOG_ADJUST * beta) @ _RGB_FROM_HED + torch.log(factor)[:, None]
         return matrix, offset[:, None, :]
+
+
+@functools.cache
+def d4_index_maps(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(ops, h·w) int64: row j maps each output pixel of transform j to its source pixel, for
+    the D4 transforms that keep an h×w patch's shape (all 8 when square; else the 4 without a
+    quarter turn), in ``D4_GROUP`` order."""
+    grid = torch.arange(h * w).view(h, w)
+    maps = [t.apply(grid).reshape(-1) for t in D4_GROUP if h == w or t.k % 2 == 0]
+    return to_device(torch.stack(maps), device)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:

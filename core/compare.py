@@ -229,6 +229,7 @@ def metrics_json(
     out = {}
     for name in preds:
         row = dict(at.metrics[name])
+        row["computed_with"] = dict(preds[name].attrs)  # device and precision (predict_split)
         row["auc_ci95"] = list(free[name].auc_ci) if free[name].auc_ci else None
         row["ci_unit"] = free[name].ci_unit
         row["patients"] = metrics.patient_level(labelled(preds[name]), row["threshold"])

@@ -1,4 +1,4 @@
-"""Where the work runs: device choice, autocast precision, seeding and torchrun set-up.
+"""Where the work runs: device choice, precision (autocast), seeding and torchrun set-up.
 
 Training, evaluation and CAMs import this small module instead of the training loop.
 """
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from core.train_config import PRECISIONS
 
 
 def seed_everything(seed: int) -> None:
@@ -41,12 +43,28 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device
     return torch.device(kind)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op context elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision a run computes in: "auto" = bf16 on CUDA (fp16 on GPUs without bf16),
+    fp32 elsewhere; "fp32" and "bf16" are taken as asked, on any device (bf16 autocast runs on
+    the CPU too, which is how CPU tests cover the path CUDA machines take by default)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """The autocast context of ``precision`` on ``device`` (a disabled one for fp32)."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[resolved])
 
 
 @dataclass(frozen=True)
@@ -78,3 +96,11 @@ def init_distributed(device_request: str) -> Dist:
             torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per process
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: on CUDA it is copied from
+    pinned memory with ``non_blocking`` (a plain copy synchronises host and device)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

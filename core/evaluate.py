@@ -34,7 +34,7 @@ from core.d4 import D4_GROUP
 from core.data.splits import SPLIT_NAMES
 from core.files import file_sha256, write_atomic
 
-CACHE_VERSION = 2  # 2: the key includes the split's data files
+CACHE_VERSION = 3  # 2: the split's data files in the key; 3: device and precision
 LOG = logging.getLogger("histolens")
 _UNWRITABLE: set[str] = set()  # cache folders already reported (one notice each per process)
 SPLITS = (*reversed(SPLIT_NAMES), "all")  # evaluation choices, test (the default) first
@@ -70,22 +70,38 @@ def predict_split(
     progress: Progress | None = None,
     batch_size: int | None = None,
     device=None,
+    precision: str = "auto",
 ) -> pd.DataFrame:
     """P(tumour) for every patch of ``split`` ("all" = every patch), from the cache if present.
 
-    ``tta`` averages the softmax over the 8 dihedral transforms (``core.d4``).
+    ``tta`` averages the softmax over the 8 dihedral transforms (``core.d4``). ``frame.attrs``
+    holds the ``device`` type and ``precision`` that computed the probabilities; both are part
+    of the cache key, so bf16 predictions are never served as fp32 ones (or CPU as CUDA).
     """
-    cache = prediction_cache_path(checkpoint_path, ds, split, tta)
+    how = how_it_runs(device, precision)
+    cache = prediction_cache_path(checkpoint_path, ds, split, tta, **how)
     frame = _read_cached(cache)
     if frame is not None:
         if progress is not None:
             progress(len(frame), len(frame))
-        return frame
-    indices = split_indices(ds, split)
-    probs = predict_indices(checkpoint_path, ds, indices, tta, progress, batch_size, device)
-    frame = prediction_frame(ds, indices, probs)
-    _store(frame, cache)
+    else:
+        indices = split_indices(ds, split)
+        probs = predict_indices(
+            checkpoint_path, ds, indices, tta, progress, batch_size, device, precision=precision
+        )
+        frame = prediction_frame(ds, indices, probs)
+        _store(frame, cache)
+    frame.attrs.update(how)
     return frame
+
+
+def how_it_runs(device=None, precision: str = "auto") -> dict[str, str]:
+    """{"device": cuda | mps | cpu, "precision": fp32 | bf16 | fp16} that a prediction with
+    these requests computes in (None and "auto" resolved as core.device resolves them)."""
+    from core.device import resolve_device, resolve_precision
+
+    resolved = resolve_device(str(device or "auto"))
+    return {"device": resolved.type, "precision": resolve_precision(precision, resolved)}
 
 
 def _read_cached(cache: Path) -> pd.DataFrame | None:
@@ -158,7 +174,11 @@ def split_indices(ds, split: str) -> np.ndarray:
     return np.sort(ds.indices(split=None if split == "all" else split))
 
 
-def prediction_cache_path(checkpoint_path, ds, split: str, tta: bool) -> Path:
+def prediction_cache_path(
+    checkpoint_path, ds, split: str, tta: bool, device: str = "cpu", precision: str = "fp32"
+) -> Path:
+    """The cache file of these predictions; ``device``/``precision`` as resolved by
+    ``how_it_runs`` (bf16 probabilities differ from fp32 ones by up to ~1e-3)."""
     sha = file_sha256(checkpoint_path)
     identity = {
         "checkpoint_sha256": sha,
@@ -168,6 +188,8 @@ def prediction_cache_path(checkpoint_path, ds, split: str, tta: bool) -> Path:
         "split": split,
         "data_files": ds.data_fingerprint(split_indices(ds, split)),
         "tta": bool(tta),
+        "device": device,
+        "precision": precision,
         "version": CACHE_VERSION,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -199,10 +221,12 @@ def predict_indices(
     batch_size=None,
     device=None,
     calibrated: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
     """P(tumour) of the given patches (no cache): the prefetching loader + forward loop.
     Mapped by the checkpoint card's calibration unless ``calibrated=False`` (the raw softmax,
-    which a calibration is fitted on). ``batch_size`` None: 128 on CUDA, 32 elsewhere."""
+    which a calibration is fitted on). ``batch_size`` None: 128 on CUDA, 32 elsewhere.
+    Computed in ``precision`` (core.device: auto = bf16 on CUDA, fp32 elsewhere)."""
     import torch
 
     from core.checkpoints import check_finite_probabilities, load_checkpoint
@@ -222,7 +246,7 @@ def predict_indices(
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     probs, done = [], 0
     for chunk, x in zip(chunks, prefetch(map(load, chunks)), strict=True):
-        probs.append(forward_probs(model, x, tta))
+        probs.append(forward_probs(model, x, tta, precision))
         done += len(chunk)
         if progress is not None:
             progress(done, len(indices))
@@ -230,16 +254,14 @@ def predict_indices(
     return loaded.card.calibrated(probs) if calibrated else probs
 
 
-def forward_probs(model, x, tta: bool = False) -> np.ndarray:
-    """Softmax P(tumour), averaged over the 8 D4 transforms when ``tta``.
-
-    Autocast on CUDA only (``core.device.autocast_for``): fp32 elsewhere.
-    """
+def forward_probs(model, x, tta: bool = False, precision: str = "auto") -> np.ndarray:
+    """Softmax P(tumour), averaged over the 8 D4 transforms when ``tta``, in ``precision``
+    (``core.device.autocast_for``)."""
     import torch
 
     from core.device import autocast_for
 
-    with torch.inference_mode(), autocast_for(x.device):
+    with torch.inference_mode(), autocast_for(x.device, precision):
         if not tta:  # not D4_GROUP[0].apply(x): rot90(k=0) would copy the batch for nothing
             return torch.softmax(model(x).float(), dim=1)[:, 1].cpu().numpy()
         total = sum(torch.softmax(model(g.apply(x)).float(), dim=1)[:, 1] for g in D4_GROUP)
@@ -383,6 +405,7 @@ def evaluate_checkpoint(
         "format": ds.format,
         "split": split,
         "tta": bool(tta),
+        "computed_with": dict(preds.attrs),  # device and precision of the probabilities
         **binary_metrics(y, prob, threshold),
         "threshold_source": source,
         "auc_ci95": list(ci) if ci else None,

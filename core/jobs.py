@@ -8,6 +8,9 @@ A run is a directory under ``config.runs_dir()`` (one per run, never shared)::
                         (the process's start time, telling a reused pid apart), "host",
                         "created", "started", "updated", "ended", "progress": {epoch, epochs,
                         step, steps_per_epoch, fraction, images_per_s, eta_s}, "best": {...},
+                        "device", "precision" (as resolved), "phase": train|valid,
+                        "first_step_at" (unix seconds, once the first step ran) and
+                        "startup" {imports, dataset, model, loaders: when each stage ended},
                         "error": one line, "traceback": str}
         metrics.jsonl  one JSON object per logged step or epoch: epoch, step, split, loss,
                        accuracy, auc, lr, images_per_s, time (unix seconds)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoints import LoadedModel, ModelCard, check_finite_probabilities
-from core.device import autocast_for
+from core.device import autocast_for, to_device
 
 
 def to_model_input(
@@ -39,8 +39,8 @@ def to_model_input(
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
-    mean = torch.tensor(card.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(card.std, device=x.device).view(1, 3, 1, 1)
+    # torch.tensor(..., device="cuda") would make the host wait for the device
+    mean, std = to_device(torch.tensor([card.mean, card.std]), x.device).view(2, 1, 3, 1, 1)
     x = x.sub_(mean).div_(std)  # in place: x is a fresh float tensor; saves two full copies
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)
@@ -48,10 +48,14 @@ def to_model_input(
 
 @torch.inference_mode()
 def predict_proba(
-    loaded: LoadedModel, images: np.ndarray | torch.Tensor, batch_size: int = 256
+    loaded: LoadedModel,
+    images: np.ndarray | torch.Tensor,
+    batch_size: int = 256,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Calibrated P(tumour) for each uint8 patch (the card's map; identity for checkpoints
-    written before calibration existed), computed in batches on the model's device.
+    written before calibration existed), computed in batches on the model's device in
+    ``precision`` (core.device: auto = bf16 on CUDA, fp32 elsewhere).
 
     The plain reference path: no prefetching, no TTA, no channels_last. The app's paths
     (``core.evaluate.predict_split``, ``core.explain.compute_cams``) are optimised variants, and
@@ -60,7 +64,7 @@ def predict_proba(
     out = []
     for start in range(0, len(images), batch_size):
         x = to_model_input(images[start : start + batch_size], loaded.card, device)
-        with autocast_for(device):
+        with autocast_for(device, precision):
             logits = loaded.model(x)
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
     probs = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import os
 import socket
@@ -39,17 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
 from core import jobs, run_lock
 from core.augment import Augmentation, epoch_generator
 from core.checkpoints import ModelCard, load_payload, save_checkpoint
-from core.device import Dist, autocast_for, init_distributed, resolve_device, seed_everything
+from core.device import (
+    Dist,
+    autocast_for,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from core.errors import is_disk_full, one_line
 from core.files import link_atomic
-from core.loaders import BatchReader, make_loader
+from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
 from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
@@ -69,10 +76,10 @@ class Runtime:
     device: torch.device
     card: ModelCard
     channels_last: bool = False
-    amp: bool = False
+    precision: str = "fp32"  # as resolved by core.device.resolve_precision
 
     def autocast(self):
-        return autocast_for(self.device) if self.amp else contextlib.nullcontext()
+        return autocast_for(self.device, self.precision)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return to_model_input(images, self.card, self.device, channels_last=self.channels_last)
@@ -110,6 +117,8 @@ def _one_thread_on_cpu(device: torch.device):
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     """ROC AUC from scikit-learn; None when only one class is present."""
+    from sklearn.metrics import roc_auc_score  # here: ~1 s of import off the way to step one
+
     if len(np.unique(labels)) < 2:
         return None
     return float(roc_auc_score(labels, probs))
@@ -138,10 +147,17 @@ def train_one_epoch(
     limit: int | None = None,
     log_every: int = 10,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``. ``scheduler`` (if given) steps every batch. ``on_log`` gets a
-    record every ``log_every`` steps and at the end: loss/accuracy/AUC over that window."""
+    record every ``log_every`` steps and at the end: loss/accuracy/AUC over that window;
+    ``on_step(step)`` is called after every optimizer step; ``should_stop()`` before each.
+
+    The host never waits for the device inside a step (batches come pinned and move with
+    ``non_blocking``, augmentation draws on the host and gathers on the device), so it runs
+    ahead reading and queueing the next batch; the one synchronisation is the window flush
+    every ``log_every`` steps."""
     model.train()
     total = steps_in(loader, limit)
     window = _Window()
@@ -165,6 +181,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if on_step is not None:
+            on_step(step)
         window.add(loss, logits, labels)
         if step % log_every == 0 or step == total:
             record = window.flush()  # the only host-device sync, once per window
@@ -221,10 +239,14 @@ def evaluate(
     rt: Runtime,
     *,
     dist_info: Dist = Dist(),
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy and ROC AUC (scikit-learn) over ``loader``; shards are gathered across
-    ranks so every rank returns the same numbers."""
-    y, p, loss_sum = predictions(model, loader, criterion, rt, dist_info=dist_info)
+    ranks so every rank returns the same numbers. ``should_stop()`` is asked before each batch
+    (single process only: a rank leaving validation alone would strand the others)."""
+    y, p, loss_sum = predictions(
+        model, loader, criterion, rt, dist_info=dist_info, should_stop=should_stop
+    )
     n = len(y)
     return {
         "loss": loss_sum / n if n else float("nan"),
@@ -242,20 +264,25 @@ def predictions(
     rt: Runtime,
     *,
     dist_info: Dist = Dist(),
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, softmax P(tumour), summed loss) over ``loader``, gathered across ranks."""
+    """(labels, softmax P(tumour), summed loss) over ``loader``, gathered across ranks.
+    Results stay on the device until the end: one synchronisation, not one per batch."""
     model.eval()
-    labels_all, probs_all, loss_sum = [], [], 0.0
+    labels_all, probs_all, losses = [], [], []
     for images, labels in loader:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled()
         inputs = rt.prepare(images.to(rt.device, non_blocking=True))
+        labels = labels.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(inputs)
-        labels = labels.to(rt.device)
-        loss_sum += float(criterion(logits.float(), labels)) * len(labels)
-        probs_all.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
-        labels_all.append(labels.cpu().numpy())
-    y = np.concatenate(labels_all) if labels_all else np.zeros(0, dtype=np.int64)
-    p = np.concatenate(probs_all) if probs_all else np.zeros(0, dtype=np.float32)
+        losses.append(criterion(logits.float(), labels) * len(labels))
+        probs_all.append(torch.softmax(logits.float(), dim=1)[:, 1])
+        labels_all.append(labels)
+    y = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
+    p = torch.cat(probs_all).float().cpu().numpy() if probs_all else np.zeros(0, np.float32)
+    loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
     if dist_info.enabled:
         gathered: list = [None] * dist_info.world
         dist.all_gather_object(gathered, (y, p, loss_sum))
@@ -370,6 +397,12 @@ def fit(
             writer.end("cancelled")
         raise
     except BaseException as exc:
+        if should_stop is not None and should_stop():
+            # Stopping when something signalled the whole process group (a terminal, torchrun's
+            # agent, a scheduler): the loader's workers got the signal too and died first.
+            if writer:
+                writer.end("cancelled", cancel_detail=one_line(str(exc)))
+            raise TrainingCancelled() from exc
         if writer:
             message = failure_line(exc, run_dir)
             writer.end("failed", error=message, traceback=traceback.format_exc())
@@ -399,6 +432,8 @@ class _RunWriter:
         self.run_dir = run_dir
         self.t0 = time.perf_counter()
         self.first_step = 0  # global step this process started from (after a resume)
+        self.stepped = False  # first_step_at written
+        self.startup: dict[str, float] = {}
         self.images_per_s: float | None = None  # last training pace, kept through validation
 
     def start(self, notices: list[str]) -> None:
@@ -418,14 +453,32 @@ class _RunWriter:
             traceback=None,
         )
 
-    def begin(self, cfg: TrainConfig, state: LoopState, notice: str | None) -> None:
-        """The resolved config, the set-up notice, and metrics of finished epochs only."""
-        if notice:
-            print(notice, flush=True)
-            jobs.write_status(self.run_dir, notice=notice)
-        jobs.write_config(self.run_dir, asdict(cfg))
+    def begin(self, s: _Setup, state: LoopState) -> None:
+        """The resolved config, device and precision, the set-up notice, and metrics of
+        finished epochs only."""
+        if s.notice:
+            print(s.notice, flush=True)
+        jobs.write_status(
+            self.run_dir, notice=s.notice, device=str(s.rt.device), precision=s.rt.precision
+        )
+        jobs.write_config(self.run_dir, asdict(s.cfg))
         jobs.keep_metrics(self.run_dir, before_epoch=state.epoch)
         self.first_step = state.global_step
+        self.startup = s.startup
+
+    def phase(self, name: str) -> None:
+        """What the run does now, "train" or "valid" (an event tests and pages can wait on)."""
+        jobs.write_status(self.run_dir, phase=name)
+
+    def step_done(self, step: int) -> None:
+        """Once per process: when the first optimizer step has run on the device (launch to
+        first step = ``first_step_at`` - the process start)."""
+        if self.stepped:
+            return
+        self.stepped = True
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # once per run: the time the step ran, not was queued
+        jobs.write_status(self.run_dir, first_step_at=time.time(), startup=self.startup)
 
     def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any]) -> None:
         """The validation line and the best epoch so far."""
@@ -480,11 +533,14 @@ class _Setup:
     scheduler: Any
     scaler: torch.amp.GradScaler | None
     notice: str | None  # e.g. "no ImageNet weights in the local cache: training from scratch"
+    startup: dict[str, float]  # unix times set-up stages ended (where launch time goes)
 
 
 def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     """Dataset, resolved config, device, model, loaders, loss, optimizer, scheduler."""
+    startup = {"imports": time.time()}
     ds = _open_dataset(cfg)
+    startup["dataset"] = time.time()
     cfg = resolve_config(cfg, ds)
     device = resolve_device(cfg.device, dist_info.local_rank)
     seed_everything(cfg.seed)  # same initial weights on every rank
@@ -500,8 +556,10 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         synthetic_data=ds.synthetic,
         train_config=asdict(cfg),
     )
-    rt = Runtime(device, card, channels_last=on_cuda, amp=on_cuda and cfg.amp)
+    precision = resolve_precision(cfg.precision, device)
+    rt = Runtime(device, card, channels_last=on_cuda, precision=precision)
     model.to(device, memory_format=torch.channels_last if on_cuda else torch.preserve_format)
+    startup["model"] = time.time()
 
     train_reader = BatchReader(ds, ds.indices(split="train"))
     valid_reader = BatchReader(ds, validation_indices(ds, cfg, dist_info.world))
@@ -514,7 +572,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
 
     weight = class_weights(train_reader.labels).to(device) if cfg.class_weighting else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fp16 = rt.amp and rt.autocast().fast_dtype == torch.float16
+    fp16 = precision == "fp16"  # needs loss scaling; bf16 has fp32's range
     return _Setup(
         cfg=cfg,
         ds=ds,
@@ -528,6 +586,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         scheduler=build_scheduler(cfg, optimizer, steps),
         scaler=torch.amp.GradScaler("cuda") if fp16 else None,
         notice=notice,
+        startup={**startup, "loaders": time.time()},
     )
 
 
@@ -570,20 +629,35 @@ def _save_epoch(s: _Setup, run_dir: Path, state: LoopState, val: dict, improved:
 
 def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
     s = _setup(cfg, dist_info)
+    try:
+        return _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress)
+    finally:
+        shutdown_workers(s.train_loader, s.valid_loader)
+
+
+def _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress):
     state = LoopState()
     if resume and (run_dir / "last.pt").is_file():
         state = _restore(s, run_dir, writer)
     if writer:
-        writer.begin(s.cfg, state, s.notice)
+        writer.begin(s, state)
     train_model = _for_training(s.model, s.rt.device, dist_info)
     augment = Augmentation() if s.cfg.augment else None
     show = show_progress and writer is not None
+    step_stop = _agreed_stop(should_stop, dist_info, s.rt.device, s.cfg.log_every)
+    valid_stop = None if dist_info.enabled else should_stop
     while state.epoch < s.cfg.epochs and state.bad_epochs < s.cfg.patience:
         epoch = state.epoch
-        _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop, show)
+        if writer:
+            writer.phase("train")
+        _train_epoch(s, train_model, epoch, dist_info, writer, augment, step_stop, show)
+        if writer:
+            writer.phase("valid")
         # The unwrapped model: DDP's forward syncs buffers across ranks, which would deadlock
         # when validation shards have different batch counts.
-        val = evaluate(s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info)
+        val = evaluate(
+            s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info, should_stop=valid_stop
+        )
         improved = _advance(s, state, val)
         if writer:
             # The validation line first: last.pt claims the epoch done, so a kill between the
@@ -594,6 +668,24 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
         return {}
     jobs.write_status(run_dir, calibration=_calibrate_best(s, run_dir / "best.pt"))
     return writer.finish(s.cfg, state)
+
+
+def _agreed_stop(should_stop, dist_info: Dist, device: torch.device, every: int):
+    """Under torchrun the ranks must stop at the same step: one that leaves alone strands the
+    others in a collective. cancel_run signals rank 0 only, so every ``every``-th step (the
+    logging cadence; each rank runs the same steps) the ranks all-reduce their stop flags."""
+    if should_stop is None or not dist_info.enabled:
+        return should_stop
+    calls = itertools.count()
+
+    def agreed() -> bool:
+        if next(calls) % every:
+            return False
+        flag = torch.tensor([float(should_stop())], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return agreed
 
 
 def _calibrate_best(s: _Setup, best_path: Path) -> dict[str, Any]:
@@ -668,6 +760,7 @@ def _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop,
         limit=cfg.limit_batches,
         log_every=cfg.log_every,
         on_log=on_log,
+        on_step=writer.step_done if writer else None,
         should_stop=should_stop,
     )
     bar.close()

@@ -14,6 +14,7 @@ from core.calibration import METHODS as CALIBRATIONS
 
 SCHEDULERS = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 elsewhere (core.device)
 MIN_INPUT_SIZE = 32  # the smallest input side every registered model accepts
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
     patience: int = 6  # early stopping: epochs without a better validation score
     limit_batches: int | None = None  # cap batches per epoch (train; valid: random subset)
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 on CUDA
-    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored elsewhere)
+    precision: str = "auto"  # fp32 | bf16 autocast | auto (bf16 on CUDA, fp32 elsewhere)
     log_every: int = 10  # optimizer steps between metrics lines
     best_fp16: bool = False  # store best.pt weights as float16 (half the file; load as float32)
 
@@ -60,6 +61,8 @@ class TrainConfig:
             problems.append(f"scheduler must be one of {SCHEDULERS}")
         if self.device.split(":")[0] not in DEVICES:
             problems.append(f"device must be one of {DEVICES}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}")
         if self.img_size is not None and self.img_size < MIN_INPUT_SIZE:
             problems.append(f"img_size must be >= {MIN_INPUT_SIZE}")
         if problems:

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from core import evaluate
 from core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from core.config import REPO_ROOT
 from core.d4 import D4_GROUP
 from core.data import open_dataset
 from core.models import build_model
@@ -50,15 +52,23 @@ def forward_counter(monkeypatch):
     return calls
 
 
+# Exact comparisons of two computations run both on the CPU in fp32: on a GPU, "auto" means bf16
+# autocast (probabilities move by up to ~1e-4 on these untrained models) and fp32 convolutions
+# use TF32, each differing between memory formats.
+EXACT = {"device": "cpu", "precision": "fp32"}
+
+
 def test_predictions_cover_the_split_and_match_direct_inference(pcam, ckpt):
-    preds = evaluate.predict_split(ckpt, pcam, split="test", batch_size=16)
+    preds = evaluate.predict_split(ckpt, pcam, split="test", batch_size=16, **EXACT)
+    assert preds.attrs == EXACT
     indices = pcam.indices(split="test")
     assert len(preds) == len(indices) > 0
     assert preds["index"].tolist() == sorted(indices.tolist())
     assert preds["id"].tolist() == pcam.meta["id"].iloc[preds["index"]].tolist()
     assert preds["label"].tolist() == pcam.meta["label"].iloc[preds["index"]].tolist()
     assert preds["prob"].between(0, 1).all()
-    direct = predict_proba(load_checkpoint(ckpt), pcam.read_batch(preds["index"].to_numpy()))
+    images = pcam.read_batch(preds["index"].to_numpy())
+    direct = predict_proba(load_checkpoint(ckpt), images, precision="fp32")
     np.testing.assert_allclose(preds["prob"], direct, atol=1e-5)
 
 
@@ -96,14 +106,38 @@ def test_cache_key_changes_with_split_tta_and_weights(pcam, ckpt, tmp_path, forw
 
 def test_tta_is_the_mean_over_the_eight_dihedral_views(pcam, ckpt):
     indices = pcam.indices(split="test")[:6]
-    tta = evaluate.predict_indices(ckpt, pcam, indices, tta=True, batch_size=4)
+    tta = evaluate.predict_indices(ckpt, pcam, indices, tta=True, batch_size=4, **EXACT)
     images = pcam.read_batch(indices)
     loaded = load_checkpoint(ckpt)
     nchw = images.transpose(0, 3, 1, 2)
     views = [np.ascontiguousarray(view.apply(nchw).transpose(0, 2, 3, 1)) for view in D4_GROUP]
-    expected = np.mean([predict_proba(loaded, v) for v in views], axis=0)
+    expected = np.mean([predict_proba(loaded, v, precision="fp32") for v in views], axis=0)
     np.testing.assert_allclose(tta, expected, atol=1e-5)
-    assert not np.allclose(evaluate.predict_indices(ckpt, pcam, indices), tta)
+    assert not np.allclose(evaluate.predict_indices(ckpt, pcam, indices, **EXACT), tta)
+
+
+def test_bf16_and_fp32_agree_in_auc_and_are_cached_apart(demo_root, forward_counter):
+    """The shipped demo checkpoint on the demo PCam test split, on the default device (CUDA
+    where there is one): bf16 autocast moves the AUC by less than 1e-3, and a cache written in
+    one precision is never served as the other's."""
+    ckpt = REPO_ROOT / "checkpoints" / "demo_pcam_hcd_cnn.pt"
+    pcam = open_dataset(demo_root / "pcam")
+    fp32 = evaluate.predict_split(ckpt, pcam, precision="fp32")
+    bf16 = evaluate.predict_split(ckpt, pcam, precision="bf16")
+    assert (fp32.attrs["precision"], bf16.attrs["precision"]) == ("fp32", "bf16")
+    assert forward_counter["load"] == 2  # the bf16 request did not read the fp32 cache
+    auc = [roc_auc_score(p["label"], p["prob"]) for p in (fp32, bf16)]
+    assert auc[0] > 0.9 and abs(auc[0] - auc[1]) < 1e-3, auc
+    assert 0 < np.abs(fp32["prob"] - bf16["prob"]).max() < 0.05  # really two computations
+    device = fp32.attrs["device"]
+    paths = {
+        evaluate.prediction_cache_path(ckpt, pcam, "test", False, device, p)
+        for p in ("fp32", "bf16")
+    }
+    assert len(paths) == 2 and all(path.exists() for path in paths)
+    report = evaluate.evaluate_checkpoint(ckpt, pcam, precision="bf16", n_boot=0)  # cached
+    assert report["computed_with"] == {"device": device, "precision": "bf16"}
+    assert report["auc"] == pytest.approx(auc[1])
 
 
 def test_split_all_and_unknown_split(pcam, ckpt):

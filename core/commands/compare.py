@@ -43,6 +43,7 @@ def run(args) -> int:
             progress=tqdm_progress("compare"),
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
         )
         from_card = args.threshold is None
         thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold

@@ -10,6 +10,7 @@ import json
 import sys
 
 from core.evaluate import REPORTED_METRICS, SPLITS
+from core.train_config import PRECISIONS
 
 
 def add_evaluation_arguments(p) -> None:
@@ -25,6 +26,9 @@ def add_evaluation_arguments(p) -> None:
     p.add_argument("--tta", action="store_true", help="average over the 8 D4 transforms")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 elsewhere"
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the AUC 95%% CI")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -103,6 +107,7 @@ def run(args) -> int:
             progress=tqdm_progress("evaluate"),
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
         )
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -119,6 +124,8 @@ def format_result(result: dict) -> str:
 
     keys = ("n", *REPORTED_METRICS)
     lines = [f"{result['checkpoint']} on {result['data']} [{result['split']}]"]
+    how = result["computed_with"]
+    lines.append(f"  {'computed with':18} {how['precision']} on {how['device']}")
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
     if result.get("auc_ci95"):
         lines.append(f"  {'auc 95% CI':18} {format_ci(result['auc_ci95'], digits=4)}")

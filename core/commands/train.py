@@ -19,7 +19,14 @@ import signal
 import sys
 from pathlib import Path
 
-from core.train_config import CALIBRATIONS, DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+from core.train_config import (
+    CALIBRATIONS,
+    DEFAULTS,
+    DEVICES,
+    PRECISIONS,
+    SCHEDULERS,
+    TrainConfig,
+)
 
 _NO_DEFAULT = argparse.SUPPRESS  # unset flags keep the TrainConfig default
 
@@ -101,7 +108,9 @@ def register(sub) -> None:
     )
     p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 4 on CUDA)")
     p.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, help="mixed precision on CUDA (default on)"
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32, bf16 (autocast) or auto: bf16 on CUDA, fp32 elsewhere (default auto)",
     )
     p.add_argument(
         "--log-every",
