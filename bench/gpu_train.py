@@ -279,7 +279,10 @@ def main() -> int:
         print(f"wrote {args.n} + 2 x {args.n // 8} random 96x96 patches (uncompressed h5) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
         for name, batch in parse_models(args.models, DEFAULTS["batch_size"]):
-            bench_model(name, batch, args, data, device, tmp)
+            try:
+                bench_model(name, batch, args, data, device, tmp)
+            except Exception as err:  # one shot on the GPU machine: measure the other models
+                print(f"\n{name}, batch {batch}: FAILED {type(err).__name__}: {err}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core import jobs
 from core.checkpoints import load_checkpoint, load_payload
@@ -100,17 +101,20 @@ def train_until(signal_name: str, event: str, *args) -> subprocess.CompletedProc
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 @pytest.mark.parametrize(
     "event, finished_epochs",
     [("step:1", 0), ("step:9", 1), ("valid:2", 1)],
     ids=["first step", "mid-epoch", "during validation"],
 )
-def test_sigterm_with_loader_workers_ends_cancelled(demo_root, tmp_path, event, finished_epochs):
+def test_sigterm_with_loader_workers_ends_cancelled(
+    demo_root, tmp_path, event, finished_epochs, device
+):
     """SIGTERM (what cancel_run sends) with two DataLoader workers, at the first step, in the
     middle of epoch 2 and during epoch 2's validation: the run always ends "cancelled" and
-    last.pt holds the last finished epoch."""
+    last.pt holds the last finished epoch (on CUDA too, where there is one)."""
     run = tmp_path / "run"
-    args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
+    args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "8", "--device", device]
     args += ["--limit-batches", "6", "--log-every", "1", "--workers", "2", "--out", run]
     result = train_until("SIGTERM", event, *args)
     assert result.returncode == 130, result.stderr[-3000:]
