@@ -4,9 +4,9 @@ Cache layout: ``config.cache_dir()/predictions/<sha12>-<key16>.parquet``, one ro
 columns ``index`` (position in the dataset), ``id``, ``label`` (-1 if unknown), ``prob``
 (P(tumour)) and ``patient``/``x``/``y`` where the dataset knows them. ``key16`` hashes the
 checkpoint's sha256, the dataset identity (resolved root, format, split manifest id), the size
-and mtime of every data file of the split (``ds.data_fingerprint``), the split, the TTA flag and
-``CACHE_VERSION``: a retrained checkpoint, a re-split dataset or an overwritten image never
-reuses stale predictions, and opening the same comparison again does no model forward at all.
+and mtime of every data file of the split (``ds.data_fingerprint``), the split, the TTA flag,
+the device type and precision, and ``CACHE_VERSION``: a retrained checkpoint, a re-split dataset
+or an overwritten image never reuses stale predictions (nor bf16 ones served as fp32), and opening the same comparison again does no model forward at all.
 A cache folder that cannot be written (read-only disk, full disk) means "no cache": one notice
 per folder on the ``histolens`` logger (stderr for the CLI), and the predictions are returned.
 A damaged cache file is recomputed.
