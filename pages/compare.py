@@ -18,7 +18,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import checkpoint_choices, model_names, trained_on_index
+from core.catalogue import checkpoint_choices, checkpoint_label, model_names, trained_on_index
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
@@ -32,6 +32,7 @@ from core.compare import (
     threshold_free,
 )
 from core.data import list_datasets
+from core.display import display_table
 from core.evaluate import (
     REPORTED_METRICS,
     SPLITS,
@@ -49,11 +50,21 @@ from core.figures import (
 from core.files import file_sha256
 from core.metrics import DECISION_THRESHOLD, format_ci
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
+from pages._shared.state import SESSION, keep_offered
 
 MAX_MODELS = 4
 BOOTSTRAP = 1000
 STEP = 0.001  # threshold slider step: untrained or very confident models need fine steps
 TABLE_COLUMNS = ["threshold", *REPORTED_METRICS, "n"]
+PATCH_PX = 192  # disagreement patches and their CAMs: 2× a 96 px patch, never page-wide
+CHART_PX = 290  # three charts side by side from ~920 px of page, one per row on a phone
+DISAGREEMENT_DEFAULTS = {
+    "compare_show": list(DISAGREEMENT_KINDS)[2],
+    "compare_sort": "confidence",
+    "compare_patches": 6,
+    "compare_cams": True,
+}
+MATRIX_PX = 300  # one model's confusion matrices; models wrap onto rows on narrow screens
 
 
 @st.cache_data(show_spinner="Curves and bootstrap CIs…", max_entries=16)
@@ -91,28 +102,57 @@ def apply_sensitivity_target(preds, target: float, shared: bool) -> None:
 
 
 def choose_inputs(entries, checkpoints):
-    """Sidebar: checkpoints, dataset, split, TTA."""
+    """Sidebar: checkpoints, dataset, split, TTA. Kept for the session and mirrored in the URL
+    (``?ckpt=…&ckpt=…&data=…&split=…``), so a reload or a shared link shows this comparison."""
+    names = dict(zip(checkpoints, model_names(checkpoints), strict=True))
+    seed_from_url(checkpoints, names, entries)
+    keep_offered("compare_checkpoints", checkpoints, checkpoints[:2], name=names.get)
     with st.sidebar:
         chosen = st.multiselect(
             "Checkpoints (2–4)",
             checkpoints,
-            default=checkpoints[:2],
-            format_func=lambda p: (
-                p.name if p.parent == config.checkpoints_dir() else f"{p.parent.name}/{p.name}"
-            ),
+            format_func=checkpoint_label,
             max_selections=MAX_MODELS,
+            key="compare_checkpoints",
+            persist_state=SESSION,
         )
+        trained_on = entries[trained_on_index(entries, chosen[0])] if chosen else entries[0]
+        keep_offered("compare_dataset", entries, trained_on, name=lambda e: e.name)
         entry = st.selectbox(
             "Dataset",
             entries,
-            index=trained_on_index(entries, chosen[0]) if chosen else 0,
             format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
+            key="compare_dataset",
+            persist_state=SESSION,
         )
-        split = st.selectbox("Split", SPLITS, index=0)
+        split = st.selectbox("Split", SPLITS, key="compare_split", persist_state=SESSION)
         tta = st.toggle(
-            "D4 test-time augmentation", help="average over the 8 rotations/flips (8× slower)"
+            "D4 test-time augmentation",
+            help="average over the 8 rotations/flips (8× slower)",
+            key="compare_tta",
+            persist_state=SESSION,
         )
+    st.query_params.from_dict(
+        {"ckpt": [names[p] for p in chosen], "data": entry.name, "split": split}
+    )
     return chosen, entry, split, tta
+
+
+def seed_from_url(checkpoints, names, entries) -> None:
+    """A session's first visit takes its choices from the URL; names it does not know are
+    ignored (the defaults apply)."""
+    state, params = st.session_state, st.query_params
+    if "compare_checkpoints" in state:
+        return
+    by_name = {name: path for path, name in names.items()}
+    wanted = [by_name[n] for n in params.get_all("ckpt") if n in by_name][:MAX_MODELS]
+    if len(wanted) >= 2:
+        state["compare_checkpoints"] = wanted
+    match = [e for e in entries if e.name == params.get("data")]
+    if match:
+        state["compare_dataset"] = match[0]
+    if params.get("split") in SPLITS:
+        state["compare_split"] = params["split"]
 
 
 def predictions(chosen, entry, split: str, tta: bool):
@@ -152,8 +192,11 @@ def predictions(chosen, entry, split: str, tta: bool):
 def threshold_section(names, preds) -> dict[str, float]:
     st.subheader("Thresholds")
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-    shared = c1.toggle("One shared threshold", value=False)
-    target = c2.number_input("Target sensitivity", 0.5, 1.0, 0.9, 0.01)
+    shared = c1.toggle("One shared threshold", key="compare_shared", persist_state=SESSION)
+    st.session_state.setdefault("compare_target", 0.9)
+    target = c2.number_input(
+        "Target sensitivity", 0.5, 1.0, step=0.01, key="compare_target", persist_state=SESSION
+    )
     c3.button(
         f"Choose thresholds for sensitivity ≥ {target:.2f}",
         on_click=apply_sensitivity_target,
@@ -168,13 +211,20 @@ def threshold_section(names, preds) -> dict[str, float]:
             step=STEP,
             format="%.3f",
             key=threshold_key("shared"),
+            persist_state=SESSION,  # hidden while per-model sliders show; comes back as it was
         )
         return dict.fromkeys(names, value)
     for name in names:
         st.session_state.setdefault(threshold_key(name), DECISION_THRESHOLD)
     return {
         name: col.slider(
-            f"Threshold · {name}", 0.0, 1.0, step=STEP, format="%.3f", key=threshold_key(name)
+            f"Threshold · {name}",
+            0.0,
+            1.0,
+            step=STEP,
+            format="%.3f",
+            key=threshold_key(name),
+            persist_state=SESSION,
         )
         for name, col in zip(names, st.columns(len(names)), strict=True)
     }
@@ -182,8 +232,9 @@ def threshold_section(names, preds) -> dict[str, float]:
 
 def confusion_section(names, thresholds, at) -> None:
     st.subheader("Confusion matrices")
-    for name, col in zip(names, st.columns(len(names)), strict=True):
-        with col:
+    row_of_models = st.container(horizontal=True)
+    for name in names:
+        with row_of_models.container(width=MATRIX_PX):
             row = at.table.loc[name]
             st.markdown(f"**{name}** @ {thresholds[name]:.3f}")
             for metric, col_ in zip(("sensitivity", "specificity"), st.columns(2), strict=True):
@@ -200,24 +251,23 @@ def confusion_section(names, thresholds, at) -> None:
 def curves_section(free, at) -> list:
     st.subheader("ROC, precision–recall and calibration")
     figures = [roc_figure(free, at=at), pr_figure(free), reliability_figure(free)]
-    for fig, col in zip(figures, st.columns(3), strict=True):
-        col.plotly_chart(fig)
+    charts = st.container(horizontal=True)
+    for fig in figures:
+        charts.plotly_chart(fig, width=CHART_PX)
     return figures
 
 
 def metrics_section(names, free, at) -> None:
     st.subheader("Metrics")
-    table = at.table[TABLE_COLUMNS].copy()
+    table = at.table[TABLE_COLUMNS].astype(float).round(3)
     table.insert(2, "auc_95ci", [format_ci(free[n].auc_ci) for n in names])
-    st.dataframe(
-        table,
-        column_config={c: st.column_config.NumberColumn(format="%.3f") for c in TABLE_COLUMNS[:-1]},
-    )
+    # width="stretch": a table wider than the page scrolls inside it instead of being cut off
+    st.dataframe(display_table(table), width="stretch")
     st.caption(
         "Paired tests on the same patches: McNemar = exact binomial test on the patches one model "
         "gets right and the other wrong (at the thresholds above); DeLong = difference of ROC AUCs."
     )
-    st.dataframe(at.paired, hide_index=True)
+    st.dataframe(display_table(at.paired.round(3)), hide_index=True, width="stretch")
     with st.expander("Classification report per model (as the seeds print it)"):
         for name, col in zip(names, st.columns(len(names)), strict=True):
             col.markdown(f"**{name}**")
@@ -233,7 +283,8 @@ def patients_section(ds, preds, names, thresholds, keys) -> None:
     if not groups:
         return
     st.subheader("Patients")
-    patient = st.selectbox("Patient / slide", groups)
+    keep_offered("compare_patient", groups, groups[0])
+    patient = st.selectbox("Patient / slide", groups, key="compare_patient", persist_state=SESSION)
     pictures = mosaics(keys, patient, ds, preds)
     for (label, image), col in zip(pictures.items(), st.columns(len(pictures)), strict=True):
         caption = (
@@ -251,17 +302,25 @@ def patients_section(ds, preds, names, thresholds, keys) -> None:
 def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
     st.subheader("Disagreements")
     names = list(paths)
+    for key, default in DISAGREEMENT_DEFAULTS.items():
+        st.session_state.setdefault(key, default)
     d1, d2, d3, d4 = st.columns(4)
     kind = d1.selectbox(
-        "Show", list(DISAGREEMENT_KINDS), index=2, format_func=DISAGREEMENT_KINDS.get
+        "Show",
+        list(DISAGREEMENT_KINDS),
+        format_func=DISAGREEMENT_KINDS.get,
+        key="compare_show",
+        persist_state=SESSION,
     )
     sort_by = d2.selectbox(
         "Sort by",
         ["confidence", "spread"],
         help="confidence = mean |P − threshold|; spread = max − min P",
+        key="compare_sort",
+        persist_state=SESSION,
     )
-    page_size = d3.number_input("Patches", 1, 32, 6)
-    show_cams = d4.toggle("Grad-CAM per model", value=True)
+    page_size = d3.number_input("Patches", 1, 32, key="compare_patches", persist_state=SESSION)
+    show_cams = d4.toggle("Grad-CAM per model", key="compare_cams", persist_state=SESSION)
     rows = disagreements(preds, thresholds, kind=kind, sort_by=sort_by)
     st.caption(f"{len(rows)} patches; showing the first {min(page_size, len(rows))}.")
     shown = rows.head(int(page_size))
@@ -272,19 +331,19 @@ def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
     if show_cams:
         models = {n: loaded_model(str(paths[n]), file_sha256(paths[n])) for n in names}
         overlays = cam_overlays(keys, tuple(shown["id"]), models, images)
+    # Patches keep a fixed size and wrap: without CAMs several per row, with CAMs one row each.
+    patches = st.container(horizontal=True)
     for k, (_, row) in enumerate(shown.iterrows()):
-        cols = st.columns(1 + (len(names) if overlays else 0))
         truth = "tumour" if row["label"] == 1 else "normal"
-        cols[0].image(images[k], caption=f"{row['id']} · true {truth}", width="stretch")
-        if overlays:
-            for col, name, picture in zip(cols[1:], names, overlays[k], strict=True):
-                col.image(
-                    picture,
-                    caption=f"{name}: Grad-CAM, P(tumour) {row[f'prob:{name}']:.2f}",
-                    width="stretch",
-                )
-        else:
-            cols[0].caption(" · ".join(f"{n} P(tumour) {row[f'prob:{n}']:.2f}" for n in names))
+        line = patches.container(horizontal=True) if overlays else patches
+        probs = "" if overlays else "\n" + " · ".join(f"{n} {row[f'prob:{n}']:.2f}" for n in names)
+        line.image(images[k], caption=f"{row['id']} · true {truth}{probs}", width=PATCH_PX)
+        for name, picture in zip(names, overlays[k] if overlays else [], strict=False):
+            line.image(
+                picture,
+                caption=f"{name}: Grad-CAM, P(tumour) {row[f'prob:{name}']:.2f}",
+                width=PATCH_PX,
+            )
 
 
 def export_section(entry, split, preds, thresholds, free, at, figures) -> None:

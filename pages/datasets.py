@@ -27,12 +27,15 @@ from core.data.visual import (
     mosaic_groups,
     overlay_labels,
     slide_mosaic,
+    why_empty,
 )
 from core.figures import class_balance_figure, colour_histogram_figure
 from pages._shared import dataset, ensure_demo_or_warn, public_mode
+from pages._shared.state import SESSION, keep_offered
 
 GRID = 8  # 8×8 gallery
 PER_PAGE = GRID * GRID
+THUMB_PX = 88  # gallery thumbnails keep this size and wrap: ~9 a row at 1400 px, ~5 at 800
 ALL = "all"
 LABEL_NAMES = {0: "normal (0)", 1: "tumour (1)", -1: "unlabelled"}
 
@@ -80,6 +83,8 @@ def literal(text: str) -> str:
 def choose_path() -> Path | None:
     """The dataset folder picked in the sidebar; None (with an error shown) if not allowed."""
     entries = list_datasets()
+    if entries:
+        keep_offered("datasets_entry", entries, entries[0], name=lambda e: e.name)
     with st.sidebar:
         st.subheader("Dataset")
         entry = st.selectbox(
@@ -88,6 +93,7 @@ def choose_path() -> Path | None:
             format_func=DatasetEntry.label,
             key="datasets_entry",
             on_change=reset_page,
+            persist_state=SESSION,
         )
         typed = (
             ""  # public mode: only the datasets listed under the data root, no typed paths
@@ -96,9 +102,9 @@ def choose_path() -> Path | None:
                 "…or a folder under the data root",
                 key="datasets_path",
                 help=f"Relative to {config.data_root()} (nothing outside it can be opened).",
+                persist_state=SESSION,
             )
         )
-        st.number_input("Split seed", 0, 2**31 - 1, 0, key="datasets_seed")
     if typed.strip():
         try:
             path = config.folder_in_data_root(typed)
@@ -148,23 +154,40 @@ def reset_page() -> None:
 
 
 def gallery_filters(ds, info: dict):
-    """(split, label, patient) from three select boxes; None means no filter."""
+    """(split, label, patient) from three select boxes; None means no filter. Their options
+    follow the dataset: a choice the new one does not offer goes back to "all", visibly."""
     cols = st.columns(3)
-    split = cols[0].selectbox(
-        "Split", [ALL, *info["splits"]], key="gallery_split", on_change=reset_page
-    )
     labels = sorted(ds.meta["label"].unique().tolist(), reverse=True)
+    patients = sorted(ds.meta["patient"].dropna().unique().tolist())
+    options = {
+        "gallery_split": [ALL, *info["splits"]],
+        "gallery_label": [ALL, *labels],
+        "gallery_patient": [ALL, *patients],
+    }
+    for key, offered in options.items():
+        keep_offered(key, offered, ALL)
+    split = cols[0].selectbox(
+        "Split",
+        options["gallery_split"],
+        key="gallery_split",
+        on_change=reset_page,
+        persist_state=SESSION,
+    )
     label = cols[1].selectbox(
         "Label",
-        [ALL, *labels],
+        options["gallery_label"],
         format_func=lambda v: LABEL_NAMES.get(v, v),
         key="gallery_label",
         on_change=reset_page,
+        persist_state=SESSION,
     )
-    patients = sorted(ds.meta["patient"].dropna().unique().tolist())
     patient = (
         cols[2].selectbox(
-            "Patient / slide", [ALL, *patients], key="gallery_patient", on_change=reset_page
+            "Patient / slide",
+            options["gallery_patient"],
+            key="gallery_patient",
+            on_change=reset_page,
+            persist_state=SESSION,
         )
         if patients
         else ALL
@@ -179,38 +202,40 @@ def select_patch(i: int) -> None:
 def gallery(path: str, seed: int, ds, info: dict) -> None:
     split, label, patient = gallery_filters(ds, info)
     first = page_of_gallery(path, seed, split, label, patient, 0)
-    page = st.number_input(f"Page (of {first.n_pages})", 1, first.n_pages, 1, key="gallery_page")
+    state = st.session_state
+    state["gallery_page"] = min(state.get("gallery_page", 1), first.n_pages)
+    page = st.number_input(
+        f"Page (of {first.n_pages})", 1, first.n_pages, key="gallery_page", persist_state=SESSION
+    )
     shown = page_of_gallery(path, seed, split, label, patient, int(page) - 1)
     tag = " synthetic" if info["synthetic"] else ""
     st.caption(f"Showing {len(shown.indices)} of {shown.n_matching:,}{tag} patches")
+    reason = why_empty(ds, split, label, patient)
+    if reason:
+        st.info(reason)
     grid, detail = st.columns([3, 1])
-    with grid:
-        for start in range(0, len(shown.indices), GRID):
-            cells = st.columns(GRID)
-            for cell, k in zip(
-                cells, range(start, min(start + GRID, len(shown.indices))), strict=False
-            ):
-                i = int(shown.indices[k])
-                cell.image(
-                    shown.images[k],
-                    caption=LABEL_NAMES[int(ds.meta.at[i, "label"])],
-                    width="stretch",
-                )
-                cell.button(
-                    "View",
-                    icon=":material/zoom_in:",
-                    key=f"zoom_{i}",
-                    on_click=select_patch,
-                    args=(i,),
-                    width="stretch",
-                )
+    thumbs = grid.container(horizontal=True)
+    for k, i in enumerate(map(int, shown.indices)):
+        cell = thumbs.container(width=THUMB_PX, gap=None)
+        cell.image(
+            shown.images[k], caption=LABEL_NAMES[int(ds.meta.at[i, "label"])], width=THUMB_PX
+        )
+        cell.button(
+            "",
+            icon=":material/zoom_in:",
+            help="View this patch larger, with its details",
+            key=f"zoom_{i}",
+            on_click=select_patch,
+            args=(i,),
+            width="stretch",
+        )
     with detail:
         patch_detail(ds, info, st.session_state.get("gallery_selected"))
 
 
 def patch_detail(ds, info: dict, i: int | None) -> None:
     if i is None or i >= len(ds):
-        st.caption("Click **View** under a patch to enlarge it.")
+        st.caption("Click 🔍 under a patch to enlarge it.")
         return
     image = ds.read(i)
     kind = "Synthetic patch" if info["synthetic"] else "Patch"
@@ -221,14 +246,17 @@ def patch_detail(ds, info: dict, i: int | None) -> None:
         st.image(
             mask_overlay(image, mask), width="stretch", caption="ground-truth tumour mask (red)"
         )
-    row = ds.meta.iloc[i].to_dict()
+    row = {k: v for k, v in ds.meta.iloc[i].to_dict().items() if not pd.isna(v)}  # no "None"
     row["label"] = LABEL_NAMES[int(row["label"])]
     row["size"] = "×".join(map(str, image.shape[:2]))
     st.dataframe(pd.Series({k: str(v) for k, v in row.items()}, name="value"), width="stretch")
 
 
 def colour_section(path: str, seed: int) -> None:
-    n = st.select_slider("Patches sampled", [64, 128, 256, 512, 1024], 256, key="colour_n")
+    st.session_state.setdefault("colour_n", 256)
+    n = st.select_slider(
+        "Patches sampled", [64, 128, 256, 512, 1024], key="colour_n", persist_state=SESSION
+    )
     stats = colour_statistics(path, seed, int(n))
     cols = st.columns(2)
     cols[0].dataframe(
@@ -245,10 +273,12 @@ def mosaic_section(path: str, seed: int, ds) -> None:
     if not groups:
         st.caption("No patient or slide coordinates in this dataset (HCD has none).")
         return
-    patient = st.selectbox("Patient / slide", groups, key="mosaic_patient")
+    keep_offered("mosaic_patient", groups, groups[0])
+    patient = st.selectbox("Patient / slide", groups, key="mosaic_patient", persist_state=SESSION)
     built = mosaic(path, seed, patient)
+    st.session_state.setdefault("mosaic_labels", True)
     show_labels = st.toggle(
-        "Overlay labels (red tumour, green normal)", value=True, key="mosaic_labels"
+        "Overlay labels (red tumour, green normal)", key="mosaic_labels", persist_state=SESSION
     )
     st.image(overlay_labels(built) if show_labels else built.image, width="content")
     st.caption(
@@ -271,6 +301,11 @@ try:
 except DatasetError as err:
     st.error(literal(str(err)))
     st.stop()
+with st.sidebar:
+    if ds.seeded_split:
+        st.number_input("Split seed", 0, 2**31 - 1, key="datasets_seed", persist_state=SESSION)
+    else:
+        st.caption(f"{ds.format.upper()} ships its own train/valid/test split: no seed to set.")
 
 summary_card(info)
 tab_gallery, tab_balance, tab_colour, tab_mosaic = st.tabs(

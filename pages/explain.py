@@ -19,10 +19,11 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import checkpoint_choices, model_names, trained_on_index
+from core.catalogue import checkpoint_choices, checkpoint_label, model_names, trained_on_index
 from core.config import CLASS_NAMES, TARGETS
 from core.data import DatasetEntry, list_datasets
 from core.data.visual import page_count, page_of
+from core.display import display_table
 from core.evaluate import open_dataset_for
 from core.explain import (
     CAM_METHODS,
@@ -39,6 +40,7 @@ from core.explain import (
 from core.files import file_sha256
 from core.metrics import DECISION_THRESHOLD, called_class
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
+from pages._shared.state import SESSION, keep_offered, kept_uploads
 
 ALL = "all"
 PAGE_SIZES = (4, 8, 16)
@@ -51,7 +53,18 @@ UPLOAD_TYPES = [
     "tiff",
 ]  # the browser's filter; content is checked in core
 LABELS = {ALL: "all", 0: "normal (0)", 1: "tumour (1)"}
-GRID_MIN_COLUMNS = 6
+CELL_PX = 160  # one patch or heatmap in the grid; cells wrap, however many models × methods
+SMALL_CELL_PX = 112  # beyond four heatmaps per patch
+ENLARGED_PX = 320  # the enlarge dialog: two images per row, never a page-wide stack
+# Controls whose default is not their first option (the rest start at their first option).
+DEFAULTS = {
+    "explain_methods": ["gradcam"],
+    "explain_target": "pred",
+    "explain_alpha": 0.5,
+    "explain_per_page": 8,
+    "explain_page": 1,
+    "explain_faith_n": 8,
+}
 TARGET_LABELS = {"pred": "predicted class", "tumour": "tumour", "normal": "normal"}
 
 
@@ -78,41 +91,66 @@ def gallery(
     show_spinner="Scoring faithfulness (ROAD imputes every image several times)…", max_entries=8
 )
 def faithfulness(model_keys, sample_key, methods, target, _models, _images, _masks):
-    return faithfulness_table(_models, _images, methods, masks=_masks, target=target)
+    # inside the cached function: a cache hit replays an empty slot, no bar
+    bar = st.progress(0.0, text="Scoring faithfulness…")
+    table = faithfulness_table(
+        _models,
+        _images,
+        methods,
+        masks=_masks,
+        target=target,
+        progress=lambda done, total: bar.progress(
+            done / total, text=f"Scoring faithfulness… {done}/{total} model × method pairs"
+        ),
+    )
+    bar.empty()
+    return table
 
 
-def pick_dataset_patches(first_checkpoint):
+def pick_dataset_patches(checkpoints):
     """Dataset, filters and paging -> (images, names, cache key, dataset or None, split)."""
+    first_checkpoint = checkpoints[0]
     entries = list_datasets()
     if not entries:
         st.info(f"No datasets under {config.data_root()}; add one or upload patches instead.")
         return None
+    trained_on = entries[trained_on_index(entries, first_checkpoint)]  # the data it learned from
+    keep_offered("explain_dataset", entries, trained_on, name=lambda e: e.name)
     entry = st.selectbox(
         "Dataset",
         entries,
-        index=trained_on_index(entries, first_checkpoint),  # the data the model learned from
         format_func=DatasetEntry.label,
         key="explain_dataset",
+        persist_state=SESSION,
     )
     ds = dataset_for(str(entry.path), str(first_checkpoint))
+    # another format, another split, synthetic training data on real patches: say so
+    for warning in open_dataset_for(str(entry.path), list(map(str, checkpoints)), opener=dataset)[
+        1
+    ]:
+        st.warning(warning, icon="⚠️")
     if entry.synthetic:
         st.caption(
             "Synthetic demo data: ground-truth tumour masks allow localisation scores below."
         )
     c_split, c_label, c_outcome, c_size = st.columns(4)
     splits = [ALL, *sorted(ds.meta["split"].unique())]
-    split = c_split.selectbox(
-        "Split", splits, index=splits.index("test") if "test" in splits else 0, key="explain_split"
+    keep_offered("explain_split", splits, "test" if "test" in splits else ALL)
+    split = c_split.selectbox("Split", splits, key="explain_split", persist_state=SESSION)
+    label = c_label.selectbox(
+        "Label", list(LABELS), format_func=LABELS.get, key="explain_label", persist_state=SESSION
     )
-    label = c_label.selectbox("Label", list(LABELS), format_func=LABELS.get, key="explain_label")
     outcome = c_outcome.selectbox(
         "Outcome",
         [ALL, *OUTCOMES],
         key="explain_outcome",
+        persist_state=SESSION,
         help=f"TP/FP/FN/TN of the first selected checkpoint at threshold {DECISION_THRESHOLD} "
         "(predicts the split once).",
     )
-    per_page = c_size.selectbox("Per page", PAGE_SIZES, index=1, key="explain_per_page")
+    per_page = c_size.selectbox(
+        "Per page", PAGE_SIZES, key="explain_per_page", persist_state=SESSION
+    )
     preds = None
     if outcome != ALL:
         preds = predictions(
@@ -126,8 +164,14 @@ def pick_dataset_patches(first_checkpoint):
         preds,
     )
     pages = page_count(len(indices), per_page)
+    if st.session_state["explain_page"] > pages:  # fewer pages since: the last one
+        st.session_state["explain_page"] = pages
     page = st.number_input(
-        f"Page (of {pages}; {len(indices)} patches)", 1, pages, 1, key="explain_page"
+        f"Page (of {pages}; {len(indices)} patches)",
+        1,
+        pages,
+        key="explain_page",
+        persist_state=SESSION,
     )
     shown = page_of(indices, int(page) - 1, per_page)
     names = [str(n) for n in ds.meta["id"].to_numpy()[shown]]
@@ -144,7 +188,7 @@ def pick_uploads(size: int):
         key="explain_uploads",
         help=f"Other sizes are centre-cropped and resized to the first model's {size}×{size} input.",
     )
-    pairs = [(f.name, f.getvalue()) for f in files or []]
+    pairs = kept_uploads("explain_uploads", files)
     patches, errors = load_uploads(pairs, size)
     for error in errors:
         st.error(error)
@@ -166,33 +210,36 @@ def pick_uploads(size: int):
 
 
 def cell_caption(column, i: int) -> str:
+    """ "model · method — P 0.93 → tumour" (+ the class mapped, when it is not the called one)."""
     prob = float(column.result.probs[i])
     called = called_class(prob)
     explained = CLASS_NAMES[int(column.result.classes[i])]
-    return f"{column.model} · {column.method} — P(tumour) {prob:.3f} → {called}; map of {explained}"
+    mapped = "" if explained == called else f"; map of {explained}"
+    return f"{column.model} · {column.method} — P(tumour) {prob:.3f} → {called}{mapped}"
 
 
 @st.dialog("Enlarged", width="large")
 def enlarge(name: str, original, overlays, captions) -> None:
-    st.image(original, caption=f"{name} (original)", width="stretch")
+    pictures = st.container(horizontal=True)
+    pictures.image(original, caption=f"{name} (original)", width=ENLARGED_PX)
     for picture, caption in zip(overlays, captions, strict=True):
-        st.image(picture, caption=caption, width="stretch")
+        pictures.image(picture, caption=caption, width=ENLARGED_PX)
 
 
 def render_grid(result, alpha: float, colormap: str) -> None:
+    """One card per patch (original + one heatmap per model × method) at a fixed size; cards
+    and their images wrap to the page's width instead of stretching to a fixed column count."""
     grid = result.overlays(alpha, colormap)
-    n_cols = max(1 + len(result.columns), GRID_MIN_COLUMNS)  # keeps a 1-model grid compact
-    heads = st.columns(n_cols)
-    heads[0].markdown("**Original**")
-    for head, column in zip(heads[1 : 1 + len(result.columns)], result.columns, strict=True):
-        head.markdown(f"**{column.model} · {column.method}**")
+    width = CELL_PX if len(result.columns) <= 4 else SMALL_CELL_PX
+    cards = st.container(horizontal=True)
     for i, (name, image, row) in enumerate(zip(result.names, result.images, grid, strict=True)):
-        cells = st.columns(n_cols)
-        cells[0].image(image, caption=name, width="stretch")
+        card = cards.container(border=True, width="content")
+        pictures = card.container(horizontal=True)
+        pictures.image(image, caption=name, width=width)
         captions = [cell_caption(column, i) for column in result.columns]
-        for cell, picture, caption in zip(cells[1 : 1 + len(row)], row, captions, strict=True):
-            cell.image(picture, caption=caption, width="stretch")
-        if cells[0].button("🔍 Enlarge", key=f"explain_enlarge_{i}"):
+        for picture, caption in zip(row, captions, strict=True):
+            pictures.image(picture, caption=caption, width=width)
+        if card.button("🔍 Enlarge", key=f"explain_enlarge_{i}"):
             enlarge(name, image, row, captions)
 
 
@@ -206,7 +253,7 @@ def render_faithfulness(
         "On demo sets, tumour patches with ground-truth masks add the pointing-game hit rate (vs. a "
         "random point) and the share of CAM energy inside the mask. Rank 1 = best within a model."
     )
-    size = st.number_input("Sample size", 2, 64, 8, key="explain_faith_n")
+    size = st.number_input("Sample size", 2, 64, key="explain_faith_n", persist_state=SESSION)
     sample = faithfulness_sample(ds, split, int(size), images, images_key)
     st.caption(sample.description)
     request = (model_keys, sample.key, tuple(methods), target)
@@ -217,7 +264,7 @@ def render_faithfulness(
     table = faithfulness(
         model_keys, sample.key, tuple(methods), target, models, sample.images, sample.masks
     )
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(display_table(table.round(3)), hide_index=True, width="stretch")
     st.download_button(
         "⬇️ Faithfulness table (CSV)",
         table.to_csv(index=False).encode(),
@@ -240,18 +287,25 @@ if not paths:
     )
     st.stop()
 by_name = dict(zip(model_names(paths), paths, strict=True))
+for key, default in DEFAULTS.items():
+    st.session_state.setdefault(key, default)
+keep_offered("explain_models", list(by_name), list(by_name)[:1])
 c_models, c_methods = st.columns(2)
 chosen = c_models.multiselect(
-    "Checkpoints", list(by_name), default=list(by_name)[:1], key="explain_models"
+    "Checkpoints",
+    list(by_name),
+    format_func=lambda n: checkpoint_label(by_name[n]),
+    key="explain_models",
+    persist_state=SESSION,
 )
 methods = c_methods.multiselect(
     "Methods",
     list(CAM_METHODS),
-    default=["gradcam"],
     format_func=lambda m: (
         f"{CAM_METHODS[m].__name__}{' (slow on CPU)' if m in SLOW_METHODS else ''}"
     ),
     key="explain_methods",
+    persist_state=SESSION,
 )
 if not chosen or not methods:
     st.info("Pick at least one checkpoint and one method.")
@@ -267,26 +321,38 @@ c_target, c_alpha, c_cmap = st.columns(3)
 target = c_target.radio(
     "Explain class",
     list(TARGETS),
-    index=list(TARGETS).index("pred"),
     format_func=TARGET_LABELS.get,
     horizontal=True,
     key="explain_target",
+    persist_state=SESSION,
 )
-alpha = c_alpha.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
-colormap = c_cmap.selectbox("Colormap", list(COLORMAPS), key="explain_colormap")
+alpha = c_alpha.slider(
+    "Heatmap opacity", 0.0, 1.0, step=0.05, key="explain_alpha", persist_state=SESSION
+)
+colormap = c_cmap.selectbox(
+    "Colormap", list(COLORMAPS), key="explain_colormap", persist_state=SESSION
+)
 c_tta, c_aug, c_eigen = st.columns(3)
-tta = c_tta.checkbox("D4 test-time augmentation (8×)", key="explain_tta")
+tta = c_tta.checkbox("D4 test-time augmentation (8×)", key="explain_tta", persist_state=SESSION)
 aug_smooth = c_aug.checkbox(
-    "aug_smooth", key="explain_aug_smooth", help="pytorch-grad-cam's flip/brightness smoothing"
+    "aug_smooth",
+    key="explain_aug_smooth",
+    help="pytorch-grad-cam's flip/brightness smoothing",
+    persist_state=SESSION,
 )
 eigen_smooth = c_eigen.checkbox(
-    "eigen_smooth", key="explain_eigen_smooth", help="first principal component only"
+    "eigen_smooth",
+    key="explain_eigen_smooth",
+    help="first principal component only",
+    persist_state=SESSION,
 )
 
-source = st.radio("Patches from", SOURCES, horizontal=True, key="explain_source")
+source = st.radio(
+    "Patches from", SOURCES, horizontal=True, key="explain_source", persist_state=SESSION
+)
 first = next(iter(models.values()))
 picked = (
-    pick_dataset_patches(by_name[chosen[0]])
+    pick_dataset_patches([by_name[n] for n in chosen])
     if source == SOURCES[0]
     else pick_uploads(first.card.input_size)
 )

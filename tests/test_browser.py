@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -140,3 +141,61 @@ def test_datasets_page_shows_gallery_images(app_url):
         assert gallery.count() >= 64
         assert page.get_by_text("Synthetic demo data").count() >= 1
         assert page.get_by_role("link", name="Home", exact=True).count() == 1
+
+
+@pytest.fixture
+def compare_url(demo_data, tmp_path):
+    """The app over the demo with two (untrained, seeded) checkpoints to compare."""
+    from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+
+    make_checkpoint(tmp_path / "ckpts" / "alpha.pt", seed=0)
+    make_checkpoint(tmp_path / "ckpts" / "beta.pt", seed=1)
+    with serve(demo_data, HISTOLENS_CHECKPOINTS=str(tmp_path / "ckpts")) as url:
+        yield url
+
+
+def drawn_thresholds(page) -> dict[str, float]:
+    """{model: value} of the per-model threshold sliders, as the browser draws them."""
+    out = {}
+    for slider in page.locator("[data-testid='stSlider']").all():
+        label = slider.locator("label").first.inner_text()
+        if label.startswith("Threshold ·"):
+            thumb = slider.locator("[data-testid='stSliderThumbValue']").first.inner_text()
+            out[label.split("·", 1)[1].strip()] = float(thumb)
+    return out
+
+
+def applied_thresholds(page) -> dict[str, float]:
+    """{model: threshold} the confusion matrices are drawn at ("alpha @ 0.787")."""
+    texts = page.locator("[data-testid='stMarkdownContainer'] p").all_inner_texts()
+    found = (re.fullmatch(r"(\S+) @ ([0-9.]+)", t.strip()) for t in texts)
+    return {m[1]: float(m[2]) for m in found if m}
+
+
+def test_compare_thresholds_round_trip_shows_what_it_applies(compare_url):
+    """Shared threshold on, "sensitivity ≥ 0.90", shared off: the sliders the user sees are
+    the thresholds the matrices use, and nudging one moves only that model (issue 13, item 1:
+    the sliders showed 0.000 while the matrices said @0.787 / @0.756)."""
+    with browser_page() as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.goto(compare_url, wait_until="domcontentloaded")
+        page.get_by_role("link", name="Compare", exact=True).click(timeout=60_000)
+        matrices = "text=Confusion matrices"
+        settle(page, matrices)
+        page.get_by_text("One shared threshold", exact=True).click()
+        settle(page, "text=Threshold (all models)")
+        page.get_by_role("button", name=re.compile("Choose thresholds for sensitivity")).click()
+        settle(page, matrices)
+        page.get_by_text("One shared threshold", exact=True).click()
+        settle(page, "text=Threshold · alpha")
+        applied = applied_thresholds(page)
+        assert sorted(applied) == ["alpha", "beta"]
+        assert drawn_thresholds(page) == applied
+
+        slider = page.locator("[data-testid='stSlider']", has_text="Threshold · alpha")
+        slider.get_by_role("slider").press("ArrowRight")  # one step: +0.001
+        settle(page, matrices)
+        after = applied_thresholds(page)
+        assert drawn_thresholds(page) == after
+        assert after["alpha"] == pytest.approx(applied["alpha"] + 0.001)
+        assert after["beta"] == applied["beta"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+from drawn import drawn, ok, widget  # noqa: E402 (after the skip)
 
 
 @pytest.fixture
@@ -118,3 +120,93 @@ def test_a_rerun_reads_no_checkpoint_file(app_env, monkeypatch):
     # each model once for its predictions and once for the page's Grad-CAM model cache
     assert sorted(full) == ["alpha.pt", "alpha.pt", "beta.pt", "beta.pt"]
     assert sorted(name for name, mmap in first if mmap) == ["alpha.pt", "beta.pt"]
+
+
+# -- one source of truth per control (issue 13, items 1-3) -----------------------------
+
+
+def applied_thresholds(at: AppTest) -> dict[str, float]:
+    """{model: threshold} as the confusion matrices state it ("**alpha** @ 0.787")."""
+    found = (re.fullmatch(r"\*\*(.+)\*\* @ ([0-9.]+)", m.value) for m in at.markdown)
+    return {m[1]: float(m[2]) for m in found if m}
+
+
+def slider_thresholds(at: AppTest) -> dict[str, float]:
+    return {
+        s.label.split("·", 1)[1].strip(): round(float(s.value), 3)
+        for s in at.slider
+        if s.label.startswith("Threshold ·")
+    }
+
+
+def test_compare_shared_threshold_round_trip_keeps_sliders_and_matrices_equal(app_env):
+    at = drawn(AppTest.from_file(PAGE, default_timeout=180))
+    drawn(at, widget(at, "toggle", "One shared threshold").set_value(True))
+    drawn(at, widget(at, "button", "Choose thresholds for sensitivity").click())
+    shared = round(float(widget(at, "slider", "Threshold (all models)").value), 3)
+    assert set(applied_thresholds(at).values()) == {shared}
+    assert all(float(s) >= 0.9 for s in sensitivities(at))
+
+    drawn(at, widget(at, "toggle", "One shared threshold").set_value(False))
+    assert slider_thresholds(at) == applied_thresholds(at)
+    assert all(float(s) >= 0.9 for s in sensitivities(at))  # still the thresholds the user chose
+
+    before = applied_thresholds(at)
+    first = next(iter(before))
+    drawn(at, widget(at, "slider", f"Threshold · {first}").set_value(before[first] + 0.001))
+    after = applied_thresholds(at)
+    assert slider_thresholds(at) == after
+    assert after[first] == pytest.approx(before[first] + 0.001)
+    assert all(after[n] == before[n] for n in before if n != first)
+
+
+def test_compare_widgets_keep_their_values_when_the_checkpoints_drop_below_two(app_env):
+    at = drawn(AppTest.from_file(PAGE, default_timeout=180))
+    drawn(at, widget(at, "number_input", "Patches").set_value(12))
+    drawn(at, widget(at, "toggle", "Grad-CAM per model").set_value(False))
+    first = next(iter(slider_thresholds(at)))
+    drawn(at, widget(at, "slider", f"Threshold · {first}").set_value(0.3))
+    both = list(widget(at, "multiselect", "Checkpoints").value)
+    drawn(at, widget(at, "multiselect", "Checkpoints").set_value(both[:1]))
+    assert any("at least two" in i.value for i in at.info)
+    drawn(at, widget(at, "multiselect", "Checkpoints").set_value(both))
+    assert_compare_shows_what_it_uses(at, patches=12, cams=False, thresholds={first: 0.3})
+    # the next click sends what the browser shows: nothing may change silently
+    drawn(at, widget(at, "selectbox", "Sort by").set_value("spread"))
+    assert_compare_shows_what_it_uses(at, patches=12, cams=False, thresholds={first: 0.3})
+
+
+def assert_compare_shows_what_it_uses(at, patches: int, cams: bool, thresholds: dict) -> None:
+    assert widget(at, "number_input", "Patches").value == patches
+    assert widget(at, "toggle", "Grad-CAM per model").value is cams
+    assert slider_thresholds(at) == applied_thresholds(at)
+    assert {n: slider_thresholds(at)[n] for n in thresholds} == thresholds
+    shown = next(c.value for c in at.caption if "showing the first" in c.value)
+    total = int(re.match(r"([\d,]+) patches", shown)[1].replace(",", ""))
+    assert int(re.search(r"showing the first (\d+)", shown)[1]) == min(patches, total)
+    assert any("Grad-CAM" in c for c in image_captions(at)) is cams
+
+
+def test_compare_selection_lives_in_the_url(app_env):
+    at = ok(AppTest.from_file(PAGE, default_timeout=180).run())
+    checkpoints = widget(at, "multiselect", "Checkpoints")
+    reordered = list(reversed(checkpoints.value))
+    checkpoints.set_value(reordered).run()
+    widget(at, "selectbox", "Split").set_value("valid").run()
+    ok(at)
+    params = dict(at.query_params)
+    assert params, "the selection is not in the URL"
+
+    reloaded = AppTest.from_file(PAGE, default_timeout=180)
+    reloaded.query_params.update(params)
+    ok(reloaded.run())
+    assert list(widget(reloaded, "multiselect", "Checkpoints").value) == reordered
+    assert widget(reloaded, "selectbox", "Split").value == "valid"
+    assert sorted(confusion_counts(reloaded)) == sorted(confusion_counts(at))
+
+
+def test_compare_ignores_a_url_naming_unknown_checkpoints(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.query_params["checkpoints"] = ["no-such-checkpoint", "neither"]
+    ok(at.run())
+    assert len(widget(at, "multiselect", "Checkpoints").value) == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+from drawn import drawn, ok, visit, widget  # noqa: E402 (after the skip)
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
@@ -103,3 +104,17 @@ def test_a_typed_folder_that_is_not_a_dataset_shows_its_message_literally(demo_d
     assert "not a dataset" in message
     assert r"camelyonpatch\_\*.h5" in message  # Markdown-escaped: shows as camelyonpatch_*.h5
     assert any("typed folder" in c.value for c in at.sidebar.caption)
+
+
+def test_datasets_choices_survive_a_visit_to_another_page(demo_data):
+    """Issue 13, item 3: real IDC + tumour, Home and back, showed demo HCD, all labels."""
+    at = visit(ok(AppTest.from_file(APP, default_timeout=120).run()), "datasets")
+    entry = widget(at.sidebar, "selectbox", "Dataset")
+    entry.select_index(next(k for k, o in enumerate(entry.options) if "demo/idc" in o))
+    drawn(at, entry)
+    drawn(at, widget(at, "selectbox", "Label").set_value(1))
+    visit(at, "home")
+    visit(at, "datasets")
+    entry = widget(at.sidebar, "selectbox", "Dataset")
+    assert "demo/idc" in entry.options[entry.index]
+    assert widget(at, "selectbox", "Label").value == 1

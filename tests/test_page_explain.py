@@ -14,6 +14,7 @@ from test_explain_demo import train_demo_checkpoint
 from core.checkpoints import read_card
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+from drawn import drawn, ok, visit, widget  # noqa: E402 (after the skip)
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
@@ -85,7 +86,7 @@ def test_outcome_filter_and_faithfulness_table(explain_env):
     at.button(key="explain_faith_run").click().run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["method"]) == ["gradcam"] and table["pointing_hit_rate"].notna().all()
+    assert list(table["method"]) == ["gradcam"] and table["pointing-game hit rate ↑"].notna().all()
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -125,3 +126,32 @@ def test_app_routes_to_explain(explain_env):
     at.switch_page("pages/explain.py").run()
     assert not at.exception
     assert at.title[0].value == "🔥 Explain"
+
+
+def test_choices_and_uploads_survive_source_switches_and_page_visits(explain_env):
+    """Issue 13, item 3: methods, the outcome filter and uploads were lost on the way."""
+    at = visit(ok(AppTest.from_file(APP, default_timeout=180).run()), "explain")
+    drawn(at, widget(at, "multiselect", "Methods").set_value(["gradcam", "eigencam"]))
+    drawn(at, widget(at, "selectbox", "Outcome").set_value("TP"))
+    choose_source(at, "Upload")
+    upload = [("mine.png", _png(np.full((96, 96, 3), 200, np.uint8)), "image/png")]
+    drawn(at, widget(at, "file_uploader", "Upload").set_value(upload))
+    assert "mine.png" in captions(at)
+
+    choose_source(at, "Dataset")
+    assert widget(at, "selectbox", "Outcome").value == "TP"
+    visit(at, "home")
+    visit(at, "explain")
+    assert widget(at, "multiselect", "Methods").value == ["gradcam", "eigencam"]
+    assert widget(at, "selectbox", "Outcome").value == "TP"
+    choose_source(at, "Upload")
+    assert "mine.png" in captions(at), "the uploads were dropped"
+
+
+def choose_source(at: AppTest, start: str) -> None:
+    source = widget(at, "radio", "Patches from")
+    drawn(at, source.set_value(next(o for o in source.options if o.startswith(start))))
+
+
+def captions(at: AppTest) -> list[str]:
+    return [c for image in at.image for c in image.captions]

@@ -232,6 +232,7 @@ class PatchDataset:
 
     format: str = ""
     read_threads: int = 1  # >1 for readers with one file per patch (HCD, IDC)
+    seeded_split: bool = True  # the split is drawn with ``seed``; False: the format ships one
 
     def __init__(
         self,
