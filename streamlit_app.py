@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/training.py", title="Training", icon="📈"),
     st.Page("pages/explain.py", title="Explain", icon="🔥"),
     st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon="🗺️"),
 ]
 pg = st.navigation(pages)
 st.sidebar.caption(f"⚠️ {RESEARCH_NOTICE}")

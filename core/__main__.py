@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "data", "train", "evaluate", "explain", "compare")
+COMMANDS = ("demo", "data", "train", "evaluate", "explain", "compare", "embed", "import", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,7 +159,17 @@ MODELS: dict[str, ModelSpec] = {
             "resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4.-1", "fc", "torchvision ResNet-18"
         ),
         _tv(
+            "resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4.-1", "fc", "torchvision ResNet-34"
+        ),
+        _tv(
             "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "layer4.-1", "fc", "torchvision ResNet-50"
+        ),
+        _tv(
+            "resnet101",
+            "ResNet101_Weights.IMAGENET1K_V2",
+            "layer4.-1",
+            "fc",
+            "torchvision ResNet-101",
         ),
         _tv(
             "densenet121",
@@ -169,11 +179,39 @@ MODELS: dict[str, ModelSpec] = {
             "torchvision DenseNet-121",
         ),
         _tv(
+            "densenet169",
+            "DenseNet169_Weights.IMAGENET1K_V1",
+            "features.norm5",
+            "classifier",
+            "torchvision DenseNet-169",
+        ),
+        _tv(
             "efficientnet_b0",
             "EfficientNet_B0_Weights.IMAGENET1K_V1",
             "features.-1",
             "classifier.-1",
             "torchvision EfficientNet-B0",
+        ),
+        _tv(
+            "efficientnet_b1",
+            "EfficientNet_B1_Weights.IMAGENET1K_V2",
+            "features.-1",
+            "classifier.-1",
+            "torchvision EfficientNet-B1",
+        ),
+        _tv(
+            "efficientnet_b2",
+            "EfficientNet_B2_Weights.IMAGENET1K_V1",
+            "features.-1",
+            "classifier.-1",
+            "torchvision EfficientNet-B2",
+        ),
+        _tv(
+            "efficientnet_b3",
+            "EfficientNet_B3_Weights.IMAGENET1K_V1",
+            "features.-1",
+            "classifier.-1",
+            "torchvision EfficientNet-B3",
         ),
     )
 }

@@ -1,0 +1,86 @@
+"""AppTest: the Embeddings page with two checkpoints side by side on the demo PCam."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "embeddings.py")
+
+
+@pytest.fixture
+def app_env(demo_root, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "demo").symlink_to(demo_root, target_is_directory=True)
+    ckpts = tmp_path / "checkpoints"
+    trained_on = {"dataset": str(data / "demo" / "pcam"), "dataset_format": "pcam"}
+    make_checkpoint(ckpts / "alpha.pt", seed=0, **trained_on)
+    make_checkpoint(ckpts / "beta.pt", seed=1, **trained_on)
+    monkeypatch.setenv("HISTOLENS_DATA", str(data))
+    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(ckpts))
+
+
+def n_points(trace: dict) -> int:
+    """Points in a trace; plotly sends numeric arrays as base64 typed arrays."""
+    x = trace["x"]
+    if isinstance(x, dict):
+        import base64
+
+        import numpy as np
+
+        return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize
+    return len(x)
+
+
+def maps(at) -> dict[str, list[dict]]:
+    """{chart title: traces} of the maps on the page."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s["data"] for s in specs}
+
+
+def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.run()
+    assert not at.exception
+    shown = maps(at)
+    assert sorted(shown) == ["alpha · 256 patches", "beta · 256 patches"]
+    for traces in shown.values():
+        assert all(t["type"] == "scattergl" for t in traces)
+        assert sum(n_points(t) for t in traces) == 256
+        assert {t["name"] for t in traces} == {"normal", "tumour"}  # coloured by label
+    assert any("not calibrated" in info.value for info in at.info)
+
+    at.selectbox(key="embed_colour").set_value("outcome").run()
+    assert not at.exception
+    names = {t["name"] for t in maps(at)["alpha · 256 patches"]}
+    assert names <= {"TP", "FP", "FN", "TN"} and len(names) >= 2
+    at.selectbox(key="embed_colour").set_value("disagreement").run()
+    assert not at.exception
+    alpha, beta = maps(at).values()
+    assert {t["name"] for t in alpha} == {t["name"] for t in beta}  # one shared colouring
+
+    at.selectbox(key="embed_colour").set_value("label").run()
+    at.selectbox(key="embed_group").set_value("tumour").run()
+    assert not at.exception
+    csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    n_tumour = int(csv.proto.label.split("(")[1].split(")")[0])
+    assert 0 < n_tumour < 256
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert any("alpha: Grad-CAM" in c for c in captions)
+    assert any("beta: Grad-CAM" in c for c in captions)
+    assert all("true tumour" in c for c in captions if "true" in c)
+
+
+def test_one_checkpoint_offers_no_disagreement(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.run()
+    at.multiselect[0].set_value(at.multiselect[0].value[:1]).run()
+    assert not at.exception
+    assert len(maps(at)) == 1
+    assert "disagreement" not in at.selectbox(key="embed_colour").options
