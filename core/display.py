@@ -17,6 +17,7 @@ COLUMN_LABELS = {
     # metrics
     "auc": "AUC",
     "auc_95ci": "AUC 95% CI",
+    "ci_unit": "CI unit",
     "ap": "AP",
     "f1": "F1",
     "ppv": "PPV",
@@ -28,7 +29,8 @@ COLUMN_LABELS = {
     "model_b": "model B",
     "a_right_b_wrong": "A right, B wrong",
     "a_wrong_b_right": "A wrong, B right",
-    "mcnemar_p": "McNemar p (exact)",
+    "mcnemar_p": "McNemar p",
+    "test_unit": "test unit",
     "mcnemar_chi2_cc_p": "McNemar p (χ², corrected)",
     "auc_diff": "AUC A − B",
     "delong_z": "DeLong z",

@@ -18,7 +18,13 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import checkpoint_choices, checkpoint_label, model_names, trained_on_index
+from core.catalogue import (
+    card_thresholds,
+    checkpoint_choices,
+    checkpoint_label,
+    model_names,
+    trained_on_index,
+)
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
@@ -36,6 +42,7 @@ from core.display import display_table
 from core.evaluate import (
     REPORTED_METRICS,
     SPLITS,
+    labelled,
     open_dataset_for,
     patient_table,
     prediction_cache_path,
@@ -48,7 +55,7 @@ from core.figures import (
     roc_figure,
 )
 from core.files import file_sha256
-from core.metrics import DECISION_THRESHOLD, format_ci
+from core.metrics import format_ci, patient_level
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
 from pages._shared.state import SESSION, keep_offered
 
@@ -189,7 +196,8 @@ def predictions(chosen, entry, split: str, tta: bool):
     return ds, preds
 
 
-def threshold_section(names, preds) -> dict[str, float]:
+def threshold_section(names, preds, defaults: dict[str, float]) -> dict[str, float]:
+    """Sliders that start at each checkpoint's own threshold (its card; 0.5 for older ones)."""
     st.subheader("Thresholds")
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     shared = c1.toggle("One shared threshold", key="compare_shared", persist_state=SESSION)
@@ -203,7 +211,7 @@ def threshold_section(names, preds) -> dict[str, float]:
         args=(preds, target, shared),
     )
     if shared:
-        st.session_state.setdefault(threshold_key("shared"), DECISION_THRESHOLD)
+        st.session_state.setdefault(threshold_key("shared"), min(defaults.values()))
         value = st.slider(
             "Threshold (all models)",
             0.0,
@@ -215,7 +223,7 @@ def threshold_section(names, preds) -> dict[str, float]:
         )
         return dict.fromkeys(names, value)
     for name in names:
-        st.session_state.setdefault(threshold_key(name), DECISION_THRESHOLD)
+        st.session_state.setdefault(threshold_key(name), math.floor(defaults[name] / STEP) * STEP)
     return {
         name: col.slider(
             f"Threshold · {name}",
@@ -257,17 +265,27 @@ def curves_section(free, at) -> list:
     return figures
 
 
-def metrics_section(names, free, at) -> None:
+def metrics_section(names, free, at, preds) -> None:
     st.subheader("Metrics")
     table = at.table[TABLE_COLUMNS].astype(float).round(3)
     table.insert(2, "auc_95ci", [format_ci(free[n].auc_ci) for n in names])
+    table.insert(3, "ci_unit", [free[n].ci_unit for n in names])
     # width="stretch": a table wider than the page scrolls inside it instead of being cut off
     st.dataframe(display_table(table), width="stretch")
     st.caption(
-        "Paired tests on the same patches: McNemar = exact binomial test on the patches one model "
-        "gets right and the other wrong (at the thresholds above); DeLong = difference of ROC AUCs."
+        "Paired tests on the same patches: McNemar = the patches one model gets right and the "
+        "other wrong (at the thresholds above); DeLong = difference of ROC AUCs. CI unit / test "
+        "unit: where patients are known, the AUC interval resamples whole patients and the tests "
+        "treat each patient as a cluster (patches of one patient are not independent); "
+        "otherwise patches, and McNemar is the exact binomial test."
     )
     st.dataframe(display_table(at.paired.round(3)), hide_index=True, width="stretch")
+    by_patient = {n: patient_level(labelled(preds[n]), at.metrics[n]["threshold"]) for n in names}
+    if all(by_patient.values()):
+        st.markdown(
+            "**Patient level** (a patient is tumour when any patch is; scored by the max P)"
+        )
+        st.dataframe(display_table(pd.DataFrame(by_patient).T), width="stretch")
     with st.expander("Classification report per model (as the seeds print it)"):
         for name, col in zip(names, st.columns(len(names)), strict=True):
             col.markdown(f"**{name}**")
@@ -395,13 +413,13 @@ if len(chosen) < 2:
     st.stop()
 ds, preds = predictions(chosen, entry, split, tta)
 paths = dict(zip(model_names(chosen), chosen, strict=True))
-thresholds = threshold_section(list(paths), preds)
+thresholds = threshold_section(list(paths), preds, card_thresholds(chosen))
 keys = tuple(str(prediction_cache_path(p, ds, split, tta)) for p in chosen)
 free = curves(keys, preds)
 at = at_thresholds(preds, thresholds)
 confusion_section(list(paths), thresholds, at)
 figures = curves_section(free, at)
-metrics_section(list(paths), free, at)
+metrics_section(list(paths), free, at, preds)
 patients_section(ds, preds, list(paths), thresholds, keys)
 disagreements_section(ds, preds, paths, thresholds, keys)
 export_section(entry, split, preds, thresholds, free, at, figures)

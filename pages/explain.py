@@ -19,7 +19,13 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import checkpoint_choices, checkpoint_label, model_names, trained_on_index
+from core.catalogue import (
+    checkpoint_choices,
+    checkpoint_label,
+    model_names,
+    read_card,
+    trained_on_index,
+)
 from core.config import CLASS_NAMES, TARGETS
 from core.data import DatasetEntry, list_datasets
 from core.data.visual import page_count, page_of
@@ -38,7 +44,7 @@ from core.explain import (
     select_patches,
 )
 from core.files import file_sha256
-from core.metrics import DECISION_THRESHOLD, called_class
+from core.metrics import called_class
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
 from pages._shared.state import SESSION, keep_offered, kept_uploads
 
@@ -140,13 +146,14 @@ def pick_dataset_patches(checkpoints):
     label = c_label.selectbox(
         "Label", list(LABELS), format_func=LABELS.get, key="explain_label", persist_state=SESSION
     )
+    threshold = read_card(first_checkpoint).threshold  # learnt on validation; 0.5 if older
     outcome = c_outcome.selectbox(
         "Outcome",
         [ALL, *OUTCOMES],
         key="explain_outcome",
         persist_state=SESSION,
-        help=f"TP/FP/FN/TN of the first selected checkpoint at threshold {DECISION_THRESHOLD} "
-        "(predicts the split once).",
+        help=f"TP/FP/FN/TN of the first selected checkpoint at its threshold {threshold:.3f} "
+        "(from its model card; predicts the split once).",
     )
     per_page = c_size.selectbox(
         "Per page", PAGE_SIZES, key="explain_per_page", persist_state=SESSION
@@ -162,6 +169,7 @@ def pick_dataset_patches(checkpoints):
         None if label == ALL else label,
         None if outcome == ALL else outcome,
         preds,
+        threshold,
     )
     pages = page_count(len(indices), per_page)
     if st.session_state["explain_page"] > pages:  # fewer pages since: the last one

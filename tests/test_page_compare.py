@@ -210,3 +210,14 @@ def test_compare_ignores_a_url_naming_unknown_checkpoints(app_env):
     at.query_params["checkpoints"] = ["no-such-checkpoint", "neither"]
     ok(at.run())
     assert len(widget(at, "multiselect", "Checkpoints").value) == 2
+
+
+def test_sliders_start_at_each_cards_threshold_and_the_ci_unit_is_shown(app_env, tmp_path):
+    make_checkpoint(tmp_path / "checkpoints" / "alpha.pt", seed=0, threshold=0.3)  # its card's
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.run()
+    assert not at.exception
+    assert at.slider(key="compare_threshold::alpha").value == pytest.approx(0.3)
+    assert at.slider(key="compare_threshold::beta").value == pytest.approx(0.5)  # older card
+    table = at.dataframe[0].value
+    assert set(table["CI unit"]) <= {"patient", "patch"}
