@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("streamlit", reason="needs streamlit (walks the app with AppTest)")
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn")
 

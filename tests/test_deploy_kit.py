@@ -34,6 +34,9 @@ CLOUD_PYTHONS = ("3.11", "3.12", "3.13")
 CLOUD_PLATFORMS = ["manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 32))]
 LOCAL_PACKAGES = {"core", "pages"}
 
+# Installed with the app but not on a training-only machine (the GPU machine has torch only).
+APP_ONLY = ("streamlit", "plotly", "pytorch_grad_cam")
+
 
 def local_pins() -> dict[str, str]:
     pins = {}
@@ -77,6 +80,8 @@ def app_imports() -> set[str]:
 
 @pytest.mark.parametrize("kit", ["requirements.txt", "Pipfile"])
 def test_every_direct_import_is_declared(kit):
+    for package in APP_ONLY:  # imports map to distributions only where the app is installed
+        pytest.importorskip(package, reason=f"needs the app's environment ({package})")
     declared = set(local_pins() if kit == "requirements.txt" else cloud_pins())
     by_import = importlib.metadata.packages_distributions()
     missing = []
@@ -139,7 +144,11 @@ def test_torch_pins_have_linux_wheels(python):
 
 def test_grad_cam_is_pure_python_for_every_cloud_python():
     """grad-cam ships only an sdist: its Python range is checked here, its deps in the dry run."""
-    requires = SpecifierSet(importlib.metadata.metadata("grad-cam")["Requires-Python"] or "")
+    try:
+        metadata = importlib.metadata.metadata("grad-cam")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("grad-cam is not installed here (e.g. the GPU machine)")
+    requires = SpecifierSet(metadata["Requires-Python"] or "")
     assert all(requires.contains(f"{python}.0") for python in CLOUD_PYTHONS)
 
 

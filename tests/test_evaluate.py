@@ -79,7 +79,7 @@ def test_second_evaluation_is_served_from_cache_without_forward(pcam, ckpt, forw
     )
     assert forward_counter["forward"] == -(-len(first) // 8)  # one forward per batch
     assert progress[-1] == (len(first), len(first))
-    cache = evaluate.prediction_cache_path(ckpt, pcam, "test", False)
+    cache = evaluate.prediction_cache_path(ckpt, pcam, "test", False, **first.attrs)
     assert cache.exists() and cache.is_relative_to(evaluate.config.cache_dir())
 
     forward_counter.update(forward=0, load=0)
