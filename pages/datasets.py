@@ -19,7 +19,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.data import DatasetEntry, DatasetError, list_datasets, summarize
+from core.data import DatasetError, list_datasets, summarize
 from core.data.visual import (
     colour_stats,
     gallery_page,
@@ -87,10 +87,13 @@ def choose_path() -> Path | None:
         keep_offered("datasets_entry", entries, entries[0], name=lambda e: e.name)
     with st.sidebar:
         st.subheader("Dataset")
+        broken = st.session_state.setdefault("datasets_broken", {})
         entry = st.selectbox(
             "Dataset",
             entries,
-            format_func=DatasetEntry.label,
+            format_func=lambda e: (
+                f"⚠ {e.label()} — cannot be opened" if str(e.path) in broken else e.label()
+            ),
             key="datasets_entry",
             on_change=reset_page,
             persist_state=SESSION,
@@ -299,7 +302,11 @@ try:
     ds = dataset(str(chosen), seed)
     info = summary(str(chosen), seed)
 except DatasetError as err:
-    st.error(literal(str(err)))
+    # marked in the select box from now on, so a broken set is never a silent default
+    if str(chosen) not in st.session_state["datasets_broken"]:
+        st.session_state["datasets_broken"][str(chosen)] = str(err)
+        st.rerun()
+    st.error(literal(str(err)) + "  \nPick another dataset in the sidebar.")
     st.stop()
 with st.sidebar:
     if ds.seeded_split:
@@ -311,11 +318,15 @@ summary_card(info)
 tab_gallery, tab_balance, tab_colour, tab_mosaic = st.tabs(
     ["Gallery", "Class balance", "Colour statistics", "Slide mosaic"]
 )
-with tab_gallery:
-    gallery(str(chosen), seed, ds, info)
-with tab_balance:
-    st.plotly_chart(class_balance_figure(info), key="balance")
-with tab_colour:
-    colour_section(str(chosen), seed)
-with tab_mosaic:
-    mosaic_section(str(chosen), seed, ds)
+sections = (
+    (tab_gallery, lambda: gallery(str(chosen), seed, ds, info)),
+    (tab_balance, lambda: st.plotly_chart(class_balance_figure(info), key="balance")),
+    (tab_colour, lambda: colour_section(str(chosen), seed)),
+    (tab_mosaic, lambda: mosaic_section(str(chosen), seed, ds)),
+)
+for tab, section in sections:
+    with tab:
+        try:  # a damaged patch spoils its section only: one line, the other tabs go on
+            section()
+        except DatasetError as err:
+            st.error(literal(str(err)))

@@ -4,6 +4,8 @@ typed names are one-line messages; links inside a dataset that leave it are repo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import FAKE_WRITERS
 
@@ -83,3 +85,23 @@ def test_links_inside_a_dataset_that_leave_it_are_reported(fmt, tmp_path):
     ds = open_dataset(fake.root)
     assert any(OUTWARD_LINKS in p and str(link) in p for p in ds.problems), ds.problems
     assert len(ds) == len(open_dataset(fake.root))
+
+
+def test_datasets_page_marks_a_broken_first_dataset_and_goes_on(root):
+    """A broken set that sorts first is marked in the select box with one error, never a crash;
+    the next one opens."""
+    from conftest import write_fake_idc, write_fake_pcam
+    from test_data_malformed import _rewrite_h5
+
+    at_cls = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+    write_fake_pcam(root / "a-broken")
+    _rewrite_h5(root / "a-broken" / "camelyonpatch_level_2_split_train_y.h5", "y", data=1)
+    write_fake_idc(root / "b-good")
+    page = str(Path(__file__).resolve().parent.parent / "pages" / "datasets.py")
+    at = at_cls.from_file(page, default_timeout=120).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "y.h5: 'y' is a single value" in at.error[0].value
+    box = at.selectbox(key="datasets_entry")
+    assert box.options[0].startswith("⚠ a-broken") and not box.options[1].startswith("⚠")
+    box.set_value(next(e for e in list_datasets() if e.name == "b-good")).run()
+    assert not at.exception and not at.error
