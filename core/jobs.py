@@ -216,16 +216,46 @@ def _looks_dead(status: dict[str, Any]) -> bool:
     )
 
 
+# What the trainer writes into status.json, by type. A damaged or hand-edited file may hold
+# anything, and the Training page formats these fields directly: other types are dropped.
+STATUS_TYPES = {
+    **dict.fromkeys(("state", "created", "started", "updated", "ended", "host"), str),
+    **dict.fromkeys(("error", "traceback", "notice"), str),
+    "progress": dict,
+    "best": dict,
+}
+PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps_per_epoch", "fraction")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _typed(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` without the fields whose type the trainer never writes."""
+    clean = {k: v for k, v in status.items() if isinstance(v, STATUS_TYPES.get(k, object))}
+    progress = clean.get("progress", {})
+    if not all(_number(progress.get(k)) for k in PROGRESS_NUMBERS):
+        clean.pop("progress", None)
+    else:
+        for key in ("images_per_s", "eta_s"):
+            if not _number(progress.get(key)):
+                progress[key] = None
+    if not _number(clean.get("best", {}).get("score", 0.0)):
+        clean.pop("best")
+    return clean
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
     """status.json, with a run whose process died without a final word reported as failed.
 
     The verdict "killed" needs the process gone *and* the run's own status still active when
     read again afterwards: a run that ends between the two reads shows its final status."""
     run_dir = Path(run_dir)
-    status = read_json(run_dir / STATUS_FILE) or {"state": "unknown"}
+    status = _typed(read_json(run_dir / STATUS_FILE)) or {"state": "unknown"}
     if not _looks_dead(status):
         return status
-    status = read_json(run_dir / STATUS_FILE) or status
+    status = _typed(read_json(run_dir / STATUS_FILE)) or status
     if status.get("state") not in ACTIVE_STATES:
         return status
     pid = status.get("pid")
@@ -369,12 +399,13 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
     for run in runs:
         progress = run.status.get("progress") or {}
         best = run.status.get("best") or {}
+        data = run.config.get("data")
         rows.append(
             {
                 "run": run.name,
                 "state": run.state,
                 "model": run.config.get("model") or "auto",
-                "dataset": dataset_name(run.config["data"]) if run.config.get("data") else "",
+                "dataset": dataset_name(data) if isinstance(data, str) and data else "",
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
                 # early stopping ends a run before its last epoch: finished is 100 %
                 "progress": 1.0

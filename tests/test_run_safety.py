@@ -222,3 +222,34 @@ def test_status_with_a_bad_pid_never_crashes_or_signals(pid, tmp_path, monkeypat
 def test_damaged_status_files_read_as_empty(content, tmp_path):
     (tmp_path / jobs.STATUS_FILE).write_bytes(content)
     assert jobs.read_status(tmp_path)["state"] == "unknown"
+
+
+DAMAGED_STATUSES = [
+    {"state": 5},
+    {"state": "running", "pid": "abc", "progress": "half"},
+    {
+        "state": "running",
+        "progress": dict(epoch="1", epochs=2, step=1, steps_per_epoch=2, fraction=0.5),
+    },
+    {
+        "state": "running",
+        "progress": dict(epoch=1, epochs=2, step=1, steps_per_epoch=2, fraction=0.5, eta_s="soon"),
+    },
+    {"state": "finished", "created": 5, "best": {"score": "high"}},
+    {"state": "failed", "error": ["a"], "traceback": 3, "notice": {}},
+]
+
+
+def test_damaged_status_fields_never_crash_the_runs_table_or_the_training_page(tmp_path):
+    """Runs whose status.json fields have types the trainer never writes (and a config whose
+    data is not a path) are listed and shown; the Training page runs without an exception."""
+    runs = tmp_path / "runs"  # HISTOLENS_RUNS (conftest)
+    for k, status in enumerate([{"state": "finished", "created": "2026-01-01"}, *DAMAGED_STATUSES]):
+        (runs / f"run{k}").mkdir(parents=True)
+        (runs / f"run{k}" / jobs.STATUS_FILE).write_text(json.dumps(status))
+        (runs / f"run{k}" / jobs.CONFIG_FILE).write_text(json.dumps({"data": k or 5, "model": 3}))
+    listed = jobs.list_runs(runs)
+    assert len(jobs.runs_table(listed)) == len(DAMAGED_STATUSES) + 1
+    app_test = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
+    at = app_test.from_file(str(REPO / "pages" / "training.py"), default_timeout=120).run()
+    assert not at.exception
