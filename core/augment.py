@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from core.d4 import D4_GROUP
-from core.device import to_device
+from core.device import one_thread, to_device
 
 # Ruifrok & Johnston H&E-DAB stain vectors, as in skimage.color.rgb2hed.
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -42,8 +42,9 @@ class Augmentation:
         """
         n, h, w, _ = images.shape
         maps = d4_index_maps(h, w, images.device)
-        ops = torch.randint(0, len(maps), (n,), generator=generator)
-        matrix, offset = self.colour_transform(n, generator)
+        with one_thread():  # tiny host math: OpenMP regions would cost more than the work
+            ops = torch.randint(0, len(maps), (n,), generator=generator)
+            matrix, offset = self.colour_transform(n, generator)
         ops, matrix, offset = (to_device(t, images.device) for t in (ops, matrix, offset))
         index = maps.index_select(0, ops).unsqueeze(-1).expand(n, h * w, 3)
         x = images.reshape(n, h * w, 3).gather(1, index)

@@ -50,6 +50,7 @@ from core.device import (
     Dist,
     autocast_for,
     init_distributed,
+    one_thread,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -96,23 +97,10 @@ class Runtime:
         OpenMP region waits for a time slice per op (measured 270-540 ms vs 15-33 ms single-
         threaded per 64×50×50 batch on 2 loaded cores), so they run on one thread there.
         """
-        with _one_thread_on_cpu(self.device):
+        with one_thread() if self.device.type == "cpu" else contextlib.nullcontext():
             if augment is not None:
                 images = augment(images, generator)
             return self.inputs(images)
-
-
-@contextlib.contextmanager
-def _one_thread_on_cpu(device: torch.device):
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
