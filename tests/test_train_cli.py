@@ -122,7 +122,7 @@ def test_sigterm_with_loader_workers_ends_cancelled(
     assert status["state"] == "cancelled", status
     if finished_epochs:
         assert load_payload(run / "last.pt")["loop"]["epoch"] == finished_epochs
-        assert load_checkpoint(run / "last.pt").card.arch == "idc_cnn"
+        assert load_checkpoint(run / "last.pt").card.arch == jobs.read_config(run)["model"]
     else:
         assert not (run / "last.pt").exists()
 
