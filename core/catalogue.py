@@ -61,6 +61,22 @@ def checkpoint_label(path) -> str:
     return " · ".join([*(p.replace("T", " ") for p in parts if p), short])
 
 
+def card_problem(path) -> str | None:
+    """None when the checkpoint's card reads; else its one-line reason (CheckpointError)."""
+    from core.checkpoints import CheckpointError
+
+    try:
+        read_card(path)
+    except (CheckpointError, OSError) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+def readable(paths) -> list:
+    """The checkpoints whose card reads, in order: a broken file is never a default choice."""
+    return [p for p in paths if card_problem(p) is None]
+
+
 def card_thresholds(paths) -> dict[str, float]:
     """``{model name: the operating point in its card}`` (0.5 for checkpoints without one)."""
     paths = list(paths)

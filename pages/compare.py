@@ -19,10 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.catalogue import (
+    card_problem,
     card_thresholds,
     checkpoint_choices,
     checkpoint_label,
     model_names,
+    readable,
     trained_on_index,
 )
 from core.compare import (
@@ -113,7 +115,7 @@ def choose_inputs(entries, checkpoints):
     (``?ckpt=…&ckpt=…&data=…&split=…``), so a reload or a shared link shows this comparison."""
     names = dict(zip(checkpoints, model_names(checkpoints), strict=True))
     seed_from_url(checkpoints, names, entries)
-    keep_offered("compare_checkpoints", checkpoints, checkpoints[:2], name=names.get)
+    keep_offered("compare_checkpoints", checkpoints, readable(checkpoints)[:2], name=names.get)
     with st.sidebar:
         chosen = st.multiselect(
             "Checkpoints (2–4)",
@@ -142,7 +144,9 @@ def choose_inputs(entries, checkpoints):
     st.query_params.from_dict(
         {"ckpt": [names[p] for p in chosen], "data": entry.name, "split": split}
     )
-    return chosen, entry, split, tta
+    for path in [p for p in chosen if card_problem(p)]:
+        st.error(f"{names[path]} cannot be compared: {card_problem(path)}")
+    return [p for p in chosen if not card_problem(p)], entry, split, tta
 
 
 def seed_from_url(checkpoints, names, entries) -> None:

@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.catalogue import (
+    card_problem,
     checkpoint_choices,
     checkpoint_label,
     model_names,
     read_card,
+    readable,
     trained_on_index,
 )
 from core.config import CLASS_NAMES, TARGETS
@@ -297,7 +299,9 @@ if not paths:
 by_name = dict(zip(model_names(paths), paths, strict=True))
 for key, default in DEFAULTS.items():
     st.session_state.setdefault(key, default)
-keep_offered("explain_models", list(by_name), list(by_name)[:1])
+keep_offered(
+    "explain_models", list(by_name), [n for n, p in by_name.items() if p in readable(paths)][:1]
+)
 c_models, c_methods = st.columns(2)
 chosen = c_models.multiselect(
     "Checkpoints",
@@ -315,6 +319,9 @@ methods = c_methods.multiselect(
     key="explain_methods",
     persist_state=SESSION,
 )
+for name in [n for n in chosen if card_problem(by_name[n])]:
+    st.error(f"{name} cannot be used: {card_problem(by_name[name])}")
+    chosen = [n for n in chosen if n != name]
 if not chosen or not methods:
     st.info("Pick at least one checkpoint and one method.")
     st.stop()
