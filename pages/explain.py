@@ -299,9 +299,8 @@ if not paths:
 by_name = dict(zip(model_names(paths), paths, strict=True))
 for key, default in DEFAULTS.items():
     st.session_state.setdefault(key, default)
-keep_offered(
-    "explain_models", list(by_name), [n for n, p in by_name.items() if p in readable(paths)][:1]
-)
+usable = readable(paths)
+keep_offered("explain_models", list(by_name), [n for n, p in by_name.items() if p in usable][:1])
 c_models, c_methods = st.columns(2)
 chosen = c_models.multiselect(
     "Checkpoints",

@@ -221,3 +221,17 @@ def test_sliders_start_at_each_cards_threshold_and_the_ci_unit_is_shown(app_env,
     assert at.slider(key="compare_threshold::beta").value == pytest.approx(0.5)  # older card
     table = at.dataframe[0].value
     assert set(table["CI unit"]) <= {"patient", "patch"}
+
+
+def test_compare_skips_a_broken_checkpoint_by_default_and_names_it_when_chosen(app_env, tmp_path):
+    broken = tmp_path / "checkpoints" / "0-broken.pt"  # sorts before alpha and beta
+    broken.write_bytes(b"not a checkpoint at all")
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    assert not at.exception, at.exception
+    box = at.multiselect(key="compare_checkpoints")
+    assert [Path(p).name for p in box.value] == ["alpha.pt", "beta.pt"]
+    assert not at.error
+    box.select(broken).run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "0-broken" in at.error[0].value
+    assert "unreadable" in box.format_func(broken)

@@ -155,3 +155,14 @@ def choose_source(at: AppTest, start: str) -> None:
 
 def captions(at: AppTest) -> list[str]:
     return [c for image in at.image for c in image.captions]
+
+
+def test_explain_skips_a_broken_checkpoint_by_default_and_names_it_when_chosen(explain_env):
+    (explain_env / "ckpts" / "0-broken.pt").write_bytes(b"not a checkpoint")  # sorts first
+    at = page()
+    box = at.multiselect(key="explain_models")
+    assert box.value == ["demo_pcam"]
+    assert not at.error
+    box.select("0-broken").run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "0-broken" in at.error[0].value
