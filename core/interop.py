@@ -15,14 +15,22 @@ mismatch). The head may have 2 outputs (softmax; ``classes`` says which is tumou
 of the second class named): a 1-logit head z becomes the 2-logit head (-z/2, z/2), whose softmax
 is exactly sigmoid(z), so every HistoLens consumer (CAMs included) works unchanged.
 
-Export writes the checkpoint's model as TorchScript (logits N×2 for normalised N×3×S×S input),
-with the model card inside (``histolens_card.json``), after checking its P(tumour) against the
-checkpoint's own on random patches.
+Export writes the checkpoint's model as TorchScript: logits N×2 (normal, tumour) for normalised
+N×3×S×S input, whose softmax is the checkpoint's **calibrated** P(tumour), exactly what
+``predict_proba`` returns. The card's calibration map sigmoid(a·z + b) of the logit difference z is
+folded into the final Linear (its two rows become ∓(a·Δw)/2, ∓(a·Δc + b)/2), so the file stays the
+registered architecture with a plain 2-logit head: ``softmax(out)[:, 1]`` is what a user of a
+2-class classifier computes anyway, CAM tools that target a logit keep working, argmax calls
+tumour at calibrated P ≥ 0.5, and ``python -m core import`` reads the file back unchanged. The card
+inside (``histolens_card.json``) therefore says identity calibration and keeps the threshold (on
+calibrated P); ``histolens_export.json`` records the folded map, the output contract and the
+device/precision of the parity check (max |ΔP| against ``predict_proba`` on random patches).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import pickle
@@ -43,6 +51,7 @@ from core.models import MODELS, build_model, get_spec, get_target_layer
 
 PARITY_TOLERANCE = 1e-5
 CARD_FILE = "histolens_card.json"
+EXPORT_FILE = "histolens_export.json"  # output contract, folded calibration, parity
 TORCHSCRIPT_SUFFIXES = (".ts", ".jit", ".torchscript")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 KEY_PREFIXES = ("module.", "_orig_mod.")
@@ -218,11 +227,15 @@ def reference_probs(module: nn.Module, x: torch.Tensor, classes=CLASS_NAMES) -> 
     return torch.softmax(out, dim=1)[:, list(classes).index("tumour")].numpy()
 
 
+def _random_patches(card: ModelCard, n: int = 16, seed: int = 0) -> np.ndarray:
+    size = card.input_size
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
 def _random_batch(card: ModelCard, n: int = 16, seed: int = 0) -> torch.Tensor:
     from core.preprocess import to_model_input
 
-    images = np.random.default_rng(seed).integers(0, 256, (n, card.input_size, card.input_size, 3))
-    return to_model_input(images.astype(np.uint8), card)
+    return to_model_input(_random_patches(card, n, seed), card)
 
 
 def _probs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -291,16 +304,48 @@ def _dataset_fields(dataset) -> dict:
     }
 
 
+def calibrated_head(model: nn.Module, card: ModelCard) -> nn.Module:
+    """A copy of ``model`` with the card's calibration folded into its final Linear: the logits
+    become (-s/2, s/2) with s = a·(l₁ - l₀) + b, whose softmax is sigmoid(s), the calibrated
+    P(tumour). The model itself when the map is the identity."""
+    from core.calibration import Calibration
+
+    calibration = Calibration.from_dict(card.calibration)
+    if calibration.method == "identity":
+        return model
+    model = copy.deepcopy(model)
+    head = get_target_layer(model, get_spec(card.arch).classifier)
+    with torch.no_grad():
+        weight = calibration.a * (head.weight[1] - head.weight[0])
+        bias = calibration.a * (head.bias[1] - head.bias[0]) + calibration.b
+        head.weight.copy_(torch.stack([-weight / 2, weight / 2]))
+        head.bias.copy_(torch.stack([-bias / 2, bias / 2]))
+    return model
+
+
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> float:
-    """Write the checkpoint's model as TorchScript; returns max |ΔP| against the checkpoint."""
+    """Write the checkpoint's model as TorchScript whose softmax is the calibrated P(tumour)
+    (``calibrated_head``); returns max |ΔP| against ``predict_proba`` (CPU, fp32)."""
+    from core.preprocess import predict_proba
+
     loaded = load_checkpoint(checkpoint)
-    card_json = json.dumps(loaded.card.to_dict())
+    card = replace(loaded.card, calibration={})  # the outputs carry the map now
+    about = {
+        "outputs": "logits N×2 (normal, tumour) for N×3×S×S input normalised as the card says; "
+        "softmax(out)[:, 1] is the calibrated P(tumour); call tumour at >= card.threshold",
+        "folded_calibration": loaded.card.calibration or {"method": "identity"},
+        "threshold": loaded.card.threshold,
+        # checked before writing: max |ΔP| against predict_proba on random patches
+        "parity": {"tolerance": PARITY_TOLERANCE, "device": "cpu", "precision": "fp32"},
+    }
+    extra = {CARD_FILE: json.dumps(card.to_dict()), EXPORT_FILE: json.dumps(about)}
     buffer = io.BytesIO()
     with _quiet_jit():
-        torch.jit.save(torch.jit.script(loaded.model), buffer, _extra_files={CARD_FILE: card_json})
+        scripted = torch.jit.script(calibrated_head(loaded.model, loaded.card))
+        torch.jit.save(scripted, buffer, _extra_files=extra)
         reloaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
-    x = _random_batch(loaded.card)
-    delta = float(np.abs(_probs(loaded.model, x) - reference_probs(reloaded, x)).max())
+    expected = predict_proba(loaded, _random_patches(card), precision="fp32")
+    delta = float(np.abs(expected - reference_probs(reloaded, _random_batch(card))).max())
     if delta > PARITY_TOLERANCE:
         raise CheckpointError(
             f"{checkpoint}: TorchScript export differs by {delta:.2g}; not written"

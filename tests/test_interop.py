@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ import torchvision
 from torch import nn
 
 from core.__main__ import main
-from core.checkpoints import load_checkpoint
-from core.interop import CARD_FILE, PARITY_TOLERANCE
+from core.checkpoints import load_checkpoint, save_checkpoint
+from core.interop import CARD_FILE, EXPORT_FILE, PARITY_TOLERANCE
 from core.preprocess import predict_proba, to_model_input
 
 RNG = np.random.default_rng(0)
@@ -115,24 +117,38 @@ def test_torchscript_input_imports_and_matches_its_own_outputs(tmp_path):
     assert np.abs(predict_proba(loaded, PATCHES) - expected).max() <= PARITY_TOLERANCE
 
 
-def test_export_round_trip_keeps_probabilities_and_card(tmp_path):
+@pytest.mark.parametrize(
+    "calibration", [{}, {"method": "platt", "a": 0.7, "b": -1.3}], ids=["identity", "platt"]
+)
+def test_export_round_trip_keeps_calibrated_probabilities_and_card(tmp_path, calibration):
     weights, ckpt, exported = tmp_path / "w.pth", tmp_path / "c.pt", tmp_path / "model.ts"
     torch.save(notebook_resnet18().state_dict(), weights)
     assert import_cli(weights, ckpt)[0] == 0
+    imported = load_checkpoint(ckpt)
+    card = replace(imported.card, calibration=calibration, threshold=0.31)
+    save_checkpoint(ckpt, imported.model, card)
     code, stdout, stderr = run_cli(
         "export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(exported)
     )
     assert code == 0, stderr
+    assert "calibrated P(tumour)" in stdout and "(cpu, fp32)" in stdout
     loaded = load_checkpoint(ckpt)
-    extra = {CARD_FILE: ""}
+    extra = {CARD_FILE: "", EXPORT_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(exported), _extra_files=extra)
     with torch.no_grad():
         probs = torch.softmax(module(to_model_input(PATCHES, loaded.card)), 1)[:, 1].numpy()
     assert np.abs(probs - predict_proba(loaded, PATCHES)).max() <= PARITY_TOLERANCE
-    assert b'"arch": "resnet18"' in extra[CARD_FILE]
-    # and back in: the exported file imports to the same model
+    raw = notebook_probs(imported.model, loaded.card)
+    assert (np.abs(probs - raw).max() > 0.01) == bool(calibration)  # the map is in the outputs
+    inside = json.loads(extra[CARD_FILE])
+    assert inside["arch"] == "resnet18" and inside["threshold"] == 0.31
+    assert inside["calibration"] == {}  # already applied: a reader must not apply it twice
+    about = json.loads(extra[EXPORT_FILE])
+    assert about["folded_calibration"] == (calibration or {"method": "identity"})
+    assert about["parity"]["device"] == "cpu" and about["parity"]["precision"] == "fp32"
+    # and back in: the exported file imports to a model with the same (calibrated) outputs
     again = tmp_path / "again.pt"
     assert import_cli(exported, again)[0] == 0
     assert np.abs(predict_proba(load_checkpoint(again), PATCHES) - probs).max() <= PARITY_TOLERANCE

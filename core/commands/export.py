@@ -1,7 +1,10 @@
 """`python -m core export --checkpoint CKPT --format torchscript --out FILE`.
 
-Writes the model as TorchScript (logits N×2 for normalised N×3×S×S input; the model card is
-inside as ``histolens_card.json``) after checking its P(tumour) against the checkpoint's.
+Writes the model as TorchScript: logits N×2 for normalised N×3×S×S input, with the card's
+calibration folded into the head, so softmax(out)[:, 1] is the calibrated P(tumour) that
+``predict_proba`` returns (checked on CPU in fp32 before anything is written). The model card is
+inside as ``histolens_card.json`` (threshold on calibrated P), the output contract and the folded
+map as ``histolens_export.json`` (core/interop.py).
 """
 
 from __future__ import annotations
@@ -28,5 +31,8 @@ def run(args) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.out}: TorchScript, max |ΔP| against the checkpoint {delta:.1e}")
+    print(
+        f"{args.out}: TorchScript, softmax = calibrated P(tumour); max |ΔP| against the "
+        f"checkpoint {delta:.1e} (cpu, fp32)"
+    )
     return 0
