@@ -18,15 +18,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import (
-    card_problem,
-    card_thresholds,
-    checkpoint_choices,
-    checkpoint_label,
-    model_names,
-    readable,
-    trained_on_index,
-)
+from core.catalogue import card_thresholds, checkpoint_choices, model_names
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
@@ -43,7 +35,6 @@ from core.data import list_datasets
 from core.display import display_table
 from core.evaluate import (
     REPORTED_METRICS,
-    SPLITS,
     labelled,
     open_dataset_for,
     patient_table,
@@ -59,6 +50,7 @@ from core.figures import (
 from core.files import file_sha256
 from core.metrics import format_ci, patient_level
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
+from pages._shared.inputs import choose_inputs
 from pages._shared.state import SESSION, keep_offered
 
 MAX_MODELS = 4
@@ -108,62 +100,6 @@ def apply_sensitivity_target(preds, target: float, shared: bool) -> None:
         st.session_state[threshold_key(name)] = value
     if shared:  # one slider: the lowest threshold keeps every model at or above the target
         st.session_state[threshold_key("shared")] = min(chosen.values())
-
-
-def choose_inputs(entries, checkpoints):
-    """Sidebar: checkpoints, dataset, split, TTA. Kept for the session and mirrored in the URL
-    (``?ckpt=…&ckpt=…&data=…&split=…``), so a reload or a shared link shows this comparison."""
-    names = dict(zip(checkpoints, model_names(checkpoints), strict=True))
-    seed_from_url(checkpoints, names, entries)
-    keep_offered("compare_checkpoints", checkpoints, readable(checkpoints)[:2], name=names.get)
-    with st.sidebar:
-        chosen = st.multiselect(
-            "Checkpoints (2–4)",
-            checkpoints,
-            format_func=checkpoint_label,
-            max_selections=MAX_MODELS,
-            key="compare_checkpoints",
-            persist_state=SESSION,
-        )
-        trained_on = entries[trained_on_index(entries, chosen[0])] if chosen else entries[0]
-        keep_offered("compare_dataset", entries, trained_on, name=lambda e: e.name)
-        entry = st.selectbox(
-            "Dataset",
-            entries,
-            format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
-            key="compare_dataset",
-            persist_state=SESSION,
-        )
-        split = st.selectbox("Split", SPLITS, key="compare_split", persist_state=SESSION)
-        tta = st.toggle(
-            "D4 test-time augmentation",
-            help="average over the 8 rotations/flips (8× slower)",
-            key="compare_tta",
-            persist_state=SESSION,
-        )
-    st.query_params.from_dict(
-        {"ckpt": [names[p] for p in chosen], "data": entry.name, "split": split}
-    )
-    for path in [p for p in chosen if card_problem(p)]:
-        st.error(f"{names[path]} cannot be compared: {card_problem(path)}")
-    return [p for p in chosen if not card_problem(p)], entry, split, tta
-
-
-def seed_from_url(checkpoints, names, entries) -> None:
-    """A session's first visit takes its choices from the URL; names it does not know are
-    ignored (the defaults apply)."""
-    state, params = st.session_state, st.query_params
-    if "compare_checkpoints" in state:
-        return
-    by_name = {name: path for path, name in names.items()}
-    wanted = [by_name[n] for n in params.get_all("ckpt") if n in by_name][:MAX_MODELS]
-    if len(wanted) >= 2:
-        state["compare_checkpoints"] = wanted
-    match = [e for e in entries if e.name == params.get("data")]
-    if match:
-        state["compare_dataset"] = match[0]
-    if params.get("split") in SPLITS:
-        state["compare_split"] = params["split"]
 
 
 def predictions(chosen, entry, split: str, tta: bool):
@@ -411,7 +347,15 @@ if not entries or len(checkpoints) < 2:
         f"checkpoints are read from `{config.checkpoints_dir()}` and the runs folder."
     )
     st.stop()
-chosen, entry, split, tta = choose_inputs(entries, checkpoints)
+chosen, entry, split = choose_inputs(
+    "compare", entries, checkpoints, (2, MAX_MODELS), verb="compared"
+)
+tta = st.sidebar.toggle(
+    "D4 test-time augmentation",
+    help="average over the 8 rotations/flips (8× slower)",
+    key="compare_tta",
+    persist_state=SESSION,
+)
 if len(chosen) < 2:
     st.info("Pick at least two checkpoints in the sidebar.")
     st.stop()

@@ -15,13 +15,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
-from core.catalogue import (
-    checkpoint_choices,
-    checkpoint_label,
-    model_names,
-    read_card,
-    trained_on_index,
-)
+from core.catalogue import checkpoint_choices, model_names, read_card
 from core.data import list_datasets
 from core.embed import (
     AXES_NOTE,
@@ -33,10 +27,11 @@ from core.embed import (
     rows_from_selection,
     selection_table,
 )
-from core.evaluate import SPLITS, open_dataset_for
+from core.evaluate import open_dataset_for
 from core.figures import embedding_figure
 from core.files import file_sha256
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model
+from pages._shared.inputs import choose_inputs
 
 MAX_MODELS = 2
 GALLERY_MAX = 12  # patches shown with Grad-CAMs; the CSV holds the whole selection
@@ -70,21 +65,8 @@ if not entries or not checkpoints:
     )
     st.stop()
 
+chosen, entry, split = choose_inputs("embed", entries, checkpoints, (1, MAX_MODELS), "mapped")
 with st.sidebar:
-    chosen = st.multiselect(
-        "Checkpoints (1–2)",
-        checkpoints,
-        default=checkpoints[:MAX_MODELS],
-        format_func=checkpoint_label,
-        max_selections=MAX_MODELS,
-    )
-    entry = st.selectbox(
-        "Dataset",
-        entries,
-        index=trained_on_index(entries, chosen[0]) if chosen else 0,
-        format_func=lambda e: e.label(tag_synthetic=False),  # the sidebar is narrow
-    )
-    split = st.selectbox("Split", SPLITS, index=0)
     method = st.radio("Map", METHODS[::-1], horizontal=True, help=METHOD_HELP)
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, help="UMAP's seed and the sample's"))
     cap = int(st.number_input("Points per map (cap)", 1000, 200_000, MAP_CAP, step=1000))

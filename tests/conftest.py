@@ -37,6 +37,25 @@ def demo_data(demo_root, tmp_path) -> Path:
     return data
 
 
+@pytest.fixture
+def app_env(demo_root, tmp_path, monkeypatch) -> Path:
+    """What the page tests open: a data root linking the demo, and two untrained checkpoints
+    ``alpha`` and ``beta`` (seeds 0 and 1) trained on its PCam set, in the checkpoints folder
+    (``tmp_path / "checkpoints"``). Returns the data root."""
+    from test_evaluate import make_checkpoint  # imports torch: only the tests that need it
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "demo").symlink_to(demo_root, target_is_directory=True)
+    ckpts = tmp_path / "checkpoints"
+    trained_on = {"dataset": str(data / "demo" / "pcam"), "dataset_format": "pcam"}
+    make_checkpoint(ckpts / "alpha.pt", seed=0, **trained_on)
+    make_checkpoint(ckpts / "beta.pt", seed=1, **trained_on)
+    monkeypatch.setenv("HISTOLENS_DATA", str(data))
+    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(ckpts))
+    return data
+
+
 # -- tiny fake datasets in the real on-disk formats ------------------------------------------
 
 

@@ -12,19 +12,6 @@ from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 from drawn import drawn, ok, widget  # noqa: E402 (after the skip)
 
-
-@pytest.fixture
-def app_env(demo_root, tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "demo").symlink_to(demo_root, target_is_directory=True)
-    ckpts = tmp_path / "checkpoints"
-    make_checkpoint(ckpts / "alpha.pt", seed=0)
-    make_checkpoint(ckpts / "beta.pt", seed=1)
-    monkeypatch.setenv("HISTOLENS_DATA", str(data))
-    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(ckpts))
-
-
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "compare.py")
 
 

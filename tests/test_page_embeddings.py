@@ -6,24 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "embeddings.py")
-
-
-@pytest.fixture
-def app_env(demo_root, tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "demo").symlink_to(demo_root, target_is_directory=True)
-    ckpts = tmp_path / "checkpoints"
-    trained_on = {"dataset": str(data / "demo" / "pcam"), "dataset_format": "pcam"}
-    make_checkpoint(ckpts / "alpha.pt", seed=0, **trained_on)
-    make_checkpoint(ckpts / "beta.pt", seed=1, **trained_on)
-    monkeypatch.setenv("HISTOLENS_DATA", str(data))
-    monkeypatch.setenv("HISTOLENS_CHECKPOINTS", str(ckpts))
 
 
 def n_points(trace: dict) -> int:
