@@ -2,6 +2,11 @@
 
     python bench/recipe_search.py --data ../shared/data/real/idc --device cuda --parallel 12 \\
         --out recipe.jsonl --final auto
+    python bench/recipe_search.py --data DATA --device cuda --parallel 12 --workers 1 \\
+        --only hcd_cnn-cw-96px,bn_cnn-cw-96px,small_resnet-cw-96px,resnet18-cw-96px --out r96.jsonl
+    python bench/recipe_search.py --data DATA --device cuda --skip-grid --final bn_cnn-cw-ls \\
+        --parallel 3 --workers 3 --out final.jsonl
+    # smoke test of either on the CPU: add --device cpu --quick, with the demo set as DATA
 
 Trains every recipe of the grid × ``--seeds`` with the real trainer (``python -m core train``,
 ``--parallel`` processes at a time), then scores each run's ``best.pt`` on the VALIDATION split
@@ -15,7 +20,12 @@ budget, below) then looks at the TEST split once, for that recipe only, with the
 and threshold the trainer fitted on validation into each card: test AUC (95% CI by patient),
 balanced accuracy, F1, sensitivity and specificity at the card's threshold, ECE before and after
 calibration, and patient-level metrics (core.metrics.patient_level: max aggregation).
-``--skip-grid --final RECIPE`` runs only that.
+``--skip-grid --final RECIPE`` runs only that. ``--only NAME[,NAME...]`` runs a subset of the
+grid (e.g. the four ``*-96px`` rows). ``--quick`` trains every chosen recipe for 2 epochs of 2
+batches of 16: a smoke test of the whole path on the CPU (``--device cpu`` and the demo set).
+
+Each run's row (figures and train wall time) is printed as soon as it is scored, so a run cut by
+a time cap still leaves figures; each phase ends with a table of mean ± sd over seeds per recipe.
 
 The CPU budget: the default recipe must train in ~15 minutes on 2 loaded cores. An idc_cnn
 epoch of the IDC sample takes ~20 s there (README, measured figures); ``CPU_COST`` is each
@@ -89,13 +99,18 @@ def full_grid() -> list[Recipe]:
     return grid
 
 
-def tiny_grid() -> list[Recipe]:
-    """A smoke test of the whole path (CPU, demo data): two recipes, two batches per epoch."""
-    quick = {"epochs": 2, "limit_batches": 2, "batch_size": 16}
-    return [
-        Recipe("tiny-idc_cnn", {"model": "idc_cnn", **quick}),
-        Recipe("tiny-bn_cnn-cw", {"model": "bn_cnn", "class_weighting": True, **quick}),
-    ]
+QUICK = {"epochs": 2, "limit_batches": 2, "batch_size": 16}  # --quick: a smoke test
+
+
+def select(names: str | None, grid: list[Recipe], quick: bool) -> dict[str, Recipe]:
+    """The recipes named in ``names`` (comma-separated; all when None), with QUICK on top
+    when ``quick``. ValueError names any unknown one and the known ones."""
+    recipes = {r.name: r for r in grid}
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else list(recipes)
+    unknown = [n for n in chosen if n not in recipes]
+    if unknown:
+        raise ValueError(f"unknown recipe {', '.join(unknown)}; choose from {', '.join(recipes)}")
+    return {n: Recipe(n, {**recipes[n].flags, **QUICK}) if quick else recipes[n] for n in chosen}
 
 
 def command(recipe: Recipe, data: str, seed: int, device: str, run_dir: Path, workers: int):
@@ -191,9 +206,13 @@ def test_scores(scorer: Scorer, checkpoint: Path, seed: int) -> dict:
     return {f"test_{k}": v for k, v in out.items()}
 
 
-def cpu_estimate_s(model: str, epochs_run: float) -> float | None:
-    cost = CPU_COST.get(model)
-    return None if cost is None else cost * CPU_EPOCH_S * epochs_run
+def cpu_estimate_s(records: list[dict]) -> float | None:
+    """Minutes a recipe's mean epochs would take on the CPU; None where CPU_COST (50 px) does
+    not say: other models, and any run at another input size."""
+    cost = CPU_COST.get(records[0]["model"])
+    if cost is None or "img_size" in records[0]["flags"]:
+        return None
+    return cost * CPU_EPOCH_S * float(np.mean([r["epochs_run"] for r in records]))
 
 
 def run_one(recipe: Recipe, seed: int, opts, scorer: Scorer, final: bool) -> dict:
@@ -217,9 +236,59 @@ def run_one(recipe: Recipe, seed: int, opts, scorer: Scorer, final: bool) -> dic
     return record
 
 
+VALID_COLUMNS = (
+    ("val AUC", "val_auc"),
+    ("val bal.acc", "val_balanced_accuracy"),
+    ("ECE raw", "val_ece_raw"),
+    ("ECE temp.", "val_ece_temperature"),
+    ("ECE Platt", "val_ece_platt"),
+    ("epochs", "epochs_run"),
+    ("train s", "train_wall_s"),
+)
+# the test split at the card's threshold, ECE before / after the card's calibration
+TEST_COLUMNS = (
+    ("test AUC", "test_auc"),
+    ("bal.acc", "test_balanced_accuracy"),
+    ("F1", "test_f1"),
+    ("sens.", "test_sensitivity"),
+    ("spec.", "test_specificity"),
+    ("ECE raw", "test_ece_raw"),
+    ("ECE cal.", "test_ece"),
+    ("threshold", "test_threshold"),
+    ("epochs", "epochs_run"),
+    ("train s", "train_wall_s"),
+)
+NAME_WIDTH, CELL_WIDTH = 30, 15
+
+
+def _header(columns) -> str:
+    return f"{'recipe':{NAME_WIDTH}s}" + "".join(f"{t:>{CELL_WIDTH}s}" for t, _ in columns)
+
+
+def _cell(values: list) -> str:
+    """One figure, or mean ± sd over seeds; '-' when none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1 and isinstance(values[0], int):
+        return str(values[0])
+    digits = 1 if max(abs(v) for v in values) >= 10 or isinstance(values[0], int) else 3
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _row(name: str, records: list[dict], columns) -> str:
+    cells = (_cell([r.get(key) for r in records]) for _, key in columns)
+    return f"{name:{NAME_WIDTH}s}" + "".join(f"{c:>{CELL_WIDTH}s}" for c in cells)
+
+
 def run_grid(recipes: list[Recipe], opts, final: bool = False) -> list[dict]:
+    """Train and score every recipe × seed, ``opts.parallel`` at a time; each run's row is
+    printed (and its JSON line written) as soon as it is scored."""
     scorer = Scorer(opts.data, opts.device)
     jobs = [(r, s) for r in recipes for s in range(opts.seeds)]
+    columns = TEST_COLUMNS if final else VALID_COLUMNS
     out = opts.out.open("a")
     lock = threading.Lock()
     records = []
@@ -230,53 +299,44 @@ def run_grid(recipes: list[Recipe], opts, final: bool = False) -> list[dict]:
             out.write(json.dumps({**record, "split": "test" if final else "valid"}) + "\n")
             out.flush()
             records.append(record)
-            print(_line(record), flush=True)
+            name = f"{record['recipe']} s{record['seed']}" + (" FAILED" if record["rc"] else "")
+            print(_row(name, [record], columns), flush=True)
 
+    print(_header(columns), flush=True)
     with ThreadPoolExecutor(opts.parallel) as pool:
         list(pool.map(one, jobs))
     out.close()
     return records
 
 
-def _line(r: dict) -> str:
-    keys = ("val_auc", "val_balanced_accuracy", "val_ece_raw", "val_ece_platt", "test_auc")
-    figures = " ".join(f"{k}={r[k]:.3f}" for k in keys if r.get(k) is not None)
-    return f"{r['recipe']} s{r['seed']}: {r['epochs_run']} epochs, {r['train_wall_s']} s, {figures}"
+def print_summary(records: list[dict], columns, title: str) -> None:
+    """Mean ± sd over seeds per recipe (best first by the first column)."""
+    by_recipe: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get(columns[0][1]) is not None:
+            by_recipe.setdefault(r["recipe"], []).append(r)
+    order = sorted(by_recipe, key=lambda k: -np.mean([r[columns[0][1]] for r in by_recipe[k]]))
+    print(f"\n{title} (mean ± sd over seeds)\n{_header(columns)}  seeds  CPU estimate")
+    for name in order:
+        rs = by_recipe[name]
+        cpu = cpu_estimate_s(rs)
+        cpu_text = f"~{cpu / 60:.1f} min" if cpu else "(not estimated)"
+        print(f"{_row(name, rs, columns)}  {len(rs):5d}  {cpu_text}")
 
 
 def summarise(records: list[dict]) -> dict[str, dict]:
+    """Per recipe: mean validation AUC and the CPU estimate (what ``choose`` needs)."""
     by_recipe: dict[str, list[dict]] = {}
     for r in records:
         if r.get("val_auc") is not None:
             by_recipe.setdefault(r["recipe"], []).append(r)
-    summary = {}
-    for name, rs in by_recipe.items():
-        aucs = [r["val_auc"] for r in rs]
-        epochs = float(np.mean([r["epochs_run"] for r in rs]))
-        summary[name] = {
-            "n": len(rs),
-            "val_auc_mean": float(np.mean(aucs)),
-            "val_auc_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
-            "val_bacc_mean": float(np.mean([r["val_balanced_accuracy"] for r in rs])),
-            "cpu_estimate_s": cpu_estimate_s(rs[0]["model"], epochs),
+    return {
+        name: {
+            "val_auc_mean": float(np.mean([r["val_auc"] for r in rs])),
+            "cpu_estimate_s": cpu_estimate_s(rs),
         }
-    for name, s in sorted(summary.items(), key=lambda kv: -kv[1]["val_auc_mean"]):
-        cpu = s["cpu_estimate_s"]
-        cpu_text = f"CPU ~{cpu / 60:.1f} min" if cpu else "(not a CPU default)"
-        print(
-            f"{name:28s} val AUC {s['val_auc_mean']:.4f} ± {s['val_auc_sd']:.4f}  "
-            f"bal.acc {s['val_bacc_mean']:.3f}  {cpu_text}"
-        )
-    return summary
-
-
-def print_test_summary(records: list[dict]) -> None:
-    """Mean ± sd over seeds of the test figures (the README table's row)."""
-    for key in ("auc", "balanced_accuracy", "f1", "ece_raw", "ece", "threshold"):
-        values = [r[f"test_{key}"] for r in records if r.get(f"test_{key}") is not None]
-        if values:
-            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            print(f"test {key:18s} {np.mean(values):.3f} ± {sd:.3f}  (n={len(values)})")
+        for name, rs in by_recipe.items()
+    }
 
 
 def choose(summary: dict[str, dict]) -> str:
@@ -298,24 +358,39 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     p.add_argument("--runs", type=Path, help="run directories (default: a new temp folder)")
-    p.add_argument("--grid", choices=("full", "tiny"), default="full")
+    p.add_argument("--only", help="comma-separated recipe names: run only these of the grid")
+    p.add_argument("--quick", action="store_true", help="2 epochs of 2 batches: a smoke test")
     p.add_argument("--final", help="recipe name, or 'auto', to score on the test split")
     p.add_argument("--skip-grid", action="store_true", help="only --final (runs retrained)")
     opts = p.parse_args(argv)
+    if opts.final == "auto" and opts.skip_grid:
+        p.error("--final auto chooses from the grid: drop --skip-grid or name the recipe")
     opts.runs = opts.runs or Path(tempfile.mkdtemp(prefix="recipe-runs-"))
-    recipes = {r.name: r for r in (full_grid() if opts.grid == "full" else tiny_grid())}
+    try:
+        grid = select(opts.only, full_grid(), opts.quick)
+        named_final = opts.final not in (None, "auto")
+        final = select(opts.final, full_grid(), opts.quick) if named_final else grid
+    except ValueError as err:
+        p.error(str(err))
     t0 = time.perf_counter()
     summary = {}
     if not opts.skip_grid:
-        print(f"{len(recipes)} recipes × {opts.seeds} seeds, {opts.parallel} at a time", flush=True)
-        summary = summarise(run_grid(list(recipes.values()), opts))
+        print(f"{len(grid)} recipes × {opts.seeds} seeds, {opts.parallel} at a time", flush=True)
+        records = run_grid(list(grid.values()), opts)
+        print_summary(records, VALID_COLUMNS, "validation patients")
+        summary = summarise(records)
         grid_s = time.perf_counter() - t0
-        print(f"grid: {grid_s:.0f} s ({grid_s / GRID_BUDGET_S:.2f}× the {GRID_BUDGET_S} s budget)")
+        print(
+            f"grid: {grid_s:.0f} s wall ({grid_s / GRID_BUDGET_S:.2f}× the {GRID_BUDGET_S} s budget)"
+        )
     if opts.final:
-        name = choose(summary) if opts.final == "auto" else opts.final
-        print(f"final: {name} on the test split, {opts.seeds} seeds", flush=True)
+        name = choose(summary) if opts.final == "auto" else next(iter(final))
+        print(f"\nfinal: {name} on the test split, {opts.seeds} seeds", flush=True)
+        t1 = time.perf_counter()
         opts.runs = opts.runs / "final"
-        print_test_summary(run_grid([recipes[name]], opts, final=True))
+        records = run_grid([final[name]], opts, final=True)
+        print_summary(records, TEST_COLUMNS, f"test patients, looked at once: {name}")
+        print(f"final: {time.perf_counter() - t1:.0f} s wall")
     return 0
 
 
