@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.config import RESEARCH_NOTICE
 from core.data.demo import demo_in_background
+from core.memory import release_free_memory
 from pages._shared import PUBLIC_NOTICE, public_mode
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
@@ -27,4 +28,7 @@ progress = demo_in_background()
 if progress.error:
     st.sidebar.warning(progress.error)
 
-pg.run()
+try:
+    pg.run()
+finally:  # also after st.stop()/st.rerun(): a page's large temporary buffers (batches, CAMs)
+    release_free_memory()  # go back to the OS, not into the base of the next peak (core/memory.py)
