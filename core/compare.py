@@ -256,11 +256,16 @@ def _plain(value):
 
 def predictions_table(preds, thresholds=None) -> pd.DataFrame:
     """All models' probabilities and calls per patch, unlabelled ones (label -1) included:
-    the predictions CSV export."""
+    the predictions CSV export. A CSV has no header block, so how each model's column was
+    made travels in columns of its own: the threshold of ``pred:``, and the device and
+    precision that computed ``prob:`` (``predict_split``'s attrs; "unknown" without them)."""
     thresholds = _thresholds_for(preds, thresholds)
     table = joined(preds, labelled_only=False)
-    for name in preds:
+    for name, frame in preds.items():
         table[f"pred:{name}"] = (table[f"prob:{name}"] >= thresholds[name]).astype(int)
+        table[f"threshold:{name}"] = thresholds[name]
+        for field in ("device", "precision"):
+            table[f"{field}:{name}"] = frame.attrs.get(field, "unknown")
     return table
 
 

@@ -100,11 +100,15 @@ def test_threshold_free_curves_and_legend_show_auc_with_ci():
     assert any(n.startswith("weak @ 0.500") for n in names)
 
 
-def test_predictions_export_keeps_unlabelled_patches():
+def test_predictions_export_keeps_unlabelled_patches_and_says_how_each_column_was_made():
     preds = _preds()
+    preds["good"].attrs.update(device="cuda", precision="bf16")  # as predict_split sets them
     table = compare.predictions_table(preds, {"good": 0.5, "weak": 0.3})
     assert len(table) == 200 and (table["label"] == -1).sum() == 1
     assert (table["pred:weak"] == (table["prob:weak"] >= 0.3)).all()
+    assert set(table["threshold:weak"]) == {0.3} and set(table["threshold:good"]) == {0.5}
+    assert set(table["device:good"]) == {"cuda"} and set(table["precision:good"]) == {"bf16"}
+    assert set(table["device:weak"]) == {"unknown"}  # frames without attrs are not guessed
     assert len(compare.joined(preds)) == 199
 
 
