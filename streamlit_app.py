@@ -5,7 +5,7 @@ import streamlit as st
 from core.config import RESEARCH_NOTICE
 from core.data.demo import demo_in_background
 from core.memory import release_free_memory
-from pages._shared import PUBLIC_NOTICE, public_mode
+from pages._shared import PUBLIC_NOTICE, demo_error_or_retry, public_mode
 
 st.set_page_config(page_title="HistoLens", page_icon="🔬", layout="wide")
 
@@ -24,9 +24,8 @@ if public_mode():
 
 # A fresh clone has no data: the synthetic demo is written by a background thread (once per
 # server), so the first page paints at once; Home shows its progress.
-progress = demo_in_background()
-if progress.error:
-    st.sidebar.warning(progress.error)
+with st.sidebar:
+    demo_error_or_retry(demo_in_background().error, key="demo_retry_sidebar")
 
 try:
     pg.run()

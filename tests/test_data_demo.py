@@ -9,7 +9,14 @@ import pytest
 
 from core import config
 from core.data import list_datasets, open_dataset, summarize
-from core.data.demo import DemoSizes, demo_in_background, ensure_demo, write_demo
+from core.data.demo import (
+    DemoSizes,
+    demo_in_background,
+    ensure_demo,
+    first_demo_set,
+    retry_demo,
+    write_demo,
+)
 
 FORMATS = ("pcam", "hcd", "idc")
 
@@ -111,3 +118,25 @@ def test_demo_in_background_reports_a_write_error(tmp_path, monkeypatch):
         assert time.monotonic() < deadline, "no error reported"
         time.sleep(0.05)
     assert not progress.ready and "Could not write the demo datasets" in progress.error
+
+
+def test_a_failed_background_write_is_retried_on_request(tmp_path, monkeypatch):
+    small = DemoSizes(
+        pcam=(("train", 8, 1),), hcd_labelled=4, hcd_test=0, hcd_slides=1, idc_patients=1
+    )
+    (tmp_path / "data").write_text("not a folder")  # a disk that cannot take the demo
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    failed = first_demo_set(small)
+    assert failed.error and "HISTOLENS_DATA" in failed.error and not failed.ready
+    assert demo_in_background(small).error == failed.error  # no retry until asked
+    (tmp_path / "data").unlink()
+    retry_demo()
+    first = first_demo_set(small)
+    assert first.error is None and first.done >= 1
+    assert "demo/pcam" in {e.name for e in list_datasets()}  # the first set, listed at once
+    deadline = time.monotonic() + 120
+    while not demo_in_background(small).ready:
+        assert time.monotonic() < deadline, "the retried demo was never written"
+        time.sleep(0.05)
+    assert {e.name for e in list_datasets()} == {"demo/pcam", "demo/hcd", "demo/idc"}
+    assert not [p for p in config.demo_root().iterdir() if p.name.startswith(".demo-")]

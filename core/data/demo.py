@@ -32,6 +32,7 @@ from core import config
 from core.data.base import MASKS_FILE, SYNTHETIC_MARKER
 from core.data.pcam import split_file
 from core.data.synth import render_slide
+from core.memory import release_free_memory
 
 PATCH = 96
 CENTRE = 32
@@ -198,38 +199,58 @@ def write_demo(
 ) -> dict[str, Path]:
     """Write the three demo sets under ``out_dir``; same seed, same pixels.
     ``progress(done)`` is called with the number of sets written after each one."""
-    sizes = sizes or DemoSizes()
     out_dir = Path(out_dir)
     _write_marker(out_dir)
     written = {}
-    for offset, (name, writer) in enumerate(WRITERS.items()):
-        written[name] = writer(out_dir / name, np.random.default_rng(seed + offset), sizes)
+    for done, name in enumerate(WRITERS, 1):
+        written[name] = write_demo_set(out_dir, name, sizes, seed)
         if progress:
-            progress(offset + 1)
+            progress(done)
     return written
+
+
+def write_demo_set(
+    out_dir, name: str, sizes: DemoSizes | None = None, seed: int = DEMO_SEED
+) -> Path:
+    """Write the demo set ``name`` ("pcam", "hcd", "idc") to ``out_dir / name``."""
+    offset = list(WRITERS).index(name)
+    return WRITERS[name](
+        Path(out_dir) / name, np.random.default_rng(seed + offset), sizes or DemoSizes()
+    )
 
 
 _DEMO_LOCK = threading.Lock()  # app sessions are threads of one process: write once
 
 
 def ensure_demo(sizes: DemoSizes | None = None, progress=None) -> Path:
-    """Write ``config.demo_root()`` if it is absent (first launch). Concurrent callers wait
-    (threads) or lose a rename race harmlessly (processes): each writes to its own staging dir."""
+    """Write ``config.demo_root()`` if it is absent (first launch), one set at a time, PCam
+    first (the demo checkpoints' data): each set is written to a dot-folder (never listed) and
+    renamed into place when complete, so pages list it while the next is being written; the
+    root's marker says all are there. ``progress(done)`` counts the sets in place. Concurrent
+    callers wait (threads) or lose a rename race harmlessly (processes)."""
     target = config.demo_root()
     with _DEMO_LOCK:
         if (target / SYNTHETIC_MARKER).exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-        try:
-            write_demo(staging, sizes, progress=progress)
-            os.rename(staging, target)
-        except OSError:
-            if not (target / SYNTHETIC_MARKER).exists():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
+        for done, name in enumerate(WRITERS, 1):
+            if not (target / name / SYNTHETIC_MARKER).exists():
+                _publish_set(target, name, sizes)
+            if progress:
+                progress(done)
+        _write_marker(target)
     return target
+
+
+def _publish_set(target: Path, name: str, sizes: DemoSizes | None) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target))
+    try:
+        os.rename(write_demo_set(staging, name, sizes), target / name)
+    except OSError:
+        if not (target / name / SYNTHETIC_MARKER).exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -250,31 +271,61 @@ class _BackgroundDemo:
 
     def __init__(self, sizes: DemoSizes | None):
         self.done, self.error = 0, None
+        self.first_set = threading.Event()  # one set in place, or the write failed
         threading.Thread(target=self._run, args=(sizes,), name="demo-writer", daemon=True).start()
 
     def _run(self, sizes: DemoSizes | None) -> None:
         try:
             ensure_demo(sizes, progress=self._advance)
         except OSError as err:
-            self.error = f"Could not write the demo datasets: {err}"
+            self.error = (
+                f"Could not write the demo datasets under {config.demo_root()}: {err}. "
+                "Make room or point HISTOLENS_DATA at a writable folder, then retry."
+            )
+        finally:
+            self.first_set.set()
+            release_free_memory()  # the writer's image buffers, freed (core.memory)
 
     def _advance(self, done: int) -> None:
         self.done = done
+        self.first_set.set()
 
 
 _BACKGROUND: dict[Path, _BackgroundDemo] = {}  # one writer per demo root and server process
 _BACKGROUND_LOCK = threading.Lock()
 
 
+def _background_job(sizes: DemoSizes | None) -> _BackgroundDemo:
+    with _BACKGROUND_LOCK:
+        target = config.demo_root()
+        if target not in _BACKGROUND:
+            _BACKGROUND[target] = _BackgroundDemo(sizes)
+        return _BACKGROUND[target]
+
+
 def demo_in_background(sizes: DemoSizes | None = None) -> DemoProgress:
     """Start writing ``config.demo_root()`` in a background thread if it is absent (once per
-    process), and say how far it is. A first launch paints at once instead of waiting for it."""
+    process, or again after ``retry_demo``), and say how far it is. A first launch paints at
+    once instead of waiting for it."""
     target = config.demo_root()
     if (target / SYNTHETIC_MARKER).exists():
         return DemoProgress(len(WRITERS))
-    with _BACKGROUND_LOCK:
-        if target not in _BACKGROUND:
-            _BACKGROUND[target] = _BackgroundDemo(sizes)
-        job = _BACKGROUND[target]
-    ready = (target / SYNTHETIC_MARKER).exists()  # the rename lands after the last set
+    job = _background_job(sizes)
+    ready = (target / SYNTHETIC_MARKER).exists()  # the marker lands after the last set
     return DemoProgress(len(WRITERS) if ready else min(job.done, len(WRITERS) - 1), error=job.error)
+
+
+def first_demo_set(sizes: DemoSizes | None = None) -> DemoProgress:
+    """``demo_in_background``, waiting until one set is in place (or the write failed): a page
+    that lists datasets has PCam's to show ~1/3 of the way in, not after all three."""
+    if not (config.demo_root() / SYNTHETIC_MARKER).exists():
+        _background_job(sizes).first_set.wait()
+    return demo_in_background(sizes)
+
+
+def retry_demo() -> None:
+    """Forget a failed background write, so the next ``demo_in_background`` tries again."""
+    with _BACKGROUND_LOCK:
+        job = _BACKGROUND.get(config.demo_root())
+        if job is not None and job.error is not None:
+            del _BACKGROUND[config.demo_root()]

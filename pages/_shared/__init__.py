@@ -15,17 +15,26 @@ import streamlit as st
 
 from core import config
 from core.data import open_dataset
-from core.data.demo import ensure_demo
+from core.data.demo import first_demo_set, retry_demo
 
 
 def ensure_demo_or_warn() -> None:
-    """First launch: write the synthetic demo (or wait for the writer already at it). A disk
-    that cannot take it (read-only, full) gets one warning; the page goes on without the demo."""
-    try:
-        with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
-            ensure_demo()
-    except OSError as err:
-        st.warning(f"Could not write the demo datasets: {err}")
+    """First launch: wait for the background demo writer's first set (PCam, ~1/3 of the write;
+    the others are listed as they land). A disk that cannot take it (read-only, full) gets one
+    warning with a retry button; the page goes on without the demo."""
+    with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
+        progress = first_demo_set()
+    demo_error_or_retry(progress.error, key="demo_retry_page")
+
+
+def demo_error_or_retry(error: str | None, key: str) -> None:
+    """A failed demo write: its one line, and a button that starts the writer again."""
+    if error is None:
+        return
+    st.warning(error)
+    if st.button("Retry writing the demo", key=key):
+        retry_demo()
+        st.rerun()
 
 
 MAX_MODELS = 8  # checkpoints kept loaded (Compare shows up to 4, Explain several)
