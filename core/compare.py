@@ -13,6 +13,7 @@ checkpoint; everything else works on the resulting ``{model name: predictions}``
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from core import metrics
 from core.catalogue import model_names, trained_on_index  # noqa: F401 (tests use compare.*)
-from core.evaluate import labelled, predict_split
+from core.evaluate import labelled, predict_split, split_fingerprint
 from core.figures import roc_figure  # noqa: F401 (tests build it through compare)
 
 DISAGREEMENT_KINDS = {
@@ -39,6 +40,7 @@ def evaluate_checkpoints(
     ``progress(done, total)`` counts patches over all models together.
     """
     paths = list(paths)
+    fingerprint = split_fingerprint(ds, split)  # the data files' state, taken once for all
     results = {}
     for k, (name, path) in enumerate(zip(model_names(paths), paths, strict=True)):
 
@@ -47,11 +49,29 @@ def evaluate_checkpoints(
                 progress(k * total + done, len(paths) * total)
 
         results[name] = predict_split(
-            path, ds, split=split, tta=tta, progress=model_progress, **predict_kwargs
+            path,
+            ds,
+            split=split,
+            tta=tta,
+            progress=model_progress,
+            fingerprint=fingerprint,
+            **predict_kwargs,
         )
     if progress is not None:
         progress(1, 1)
     return results
+
+
+def content_keys(preds: dict[str, pd.DataFrame]) -> tuple[str, ...]:
+    """One hash per model of what its predictions hold (patch positions, labels, P(tumour)):
+    a cache key for results computed from them that costs no file access."""
+    keys = []
+    for name, frame in preds.items():
+        digest = hashlib.sha256(name.encode())
+        for column in ("index", "label", "prob"):
+            digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+        keys.append(digest.hexdigest())
+    return tuple(keys)
 
 
 def joined(preds: dict[str, pd.DataFrame], labelled_only: bool = True) -> pd.DataFrame:

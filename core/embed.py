@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from core import config
-from core.evaluate import Progress, prediction_cache_path, split_indices, store_cached
+from core.evaluate import (
+    Progress,
+    prediction_cache_path,
+    split_fingerprint,
+    split_indices,
+    store_cached,
+)
 from core.files import write_atomic
 
 METHODS = ("umap", "pca")
@@ -51,12 +57,17 @@ class EmbeddingMap:
     note: str | None
 
 
-def cache_paths(checkpoint_path, ds, split: str, device=None) -> tuple[Path, Path]:
-    """(prediction cache, feature cache) of a checkpoint on a split: one key, two folders."""
+def cache_paths(
+    checkpoint_path, ds, split: str, device=None, fingerprint: str | None = None
+) -> tuple[Path, Path]:
+    """(prediction cache, feature cache) of a checkpoint on a split: one key, two folders
+    (``fingerprint``: ``core.evaluate.split_fingerprint``, taken here when not given)."""
     from core.evaluate import how_it_runs
 
     how = how_it_runs(device)
-    predictions = prediction_cache_path(checkpoint_path, ds, split, False, **how)
+    predictions = prediction_cache_path(
+        checkpoint_path, ds, split, False, **how, fingerprint=fingerprint
+    )
     return predictions, config.cache_dir() / "features" / f"{predictions.stem}.npy"
 
 
@@ -67,9 +78,10 @@ def split_features(
     progress: Progress | None = None,
     batch_size: int | None = None,
     device=None,
+    fingerprint: str | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """(predictions, features N×D) of every patch of ``split``, from the caches when present."""
-    predictions, path = cache_paths(checkpoint_path, ds, split, device)
+    predictions, path = cache_paths(checkpoint_path, ds, split, device, fingerprint)
     if path.exists() and predictions.exists():
         frame = pd.read_parquet(predictions)
         if progress is not None:
@@ -151,8 +163,13 @@ def embedding_map(
     **predict_kwargs,
 ) -> EmbeddingMap:
     """The 2-D map of ``checkpoint_path`` on ``split``, computed once and then read from disk
-    (a cached map needs neither the model nor the features)."""
-    predictions, _ = cache_paths(checkpoint_path, ds, split, predict_kwargs.get("device"))
+    (a cached map needs neither the model nor the features). ``predict_kwargs``: those of
+    ``split_features`` (``fingerprint`` given once for several maps of one split)."""
+    if predict_kwargs.get("fingerprint") is None:
+        predict_kwargs["fingerprint"] = split_fingerprint(ds, split)
+    predictions, _ = cache_paths(
+        checkpoint_path, ds, split, predict_kwargs.get("device"), predict_kwargs["fingerprint"]
+    )
     path = config.cache_dir() / "maps" / f"{predictions.stem}-{method}-s{seed}-c{cap}.parquet"
     if path.exists() and predictions.exists():
         frame, xy = pd.read_parquet(predictions), pd.read_parquet(path)

@@ -71,15 +71,18 @@ def predict_split(
     batch_size: int | None = None,
     device=None,
     precision: str = "auto",
+    fingerprint: str | None = None,
 ) -> pd.DataFrame:
     """P(tumour) for every patch of ``split`` ("all" = every patch), from the cache if present.
 
     ``tta`` averages the softmax over the 8 dihedral transforms (``core.d4``). ``frame.attrs``
     holds the ``device`` type and ``precision`` that computed the probabilities; both are part
     of the cache key, so bf16 predictions are never served as fp32 ones (or CPU as CUDA).
+    ``fingerprint``: the split's ``split_fingerprint``, when the caller already took it (one
+    stat per data file: a caller running several checkpoints on one split takes it once).
     """
     how = how_it_runs(device, precision)
-    cache = prediction_cache_path(checkpoint_path, ds, split, tta, **how)
+    cache = prediction_cache_path(checkpoint_path, ds, split, tta, **how, fingerprint=fingerprint)
     frame = _read_cached(cache)
     if frame is not None:
         if progress is not None:
@@ -175,11 +178,23 @@ def split_indices(ds, split: str) -> np.ndarray:
     return np.sort(ds.indices(split=None if split == "all" else split))
 
 
+def split_fingerprint(ds, split: str) -> str:
+    """The state of the data files behind ``split`` (``ds.data_fingerprint``), as cache keys use it."""
+    return ds.data_fingerprint(split_indices(ds, split))
+
+
 def prediction_cache_path(
-    checkpoint_path, ds, split: str, tta: bool, device: str = "cpu", precision: str = "fp32"
+    checkpoint_path,
+    ds,
+    split: str,
+    tta: bool,
+    device: str = "cpu",
+    precision: str = "fp32",
+    fingerprint: str | None = None,
 ) -> Path:
     """The cache file of these predictions; ``device``/``precision`` as resolved by
-    ``how_it_runs`` (bf16 probabilities differ from fp32 ones by up to ~1e-3)."""
+    ``how_it_runs`` (bf16 probabilities differ from fp32 ones by up to ~1e-3); ``fingerprint``
+    is ``split_fingerprint(ds, split)``, taken here when not given."""
     sha = file_sha256(checkpoint_path)
     identity = {
         "checkpoint_sha256": sha,
@@ -187,7 +202,7 @@ def prediction_cache_path(
         "format": ds.format,
         "manifest_id": ds.manifest_id,
         "split": split,
-        "data_files": ds.data_fingerprint(split_indices(ds, split)),
+        "data_files": fingerprint or split_fingerprint(ds, split),
         "tta": bool(tta),
         "device": device,
         "precision": precision,

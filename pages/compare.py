@@ -22,6 +22,7 @@ from core.catalogue import card_thresholds, checkpoint_choices, model_names
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
+    content_keys,
     disagreements,
     evaluate_checkpoints,
     metrics_json,
@@ -38,7 +39,6 @@ from core.evaluate import (
     labelled,
     open_dataset_for,
     patient_table,
-    prediction_cache_path,
 )
 from core.figures import (
     confusion_figure,
@@ -362,7 +362,7 @@ if len(chosen) < 2:
 ds, preds = predictions(chosen, entry, split, tta)
 paths = dict(zip(model_names(chosen), chosen, strict=True))
 thresholds = threshold_section(list(paths), preds, card_thresholds(chosen))
-keys = tuple(str(prediction_cache_path(p, ds, split, tta)) for p in chosen)
+keys = content_keys(preds)  # no second look at the data files
 free = curves(keys, preds)
 at = at_thresholds(preds, thresholds)
 confusion_section(list(paths), thresholds, at)

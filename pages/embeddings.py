@@ -27,7 +27,7 @@ from core.embed import (
     rows_from_selection,
     selection_table,
 )
-from core.evaluate import open_dataset_for
+from core.evaluate import open_dataset_for, split_fingerprint
 from core.figures import embedding_figure
 from core.files import file_sha256
 from pages._shared import dataset, ensure_demo_or_warn, loaded_model
@@ -92,10 +92,13 @@ def progress(done: int, total: int) -> None:
     bar.progress(min(done / max(total, 1), 1.0), text=f"Features… {done}/{total} patches")
 
 
+fingerprint = split_fingerprint(ds, split)  # the data files' state: one look for both maps
 try:  # computed once per checkpoint × split × method × seed × cap, then read from disk
     with st.spinner(f"{method.upper()} map…"):
         maps = {
-            name: embedding_map(str(path), ds, split, method, seed, cap, progress=progress)
+            name: embedding_map(
+                str(path), ds, split, method, seed, cap, progress, fingerprint=fingerprint
+            )
             for name, path in paths.items()
         }
 except (ValueError, OSError) as err:

@@ -107,3 +107,82 @@ def test_damaged_cache_file_is_recomputed(fake_pcam, tmp_path, counted):
     evaluate.prediction_cache_path(ckpt, ds, "test", False, **first.attrs).write_bytes(b"PAR1 x")
     again = evaluate.predict_split(ckpt, ds)
     assert len(counted) == 2 and np.allclose(first["prob"], again["prob"])
+
+
+# -- the data fingerprint on one open dataset (as a page holds it) --------------------------
+
+
+def _in_place_same_size_same_times(path) -> None:
+    """One byte changed inside the file itself, its mtime put back (``touch -r``, ``cp -p``)."""
+    before = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+
+
+def _truncated(path) -> None:
+    os.truncate(path, os.stat(path).st_size // 2)
+
+
+def _replaced_with_old_times(path) -> None:
+    """A new file renamed over the old one with the old size and times (rsync -t, tar)."""
+    before = os.stat(path)
+    fresh = path.with_suffix(".tmp")
+    fresh.write_bytes(path.read_bytes())
+    os.utime(fresh, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(fresh, path)
+
+
+def _removed(path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    "change", [_in_place_same_size_same_times, _truncated, _replaced_with_old_times, _removed]
+)
+def test_any_change_to_a_file_of_the_split_changes_the_fingerprint_of_the_same_dataset(
+    change, fake_idc
+):
+    ds = open_dataset(fake_idc.root)
+    before = {split: evaluate.split_fingerprint(ds, split) for split in ("train", "test", "all")}
+    assert before == {s: evaluate.split_fingerprint(ds, s) for s in before}  # stable when unchanged
+    test_file = fake_idc.files[ds.meta.at[int(ds.indices(split="test")[0]), "id"]]
+    change(test_file)
+    after = {split: evaluate.split_fingerprint(ds, split) for split in before}
+    assert after["test"] != before["test"] and after["all"] != before["all"]
+    assert after["train"] == before["train"]  # IDC splits by patient: no train file changed
+
+
+def test_a_changed_file_invalidates_the_cache_of_a_dataset_kept_open(fake_idc, tmp_path, counted):
+    """Pages keep one dataset object for the session (st.cache_resource): its memoised file
+    list must not hide a file that changed since."""
+    ckpt = make_checkpoint(tmp_path / "a.pt")
+    ds = open_dataset(fake_idc.root)
+    evaluate.predict_split(ckpt, ds, split="all", **EXACT)
+    evaluate.predict_split(ckpt, ds, split="all", **EXACT)
+    assert len(counted) == 1
+    _overwrite_first_patch(fake_idc)
+    evaluate.predict_split(ckpt, ds, split="all", **EXACT)
+    assert len(counted) == 2
+
+
+def test_several_checkpoints_on_one_split_look_at_the_data_files_once(
+    fake_idc, tmp_path, monkeypatch
+):
+    from core.compare import content_keys, evaluate_checkpoints
+
+    ckpts = [make_checkpoint(tmp_path / f"{name}.pt", seed=k) for k, name in enumerate("abc")]
+    ds = open_dataset(fake_idc.root)
+    looks = []
+    real = type(ds).data_fingerprint
+    monkeypatch.setattr(
+        type(ds), "data_fingerprint", lambda self, i: looks.append(1) or real(self, i)
+    )
+    preds = evaluate_checkpoints(ckpts, ds, split="test", **EXACT)
+    assert len(looks) == 1
+    keys = content_keys(preds)
+    assert len(set(keys)) == 3 and len(looks) == 1
+    assert content_keys(evaluate_checkpoints(ckpts, ds, split="test", **EXACT)) == keys

@@ -227,6 +227,18 @@ def to_rgb_uint8(array: np.ndarray, source: Path | str) -> np.ndarray:
     raise DatasetError(f"{source}: image shape {array.shape}, expected H×W×3 RGB.")
 
 
+FINGERPRINT_MEMO = 8  # file lists kept per dataset object (splits, "all", a few subsets)
+
+
+def _stamp(path) -> tuple[int, int, int, int]:
+    """(inode, size, mtime, ctime) of a file, all -1 when it is gone or unreadable."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (-1, -1, -1, -1)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 class PatchDataset:
     """One row of ``meta`` per patch; pixels are read lazily, one patch at a time."""
 
@@ -281,19 +293,29 @@ class PatchDataset:
         return [self.root]
 
     def data_fingerprint(self, indices) -> str:
-        """A hash of the size and mtime of every file behind ``indices``: caches of results
-        computed from those patches key on it, so an overwritten image is never served stale."""
-        digest = hashlib.sha256()
-        for path in sorted(
-            set(self.data_files(np.asarray(indices, dtype=np.int64))), key=os.fsencode
-        ):
-            try:
-                info = os.stat(path)
-                stamp = f"{info.st_size}:{info.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            digest.update(os.fsencode(path) + b"\0" + stamp.encode() + b"\n")
-        return digest.hexdigest()[:16]
+        """A hash of the inode, size, mtime and ctime of every file behind ``indices``: caches of
+        results computed from those patches key on it, so a file overwritten or truncated in
+        place, replaced (even with its old times restored: a new inode or ctime) or removed is
+        never served stale (new files change the dataset's index and so its manifest id).
+
+        One ``stat`` per file and call: no directory stamp sees a write inside a file, so there
+        is no cheaper aggregate that stays exact. What is cheap is the rest: the sorted, unique
+        file list of each set of indices is built once per dataset object."""
+        files, names = self._fingerprint_files(np.asarray(indices, dtype=np.int64))
+        stamps = np.array([_stamp(path) for path in files], dtype=np.int64)
+        return hashlib.sha256(names + stamps.tobytes()).hexdigest()[:16]
+
+    def _fingerprint_files(self, indices: np.ndarray) -> tuple[list, bytes]:
+        """(sorted unique files behind ``indices``, digest of their names), memoised."""
+        memo = self.__dict__.setdefault("_fingerprint_memo", {})
+        key = hashlib.sha256(indices.tobytes()).digest()
+        if key not in memo:
+            files = sorted(set(self.data_files(indices)), key=os.fsencode)
+            names = hashlib.sha256(b"\0".join(map(os.fsencode, files))).digest()
+            if len(memo) >= FINGERPRINT_MEMO:  # a few splits per dataset; never unbounded
+                memo.clear()
+            memo[key] = (files, names)
+        return memo[key]
 
     def source(self, i: int) -> str:
         """Where patch ``i`` is stored (named in errors); readers override it."""
