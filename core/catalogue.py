@@ -1,9 +1,10 @@
 """The checkpoint catalogue: which checkpoints the pages offer, their short names, and each
 one's model card, read once per file version.
 
-Pages rerun on every widget change; a card is read with ``torch.load(mmap=True)`` (the weights
-stay on disk; bench/card_read.py) and kept per (path, size, mtime_ns), so a rerun opens no
-checkpoint file and a rewritten file is read again. Listing and naming do not import torch.
+Pages rerun on every widget change; a card is read by ``core.checkpoints.read_card`` (the
+archive's pickle alone, without torch; the weights stay on disk; bench/card_read.py) and kept per
+(path, size, mtime_ns), so a rerun opens no checkpoint file and a rewritten file is read again.
+Listing, naming and reading cards do not import torch.
 """
 
 from __future__ import annotations

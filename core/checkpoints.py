@@ -13,7 +13,9 @@ refused by torch itself; we turn that, truncation and foreign files into one cle
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import math
 import pickle
 import platform
@@ -23,10 +25,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from core import __version__
 from core.config import CLASS_NAMES
@@ -34,6 +33,10 @@ from core.errors import InputError
 from core.files import file_sha256, write_atomic, write_bytes_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
 from core.train_config import MIN_INPUT_SIZE
+
+if TYPE_CHECKING:  # torch is imported where weights are touched: reading a card needs none
+    import torch
+    from torch import nn
 
 FORMAT = "histolens-checkpoint"
 FORMAT_VERSION = 1
@@ -51,6 +54,7 @@ class CheckpointError(InputError):
 
 
 def current_versions() -> dict[str, str]:
+    import torch
     import torchvision
 
     return {
@@ -226,6 +230,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
     """Write weights + card to ``path`` atomically (core.files.write_atomic): a reader (or a job
     killed mid-write) never sees a half-written checkpoint.
     """
+    import torch
+
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -240,25 +246,46 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
 def load_payload(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (weights_only=True). Raises CheckpointError.
 
-    ``mmap`` maps the tensors instead of reading them (for the card alone: bench/card_read.py).
+    ``mmap`` maps the tensors instead of reading them (bench/card_read.py).
     """
+    import torch
+
+    path = _existing(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, _unpickler_reason(exc)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _corrupt(path, exc) from None
+    return _checked(payload, path)
+
+
+def _existing(path: str | Path) -> Path:
+    """``path`` when it is a non-empty file whose zip records are plausible; else the one line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty; re-save or re-train the checkpoint")
     _check_records(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused — it holds Python objects other than tensors and plain data "
-            f"({_unpickler_reason(exc)}). Only load checkpoints written by HistoLens."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}); re-copy or re-train it"
-        ) from None
+    return path
+
+
+def _refused(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused — it holds Python objects other than tensors and plain data "
+        f"({reason}). Only load checkpoints written by HistoLens."
+    )
+
+
+def _corrupt(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}); re-copy or re-train it"
+    )
+
+
+def _checked(payload: Any, path: Path) -> dict[str, Any]:
+    """The payload when it is a HistoLens checkpoint dict this version reads."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a HistoLens checkpoint (no model card); train one with `python -m core train`"
@@ -270,6 +297,50 @@ def load_payload(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(payload.get("card"), dict) or not isinstance(payload.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no card or no weights")
     return payload
+
+
+class _CardUnpickler(pickle.Unpickler):
+    """The pickle inside a ``torch.save`` archive, read without torch: every tensor becomes
+    ``TENSOR`` (its bytes are never read), and any global other than the four a state dict
+    needs is refused, as ``weights_only`` refuses it (its allow-list is wider than this one)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return _tensor
+        if module == "torch" and re.fullmatch(r"[A-Za-z0-9]+Storage", name):
+            return name  # a storage type: only ever an argument of the tensor placeholder
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> None:
+        return None  # a tensor's storage record, left unread
+
+
+TENSOR = "<tensor>"
+
+
+def _tensor(*_args: Any) -> str:
+    return TENSOR
+
+
+def _light_payload(path: Path) -> dict[str, Any]:
+    """The checkpoint dict with tensors as ``TENSOR``: no torch import, no weights read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            data = archive.read(name)
+    except StopIteration:
+        raise _corrupt(path, zipfile.BadZipFile("no data.pkl")) from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise _corrupt(path, exc) from None
+    try:
+        payload = _CardUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, str(exc)) from None
+    except Exception as exc:  # a damaged pickle can raise almost anything
+        raise _corrupt(path, exc) from None
+    return _checked(payload, path)
 
 
 def _check_records(path: Path) -> None:
@@ -307,13 +378,20 @@ def card_of(payload: dict[str, Any], path: str | Path) -> ModelCard:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The model card alone, weights left on disk (memory-mapped); validates the file like
-    load_checkpoint. Pages use the cached core.catalogue.read_card."""
-    return card_of(load_payload(path, mmap=True), path)
+    """The model card alone, without torch and without reading the weights: the archive's
+    pickle through an allow-list narrower than ``weights_only``'s (a pickle with code, a foreign
+    or damaged file: the same one-line errors as load_checkpoint). A file that is not a zip
+    (torch's legacy format, garbage) goes through torch.load. Pages use the cached
+    core.catalogue.read_card."""
+    path = _existing(path)
+    payload = _light_payload(path) if zipfile.is_zipfile(path) else load_payload(path, mmap=True)
+    return card_of(payload, path)
 
 
 def check_finite_weights(state_dict: dict[str, Any], path: str | Path) -> None:
     """Weights with NaN or inf (a diverged run) would print P(tumour) = nan: refuse them."""
+    import torch
+
     for name, tensor in state_dict.items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             if not bool(torch.isfinite(tensor).all()):
@@ -390,6 +468,8 @@ def load_uploaded_checkpoint(
 
 
 def _check_input_size(loaded: LoadedModel) -> None:
+    import torch
+
     size = loaded.card.input_size
     try:
         with torch.no_grad():

@@ -82,6 +82,21 @@ except ValueError as err:  # DatasetError / CheckpointError: one clear line
 for warning in split_warnings:
     st.warning(warning, icon="⚠️")
 
+if not st.session_state.get("embed_drawn"):  # torch and UMAP load only from here on
+    st.button(
+        "Draw the maps",
+        type="primary",
+        key="embed_draw",
+        on_click=st.session_state.update,
+        kwargs={"embed_drawn": True},
+    )
+    st.caption(
+        "Each map takes one pass of the model over the split (features before its classifier) "
+        "and a 2-D reduction: seconds for the demo, minutes for tens of thousands of patches on "
+        "a CPU. Both are kept on disk, so a map drawn once comes back at once; after this click "
+        "the page draws maps for the rest of the session."
+    )
+    st.stop()
 names = model_names(chosen)
 paths = dict(zip(names, chosen, strict=True))
 keys = (str(entry.path), *(file_sha256(path) for path in paths.values()))  # what CAMs depend on

@@ -1,6 +1,7 @@
 """Memory and start-up budget of the app (bench/app_memory.py measures it in a browser).
 
-The pages a visitor opens first never import the heavy libraries:
+The pages a visitor opens first (and Embeddings until a map is asked for) never import the
+heavy libraries:
 torch (~470 MB RSS with the CUDA build), torchvision (+160 MB: it pulls torch._dynamo, sympy and
 triton), pytorch_grad_cam and scikit-learn load only when Explain, Compare or a model needs them.
 Checked in a fresh interpreter, since the test process itself has imported them.
@@ -20,7 +21,7 @@ import pytest
 pytest.importorskip("streamlit", reason="needs streamlit (walks the app with AppTest)")
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn")
+HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn", "umap")
 
 WALK = """
 import sys
@@ -34,7 +35,9 @@ print(" ".join(m for m in {heavy} if m in sys.modules))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pages", [[], ["pages/datasets.py"], ["pages/training.py"]])
+@pytest.mark.parametrize(
+    "pages", [[], ["pages/datasets.py"], ["pages/training.py"], ["pages/embeddings.py"]]
+)
 def test_first_pages_do_not_import_heavy_libraries(pages, demo_root, tmp_path):
     shutil.copytree(demo_root, tmp_path / "data" / "demo")
     env = dict(os.environ, HISTOLENS_DATA=str(tmp_path / "data"))

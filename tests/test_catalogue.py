@@ -8,32 +8,36 @@ import pytest
 import torch
 from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
 
-from core import catalogue
+from core import catalogue, checkpoints
 from core.checkpoints import CheckpointError
 
 
 @pytest.fixture
-def torch_loads(monkeypatch):
-    """Every torch.load call as (file name, mmap)."""
+def card_reads(monkeypatch):
+    """Every card read from disk, by file name; torch.load must never be one of them."""
     calls = []
-    real_load = torch.load
+    real_read = checkpoints.read_card
 
-    def counting_load(f, *args, **kwargs):
-        calls.append((os.path.basename(f), kwargs.get("mmap", False)))
-        return real_load(f, *args, **kwargs)
+    def counting_read(path):
+        calls.append(os.path.basename(path))
+        return real_read(path)
 
-    monkeypatch.setattr(torch, "load", counting_load)
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("a card read loaded the weights with torch")
+
+    monkeypatch.setattr(checkpoints, "read_card", counting_read)
+    monkeypatch.setattr(torch, "load", no_torch_load)
     return calls
 
 
-def test_a_card_is_read_once_per_file_version(tmp_path, torch_loads):
+def test_a_card_is_read_once_per_file_version_without_torch(tmp_path, card_reads):
     path = make_checkpoint(tmp_path / "a.pt", seed=0, dataset="first")
     assert catalogue.read_card(path).dataset == "first"
     assert catalogue.read_card(str(path)).dataset == "first"
-    assert torch_loads == [("a.pt", True)]  # memory-mapped: the weights stay on disk
+    assert card_reads == ["a.pt"]
     make_checkpoint(tmp_path / "a.pt", seed=0, dataset="second-version")  # rewritten file
     assert catalogue.read_card(path).dataset == "second-version"
-    assert len(torch_loads) == 2
+    assert len(card_reads) == 2
 
 
 def test_a_bad_or_missing_checkpoint_raises_every_time(tmp_path):

@@ -117,8 +117,9 @@ def test_malicious_pickle_is_refused(tmp_path):
     torch.save(
         {"format": "histolens-checkpoint", "card": {}, "state_dict": {}, "x": _Exploit()}, path
     )
-    with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(path)
+    for read in (load_checkpoint, read_card):
+        with pytest.raises(CheckpointError, match="refused"):
+            read(path)
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(_Exploit()))
     with pytest.raises(CheckpointError):
@@ -188,3 +189,40 @@ def test_predict_proba_is_batch_size_independent(tmp_path):
     p_small = predict_proba(loaded, images, batch_size=2)
     assert p_all.shape == (5,) and np.all((p_all >= 0) & (p_all <= 1))
     np.testing.assert_allclose(p_all, p_small, atol=1e-5)
+
+
+def test_a_card_reads_without_torch_and_equals_the_full_loads(tmp_path):
+    """read_card parses the archive's pickle itself (tensors left unread): the same card as
+    torch.load gives, for a plain checkpoint and a last.pt with optimizer state (bf16 weights
+    too), in an interpreter that never imports torch."""
+    import subprocess
+    import sys
+
+    from core.checkpoints import card_of, load_payload
+
+    model, _ = build_model("idc_cnn")
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(2, 3, 50, 50)).sum().backward()
+    optimizer.step()
+    card = ModelCard.for_model("idc_cnn", dataset="somewhere")
+    files = [
+        save_checkpoint(tmp_path / "best.pt", model, card),
+        save_checkpoint(tmp_path / "last.pt", model, card, optimizer=optimizer.state_dict()),
+        save_checkpoint(tmp_path / "half.pt", model.to(torch.bfloat16), card),
+    ]
+    for path in files:
+        assert read_card(path) == card_of(load_payload(path), path) == card
+    script = (
+        "import sys; from core.checkpoints import read_card; "
+        "cards = [read_card(p).dataset for p in sys.argv[1:]]; "
+        "print(cards, 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, files)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split("] ")[-1].strip() == "False", result.stderr[-2000:]
+    assert result.stdout.count("somewhere") == 3

@@ -83,17 +83,24 @@ def test_idc_shows_each_models_patient_mosaic_and_gradcams(app_env):
 
 def test_a_rerun_reads_no_checkpoint_file(app_env, monkeypatch):
     """Cards are read once per file version and models come from the page cache: moving a
-    threshold slider opens no .pt file. Counted at torch.load, under every checkpoint reader."""
+    threshold slider opens no .pt file. Counted at torch.load and at the card reader."""
     import torch
 
+    from core import checkpoints
+
     loads = []
-    real_load = torch.load
+    real_load, real_card = torch.load, checkpoints.read_card
 
     def counting_load(f, *args, **kwargs):
-        loads.append((Path(f).name, kwargs.get("mmap", False)))
+        loads.append((Path(f).name, "mmap" if kwargs.get("mmap") else "full"))
         return real_load(f, *args, **kwargs)
 
+    def counting_card(path):
+        loads.append((Path(path).name, "card"))
+        return real_card(path)
+
     monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(checkpoints, "read_card", counting_card)
     at = AppTest.from_file(PAGE, default_timeout=180)
     at.run()
     assert not at.exception
@@ -103,10 +110,12 @@ def test_a_rerun_reads_no_checkpoint_file(app_env, monkeypatch):
     assert not at.exception
     print(f"checkpoint loads: first run {first}; rerun {loads}")
     assert loads == []
-    full = [name for name, mmap in first if not mmap]
     # each model once for its predictions and once for the page's Grad-CAM model cache
-    assert sorted(full) == ["alpha.pt", "alpha.pt", "beta.pt", "beta.pt"]
-    assert sorted(name for name, mmap in first if mmap) == ["alpha.pt", "beta.pt"]
+    assert (
+        sorted(name for name, kind in first if kind == "full") == ["alpha.pt"] * 2 + ["beta.pt"] * 2
+    )
+    assert sorted(name for name, kind in first if kind == "card") == ["alpha.pt", "beta.pt"]
+    assert not [name for name, kind in first if kind == "mmap"]
 
 
 # -- one source of truth per control (issue 13, items 1-3) -----------------------------

@@ -30,10 +30,18 @@ def maps(at) -> dict[str, list[dict]]:
     return {s["layout"]["title"]["text"]: s["data"] for s in specs}
 
 
-def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
-    at = AppTest.from_file(PAGE, default_timeout=240)
+def opened(at):
+    """The page opened and its maps asked for (they are drawn on request, then for the session)."""
     at.run()
     assert not at.exception
+    assert not at.get("plotly_chart")  # nothing computed before the click
+    at.button(key="embed_draw").click().run()
+    assert not at.exception
+    return at
+
+
+def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
+    at = opened(AppTest.from_file(PAGE, default_timeout=240))
     shown = maps(at)
     assert sorted(shown) == ["alpha · 256 patches", "beta · 256 patches"]
     for traces in shown.values():
@@ -64,8 +72,7 @@ def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
 
 
 def test_one_checkpoint_offers_no_disagreement(app_env):
-    at = AppTest.from_file(PAGE, default_timeout=240)
-    at.run()
+    at = opened(AppTest.from_file(PAGE, default_timeout=240))
     at.multiselect[0].set_value(at.multiselect[0].value[:1]).run()
     assert not at.exception
     assert len(maps(at)) == 1
