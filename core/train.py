@@ -50,6 +50,7 @@ from core.checkpoints import ModelCard, load_payload, save_checkpoint
 from core.device import (
     Dist,
     autocast_for,
+    busy_cores,
     init_distributed,
     one_thread,
     resolve_device,
@@ -631,8 +632,12 @@ def _save_epoch(s: _Setup, run_dir: Path, state: LoopState, val: dict, improved:
 
 def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
     s = _setup(cfg, dist_info)
+    busy = busy_cores(s.rt.device)
+    if busy and writer:
+        print(f"note: {busy}", flush=True)
     try:
-        return _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress)
+        with one_thread() if busy else contextlib.nullcontext():
+            return _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress)
     finally:
         shutdown_workers(s.train_loader, s.valid_loader)
 

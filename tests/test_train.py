@@ -283,6 +283,33 @@ def test_early_stopping_keeps_the_best_epoch(demo_root, tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pt").card.metrics["valid_auc"] == 0.7
 
 
+def test_busy_cores_train_on_one_thread_unless_the_user_chose(
+    demo_root, tmp_path, monkeypatch, capsys
+):
+    import core.device
+    import core.train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(core.device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(core.device.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert core.device.busy_cores(torch.device("cpu")) is None  # free cores: torch's threads
+    monkeypatch.setattr(core.device.os, "getloadavg", lambda: (6.0, 6.0, 6.0))
+    assert core.device.busy_cores(torch.device("meta")) is None  # not a CPU run
+    seen, real_evaluate = [], core.train.evaluate
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(core.train, "evaluate", counting)
+    before = torch.get_num_threads()
+    fit(quick(demo_root / "idc", epochs=1, limit_batches=1), tmp_path / "r")
+    assert seen == [1] and "cores are busy (load 6.0)" in capsys.readouterr().out
+    assert torch.get_num_threads() == before  # restored for whatever runs next
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert core.device.busy_cores(torch.device("cpu")) is None
+
+
 def test_class_weighting_plateau_and_the_pretrained_notice(demo_root, tmp_path):
     cfg = quick(
         demo_root / "idc", epochs=2, class_weighting=True, scheduler="plateau", limit_batches=2,
