@@ -36,9 +36,9 @@ from pages._shared.inputs import choose_inputs
 MAX_MODELS = 2
 GALLERY_MAX = 12  # patches shown with Grad-CAMs; the CSV holds the whole selection
 METHOD_HELP = (
-    "PCA: a fast linear preview. UMAP (umap-learn, seeded): the field's standard; its first run "
-    "in a server compiles for ~15-25 s, and 30,000 patches take about a minute of CPU (longer "
-    "on a busy machine); maps are cached on disk."
+    "PCA: a fast linear preview. UMAP (umap-learn, seeded): the field's standard; 30,000 "
+    "patches take about half a minute of CPU after their features (longer on a busy machine); "
+    "maps are cached on disk."
 )
 
 
