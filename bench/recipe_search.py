@@ -55,8 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 CPU_EPOCH_S = 20.0  # idc_cnn, one epoch of the IDC sample, 2 loaded cores
 CPU_BUDGET_S = 15 * 60
-# bench/model_cost.py --size 50 on 2 loaded cores: bn_cnn 1.45x, small_resnet 2.97x idc_cnn
-CPU_COST = {"idc_cnn": 1.0, "bn_cnn": 1.45, "small_resnet": 3.0}  # others: not a CPU default
+# bench/model_cost.py --threads 1 (channels_last, fused AdamW as core.train), 2 loaded cores
+CPU_COST = {"idc_cnn": 1.0, "bn_cnn": 1.32, "small_resnet": 3.03}  # others: not a CPU default
 GRID_BUDGET_S = 240
 
 
