@@ -9,8 +9,7 @@
    - pure step: forward + backward + AdamW on batches already on the device, normalised, in the
      trainer's precision and memory format: the ceiling for this model, batch and machine;
    - loader: the trainer's loader (``core.loaders``) alone, batches moved to the device;
-   - loader + augmentation: the same plus D4 + HED + brightness jitter and normalisation, inline
-     and prepared ahead in the trainer's prefetch thread (``core.loaders.device_batches``);
+   - loader + augmentation: the same plus D4 + HED + brightness jitter and normalisation;
    - epoch: one real ``python -m core train`` epoch (a subprocess: the CLI as users run it),
      from the trainer's first step to its last training step, plus the ratio epoch / pure;
    - launch to first step: from starting that subprocess to its first optimizer step (status.json
@@ -26,7 +25,6 @@ one H200.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -109,24 +107,20 @@ def pure_steps(model, optimizer, rt, batch: int, size: int):
         yield batch
 
 
-def loader_batches(loader, rt, augment, ahead: bool = False):
+def loader_batches(loader, rt, augment):
     """The trainer's data path without the model: batches on the device, optionally augmented
-    and normalised (the trainer's ``Runtime.prepare``), inline or ``ahead`` in the prefetch
-    thread (``core.loaders.device_batches``, what `core train` uses on CUDA)."""
-    import torch
-
+    and normalised (the trainer's ``Runtime.prepare``)."""
     from core.augment import epoch_generator
-    from core.loaders import device_batches
 
     epoch = 0
     while True:
         loader.sampler.sampler.set_epoch(epoch)
         generator = epoch_generator(0, epoch, 0)
-        prepare = functools.partial(rt.prepare, augment=augment, generator=generator)
-        if augment is None:
-            prepare = torch.nn.Identity()  # the copy alone
-        for inputs, _labels in device_batches(loader, rt.device, prepare, ahead=ahead):
-            yield len(inputs)
+        for images, _labels in loader:
+            images = images.to(rt.device, non_blocking=True)
+            if augment is not None:
+                images = rt.prepare(images, augment, generator)
+            yield len(images)
         epoch += 1
 
 
@@ -202,47 +196,6 @@ def cli_epoch(data: Path, run: Path, model: str, batch: int, device, log_every: 
     }
 
 
-CONTEXT_PROBE = """
-import sys, time
-t0 = time.perf_counter()
-if sys.argv[1] == "warmed":
-    from core import cuda_warmup
-    cuda_warmup.start("cuda")
-import torch
-t1 = time.perf_counter()
-torch.zeros(1, device="cuda").add_(1)
-torch.cuda.synchronize()
-t2 = time.perf_counter()
-print(f"{t1 - t0:.2f} {t2 - t1:.2f}")
-"""
-
-
-def context_start(mode: str) -> tuple[float, float]:
-    """(import torch, first CUDA tensor) seconds in a fresh process; ``warmed`` starts
-    core.cuda_warmup before the import, as `core train` does."""
-    argv = [sys.executable, "-c", CONTEXT_PROBE, mode]
-    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    imported, first = (float(v) for v in out.split())
-    return imported, first
-
-
-def bench_context() -> None:
-    """Import torch, then the first tensor on the GPU, in fresh processes: plain, then with the
-    driver warmed in the background during the import (alternating, 2 runs each)."""
-    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "warmed": []}
-    for _ in range(2):
-        for mode in runs:
-            runs[mode].append(context_start(mode))
-    print("\nfresh process: import torch + first CUDA tensor (s, best of 2):")
-    for mode, times in runs.items():
-        imported, first = min(times, key=sum)
-        print(
-            f"  {mode:8} import {imported:5.2f} + first tensor {first:5.2f} = {imported + first:5.2f}"
-        )
-    plain, warmed = (min(sum(t) for t in runs[m]) for m in ("plain", "warmed"))
-    print(f"  warmed / plain {warmed / plain:.2f}", flush=True)
-
-
 def bench_model(name: str, batch: int, args, data: Path, device, tmp: Path) -> None:
     import torch
 
@@ -272,7 +225,6 @@ def bench_model(name: str, batch: int, args, data: Path, device, tmp: Path) -> N
     )
     load = rate(device, loader_batches(loader, rt, None), steps * 2)
     augmented = rate(device, loader_batches(loader, rt, Augmentation()), steps * 2)
-    ahead = rate(device, loader_batches(loader, rt, Augmentation(), ahead=True), steps * 2)
     shutdown_workers(loader)
 
     epoch = cli_epoch(data, tmp / f"run-{name}", name, batch, device, args.log_every)
@@ -281,7 +233,6 @@ def bench_model(name: str, batch: int, args, data: Path, device, tmp: Path) -> N
     print(f"  pure step                {pure:10.0f} images/s")
     print(f"  loader alone             {load:10.0f} images/s  ({workers} workers)")
     print(f"  loader + augmentation    {augmented:10.0f} images/s")
-    print(f"    the same, ahead        {ahead:10.0f} images/s  (prefetch thread, side stream)")
     print(
         f"  core train epoch         {epoch['images_per_s']:10.0f} images/s  "
         f"({epoch['images']} images in {epoch['train_s']:.1f} s; process {epoch['wall_s']:.1f} s)"
@@ -327,11 +278,6 @@ def main() -> int:
         data = write_random_pcam(tmp, args.n)
         print(f"wrote {args.n} + 2 x {args.n // 8} random 96x96 patches (uncompressed h5) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
-        if device.type == "cuda":
-            try:
-                bench_context()
-            except Exception as err:  # noqa: BLE001 - one shot on the GPU machine: go on
-                print(f"\ncontext start-up: FAILED {type(err).__name__}: {err}", flush=True)
         for name, batch in parse_models(args.models, DEFAULTS["batch_size"]):
             try:
                 bench_model(name, batch, args, data, device, tmp)

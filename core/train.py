@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import itertools
 import math
 import os
@@ -59,7 +58,7 @@ from core.device import (
 )
 from core.errors import is_disk_full, one_line
 from core.files import link_atomic
-from core.loaders import BatchReader, device_batches, make_loader, shutdown_workers
+from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
 from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
@@ -80,7 +79,6 @@ class Runtime:
     card: ModelCard
     channels_last: bool = False
     precision: str = "fp32"  # as resolved by core.device.resolve_precision
-    prefetch: bool = False  # prepare batches ahead in a thread (core.loaders.device_batches)
 
     def autocast(self):
         return autocast_for(self.device, self.precision)
@@ -147,48 +145,44 @@ def train_one_epoch(
 
     The host never waits for the device inside a step (batches come pinned and move with
     ``non_blocking``, augmentation draws on the host and gathers on the device), so it runs
-    ahead queueing work; the one synchronisation is the window flush every ``log_every`` steps.
-    With ``rt.prefetch`` (CUDA) the data path runs a batch or two ahead in its own thread
-    (``core.loaders.device_batches``)."""
+    ahead reading and queueing the next batch; the one synchronisation is the window flush
+    every ``log_every`` steps."""
     model.train()
     total = steps_in(loader, limit)
     window = _Window()
     epoch_loss, epoch_correct, epoch_n = 0.0, 0, 0
-    batches = device_batches(
-        _batches(loader, limit),
-        rt.device,
-        functools.partial(rt.prepare, augment=augment, generator=generator),
-        ahead=rt.prefetch,
-    )
-    with contextlib.closing(batches):  # a cancel or an error stops the prefetch thread first
-        for step, (inputs, labels) in enumerate(batches, start=1):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled()
-            with rt.autocast():
-                logits = model(inputs)
-                loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if on_step is not None:
-                on_step(step)
-            window.add(loss, logits, labels)
-            if step % log_every == 0 or step == total:
-                record = window.flush()  # the only host-device sync, once per window
-                epoch_loss += record["loss"] * record["n"]
-                epoch_correct += round(record["accuracy"] * record["n"])
-                epoch_n += record["n"]
-                if on_log is not None:
-                    lr = optimizer.param_groups[0]["lr"]
-                    record = {"epoch": epoch, "step_in_epoch": step, "split": "train", **record}
-                    on_log({**record, "lr": lr})
+    for step, (images, labels) in enumerate(_batches(loader, limit), start=1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled()
+        images = images.to(rt.device, non_blocking=True)
+        labels = labels.to(rt.device, non_blocking=True)
+        inputs = rt.prepare(images, augment, generator)
+        with rt.autocast():
+            logits = model(inputs)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if on_step is not None:
+            on_step(step)
+        window.add(loss, logits, labels)
+        if step % log_every == 0 or step == total:
+            record = window.flush()  # the only host-device sync, once per window
+            epoch_loss += record["loss"] * record["n"]
+            epoch_correct += round(record["accuracy"] * record["n"])
+            epoch_n += record["n"]
+            if on_log is not None:
+                lr = optimizer.param_groups[0]["lr"]
+                on_log(
+                    {"epoch": epoch, "step_in_epoch": step, "split": "train", **record, "lr": lr}
+                )
     return {
         "loss": epoch_loss / max(epoch_n, 1),
         "accuracy": epoch_correct / max(epoch_n, 1),
@@ -265,16 +259,16 @@ def predictions(
     Results stay on the device until the end: one synchronisation, not one per batch."""
     model.eval()
     labels_all, probs_all, losses = [], [], []
-    batches = device_batches(loader, rt.device, rt.prepare, ahead=rt.prefetch)
-    with contextlib.closing(batches):
-        for inputs, labels in batches:
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled()
-            with rt.autocast():
-                logits = model(inputs)
-            losses.append(criterion(logits.float(), labels) * len(labels))
-            probs_all.append(torch.softmax(logits.float(), dim=1)[:, 1])
-            labels_all.append(labels)
+    for images, labels in loader:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled()
+        inputs = rt.prepare(images.to(rt.device, non_blocking=True))
+        labels = labels.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(inputs)
+        losses.append(criterion(logits.float(), labels) * len(labels))
+        probs_all.append(torch.softmax(logits.float(), dim=1)[:, 1])
+        labels_all.append(labels)
     y = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
     p = torch.cat(probs_all).float().cpu().numpy() if probs_all else np.zeros(0, np.float32)
     loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
@@ -555,7 +549,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         train_config=asdict(cfg),
     )
     precision = resolve_precision(cfg.precision, device)
-    rt = Runtime(device, card, channels_last=channels_last, precision=precision, prefetch=on_cuda)
+    rt = Runtime(device, card, channels_last=channels_last, precision=precision)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     startup["model"] = time.time()
 

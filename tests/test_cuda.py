@@ -20,8 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("prefetch", [False, True], ids=["inline", "prefetch-thread"])
-def test_training_steps_do_not_synchronise_except_the_log_flush(demo_root, monkeypatch, prefetch):
+def test_training_steps_do_not_synchronise_except_the_log_flush(demo_root, monkeypatch):
     device = torch.device("cuda")
     ds = open_dataset(demo_root / "pcam")
     reader = BatchReader(ds, ds.indices(split="train"))
@@ -30,8 +29,7 @@ def test_training_steps_do_not_synchronise_except_the_log_flush(demo_root, monke
     )
     model, _ = build_model("hcd_cnn")
     model.to(device, memory_format=torch.channels_last)
-    card = ModelCard.for_model("hcd_cnn")
-    rt = train.Runtime(device, card, channels_last=True, precision="bf16", prefetch=prefetch)
+    rt = train.Runtime(device, ModelCard.for_model("hcd_cnn"), channels_last=True, precision="bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
     flushes = []

@@ -19,7 +19,6 @@ import signal
 import sys
 from pathlib import Path
 
-from core import cuda_warmup
 from core.train_config import (
     CALIBRATIONS,
     DEFAULTS,
@@ -172,7 +171,6 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = _stop_on_sigterm()
-    cuda_warmup.start(cfg.device)  # the driver's start-up, overlapped with importing torch
 
     from core.run_lock import RunInUse
     from core.train import TrainingCancelled, failure_line, fit
