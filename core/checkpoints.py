@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.metadata
 import io
 import math
 import pickle
@@ -54,13 +55,19 @@ class CheckpointError(InputError):
 
 
 def current_versions() -> dict[str, str]:
+    """The versions a card records. torchvision's is read from its installed metadata, not
+    by importing it: ``import torchvision`` imports torch._dynamo (3-4 s, ~150 MB), which
+    a model of our own (hcd_cnn, bn_cnn, ...) never needs."""
     import torch
-    import torchvision
 
+    try:
+        vision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        vision = "not installed"
     return {
         "histolens": __version__,
         "torch": str(torch.__version__),  # TorchVersion is not weights_only-safe
-        "torchvision": str(torchvision.__version__),
+        "torchvision": vision,
         "python": platform.python_version(),
     }
 
