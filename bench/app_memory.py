@@ -99,10 +99,12 @@ class Session:
         return action
 
 
-def journey(s: Session, upload: Path, formats: list[str]) -> None:
+def journey(s: Session, upload: Path, formats: list[str], demo_marker: Path) -> None:
     page = s.page
     s.step("first page interactive", lambda: page.goto(s.url), "text=Look inside binary")
     s.step("Datasets", s.nav("Datasets"), "text=Showing 64 of")
+    wait_for_file(demo_marker)  # the first set shows at once, the others from a next click on
+    s.step("Datasets: all sets listed", s.nav("Datasets"), "text=Showing 64 of")
     for fmt in formats:  # every demo set (the one already shown reruns nothing)
         s.step(f"Datasets: {fmt}", s.choose("stSelectbox", "Dataset", f"({fmt},"), "text=Showing")
     s.step("Training", s.nav("Training"), "text=Start a run")
@@ -136,6 +138,14 @@ def journey(s: Session, upload: Path, formats: list[str]) -> None:
         page.keyboard.press("PageUp")  # one rerun: +10 % of the range
 
     s.step("Compare: threshold move", move_threshold, "text=@ 0.600")
+
+
+def wait_for_file(path: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.2)
 
 
 def upload_patch(folder: Path) -> Path:
@@ -198,6 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
+    from core.data.base import SYNTHETIC_MARKER as MARKER
     from core.data.demo import WRITERS
 
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
@@ -208,7 +219,7 @@ def main() -> None:
             upload = upload_patch(Path(tmp))
             for k in range(args.sessions):
                 sessions.append(Session(browser, url, server.pid, f"session {k + 1}"))
-                journey(sessions[-1], upload, list(WRITERS))
+                journey(sessions[-1], upload, list(WRITERS), Path(tmp) / "data" / "demo" / MARKER)
                 if args.shots:
                     args.shots.mkdir(parents=True, exist_ok=True)
                     sessions[-1].page.screenshot(path=str(args.shots / f"app_memory_{k + 1}.png"))

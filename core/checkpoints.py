@@ -22,6 +22,8 @@ import pickle
 import platform
 import re
 import shutil
+import threading
+import weakref
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -420,6 +422,23 @@ def check_finite_probabilities(probs, path: str | Path):
             "(numerically broken weights); retrain or use another checkpoint"
         )
     return probs
+
+
+# One lock per model object, shared by all threads of the process on purpose: the lock must be
+# as shared as the cached model it protects. Weak keys let unloaded models (and locks) go away.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """The lock that guards every hook registration / layer swap on ``model``."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -72,6 +72,7 @@ def predict_split(
     device=None,
     precision: str = "auto",
     fingerprint: str | None = None,
+    loader=None,
 ) -> pd.DataFrame:
     """P(tumour) for every patch of ``split`` ("all" = every patch), from the cache if present.
 
@@ -80,6 +81,7 @@ def predict_split(
     of the cache key, so bf16 predictions are never served as fp32 ones (or CPU as CUDA).
     ``fingerprint``: the split's ``split_fingerprint``, when the caller already took it (one
     stat per data file: a caller running several checkpoints on one split takes it once).
+    ``loader``: the model's source when not the file itself (``predict_indices``).
     """
     how = how_it_runs(device, precision)
     cache = prediction_cache_path(checkpoint_path, ds, split, tta, **how, fingerprint=fingerprint)
@@ -90,7 +92,15 @@ def predict_split(
     else:
         indices = split_indices(ds, split)
         probs = predict_indices(
-            checkpoint_path, ds, indices, tta, progress, batch_size, device, precision=precision
+            checkpoint_path,
+            ds,
+            indices,
+            tta,
+            progress,
+            batch_size,
+            device,
+            precision=precision,
+            loader=loader,
         )
         frame = prediction_frame(ds, indices, probs)
         store_cached(frame, cache)
@@ -238,16 +248,24 @@ def predict_indices(
     device=None,
     calibrated: bool = True,
     precision: str = "auto",
+    loader=None,
 ) -> np.ndarray:
     """P(tumour) of the given patches (no cache): the prefetching loader + forward loop.
     Mapped by the checkpoint card's calibration unless ``calibrated=False`` (the raw softmax,
     which a calibration is fitted on). ``batch_size`` None: 128 on CUDA, 32 elsewhere.
-    Computed in ``precision`` (core.device: auto = bf16 on CUDA, fp32 elsewhere)."""
-    from core.checkpoints import load_checkpoint
+    Computed in ``precision`` (core.device: auto = bf16 on CUDA, fp32 elsewhere).
+    ``loader(path, device)`` supplies a model shared with others (the app's one model cache, so
+    no checkpoint is loaded twice): its forward then runs under ``model_lock``, as CAMs do."""
+    from core.checkpoints import load_checkpoint, model_lock
     from core.device import resolve_device
 
-    loaded = load_checkpoint(checkpoint_path, device=resolve_device(str(device or "auto")))
-    return predict_loaded(loaded, ds, indices, tta, progress, batch_size, calibrated, precision)
+    device = resolve_device(str(device or "auto"))
+    args = (ds, indices, tta, progress, batch_size, calibrated, precision)
+    if loader is None:
+        return predict_loaded(load_checkpoint(checkpoint_path, device=device), *args)
+    loaded = loader(checkpoint_path, device)
+    with model_lock(loaded.model):
+        return predict_loaded(loaded, *args)
 
 
 def predict_loaded(

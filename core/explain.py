@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import io
-import threading
-import weakref
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +47,7 @@ from pytorch_grad_cam.utils.model_targets import (
 )
 from threadpoolctl import threadpool_limits
 
-from core.checkpoints import LoadedModel, check_finite_probabilities
+from core.checkpoints import LoadedModel, check_finite_probabilities, model_lock
 from core.config import TARGETS
 from core.d4 import D4_GROUP
 from core.metrics import DECISION_THRESHOLD
@@ -83,28 +81,12 @@ COLORMAPS: dict[str, int] = {
 ROAD_PERCENTILES = (20, 40, 60, 80)
 CAM_BATCH_SIZE = 32
 
-# One lock per model object, shared by all threads of the process on purpose: the lock must be
-# as shared as the cached model it protects. Weak keys let unloaded models (and locks) go away.
-_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-_MODEL_LOCKS_GUARD = threading.Lock()
-
 
 @dataclass(frozen=True)
 class CamResult:
     cams: np.ndarray  # float32 N×H×W in [0, 1], at the input images' H×W
     probs: np.ndarray  # float32 (N,) P(tumour)
     classes: np.ndarray  # int (N,) class index each map explains
-
-
-def model_lock(model: torch.nn.Module) -> threading.Lock:
-    """The lock that guards every hook registration / layer swap on ``model``."""
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.Lock()
-        return lock
 
 
 def compute_cams(

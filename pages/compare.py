@@ -47,9 +47,13 @@ from core.figures import (
     reliability_figure,
     roc_figure,
 )
-from core.files import file_sha256
 from core.metrics import format_ci, patient_level
-from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
+from pages._shared import (
+    dataset,
+    ensure_demo_or_warn,
+    session_checkpoints,
+    shared_model,
+)
 from pages._shared.inputs import choose_inputs
 from pages._shared.state import SESSION, keep_offered
 
@@ -121,6 +125,7 @@ def predictions(chosen, entry, split: str, tta: bool):
             ds,
             split=split,
             tta=tta,
+            loader=shared_model,
             progress=lambda done, total: bar.progress(
                 min(done / max(total, 1), 1.0), text=f"Evaluating… {done}/{total} patches"
             ),
@@ -287,7 +292,7 @@ def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
     images = ds.read_batch(shown["index"].to_numpy())
     overlays = None
     if show_cams:
-        models = {n: loaded_model(str(paths[n]), file_sha256(paths[n])) for n in names}
+        models = {n: shared_model(paths[n]) for n in names}
         overlays = cam_overlays(keys, tuple(shown["id"]), models, images)
     # Patches keep a fixed size and wrap: without CAMs several per row, with CAMs one row each.
     patches = st.container(horizontal=True)

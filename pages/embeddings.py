@@ -30,7 +30,7 @@ from core.embed import (
 from core.evaluate import open_dataset_for, split_fingerprint
 from core.figures import embedding_figure
 from core.files import file_sha256
-from pages._shared import dataset, ensure_demo_or_warn, loaded_model
+from pages._shared import dataset, ensure_demo_or_warn, shared_model
 from pages._shared.inputs import choose_inputs
 
 MAX_MODELS = 2
@@ -169,7 +169,7 @@ shown = table.head(GALLERY_MAX)
 if len(table) > GALLERY_MAX:
     st.caption(f"Showing the first {GALLERY_MAX} of {len(table):,} selected patches.")
 images = ds.read_batch(shown["index"].to_numpy())
-models = {name: loaded_model(str(path), file_sha256(path)) for name, path in paths.items()}
+models = {name: shared_model(path) for name, path in paths.items()}
 overlays = cam_overlays(keys, tuple(shown["id"]), models, images)
 for k, row in shown.iterrows():
     cells = st.columns(1 + len(names))

@@ -47,7 +47,12 @@ from core.explain import (
 )
 from core.files import file_sha256
 from core.metrics import called_class
-from pages._shared import dataset, ensure_demo_or_warn, loaded_model, session_checkpoints
+from pages._shared import (
+    dataset,
+    ensure_demo_or_warn,
+    session_checkpoints,
+    shared_model,
+)
 from pages._shared.state import SESSION, keep_offered, kept_uploads
 
 ALL = "all"
@@ -85,7 +90,9 @@ def dataset_for(path: str, checkpoint: str):
 def predictions(checkpoint: str, sha: str, data_path: str, split: str):
     from core.evaluate import predict_split
 
-    return predict_split(checkpoint, dataset_for(data_path, checkpoint), split=split)
+    return predict_split(
+        checkpoint, dataset_for(data_path, checkpoint), split=split, loader=shared_model
+    )
 
 
 @st.cache_data(show_spinner="Computing CAMs…", max_entries=32)
@@ -325,7 +332,7 @@ if not chosen or not methods:
     st.info("Pick at least one checkpoint and one method.")
     st.stop()
 try:
-    models = {n: loaded_model(str(by_name[n]), file_sha256(by_name[n])) for n in chosen}
+    models = {n: shared_model(by_name[n]) for n in chosen}
 except ValueError as err:  # CheckpointError: one line naming the file and the fix
     st.error(str(err))
     st.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,34 @@ def test_datasets_choices_survive_a_visit_to_another_page(demo_data):
     entry = widget(at.sidebar, "selectbox", "Dataset")
     assert "demo/idc" in entry.options[entry.index]
     assert widget(at, "selectbox", "Label").value == 1
+
+
+def test_first_launch_shows_the_first_demo_set_while_the_others_are_written(tmp_path, monkeypatch):
+    """The page waits for the background writer's first set (PCam) only: it is listed and
+    shown, with a line saying more are coming, while the next set is still being written."""
+    import threading
+
+    from core.data import demo
+
+    small = dict(pcam=(("train", 8, 1),), hcd_labelled=4, hcd_test=0, hcd_slides=1)
+    full_size, write_hcd, release = demo.DemoSizes, demo.WRITERS["hcd"], threading.Event()
+
+    def held_hcd(*args):
+        assert release.wait(120), "the test never released the HCD writer"
+        return write_hcd(*args)
+
+    monkeypatch.setattr(demo, "DemoSizes", lambda: full_size(**small, idc_patients=1))
+    monkeypatch.setitem(demo.WRITERS, "hcd", held_hcd)
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    try:
+        at = AppTest.from_file(PAGE, default_timeout=180).run()
+        assert not at.exception, at.exception
+        assert [str(o) for o in at.sidebar.selectbox[0].options] == ["demo/pcam (pcam, synthetic)"]
+        assert shown_caption(at).startswith("Showing")
+        assert any("2 more demo set(s) are being written" in c.value for c in at.caption)
+    finally:
+        release.set()
+    deadline = time.monotonic() + 120
+    while not demo.demo_in_background().ready:  # no writer left running after the test
+        assert time.monotonic() < deadline, "the demo was never finished"
+        time.sleep(0.05)

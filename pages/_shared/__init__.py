@@ -16,15 +16,21 @@ import streamlit as st
 from core import config
 from core.data import open_dataset
 from core.data.demo import first_demo_set, retry_demo
+from core.files import file_sha256
 
 
 def ensure_demo_or_warn() -> None:
     """First launch: wait for the background demo writer's first set (PCam, ~1/3 of the write;
-    the others are listed as they land). A disk that cannot take it (read-only, full) gets one
+    the others are listed from the visitor's next click on, no polling). A disk that cannot take it (read-only, full) gets one
     warning with a retry button; the page goes on without the demo."""
     with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
         progress = first_demo_set()
     demo_error_or_retry(progress.error, key="demo_retry_page")
+    if not progress.ready and not progress.error:  # no polling here: the page stays idle
+        st.caption(
+            f"First launch: {progress.total - progress.done} more demo set(s) are being written "
+            "in the background; they are listed from your next click on."
+        )
 
 
 def demo_error_or_retry(error: str | None, key: str) -> None:
@@ -58,12 +64,17 @@ def dataset(path, seed: int = 0):
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=MAX_MODELS)
-def loaded_model(path: str, sha: str):
-    """A checkpoint's model, loaded once per file content (``sha``) for every page. Shared by
-    sessions: CAM work goes through core.explain's per-model lock, nothing else mutates it."""
+def _loaded_model(path: str, sha: str, device: str = "cpu"):
+    """A checkpoint's model, loaded once per file content (``sha``) and device for every page.
+    Shared by sessions: CAMs and predictions run under core.checkpoints.model_lock."""
     from core.checkpoints import load_checkpoint
 
-    return load_checkpoint(path)
+    return load_checkpoint(path, device=device)
+
+
+def shared_model(path, device="cpu"):
+    """The ``loader`` core.evaluate's predictions take: the same cached model CAMs use."""
+    return _loaded_model(str(path), file_sha256(path), str(device))
 
 
 PUBLIC_NOTICE = (
