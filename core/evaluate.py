@@ -39,9 +39,10 @@ LOG = logging.getLogger("histolens")
 _UNWRITABLE: set[str] = set()  # cache folders already reported (one notice each per process)
 SPLITS = (*reversed(SPLIT_NAMES), "all")  # evaluation choices, test (the default) first
 PREFETCH_BATCHES = 2
-# On the CPU, batches past 32 patches are no faster, and 128 96-px patches through a 32-channel
-# conv hold ~150 MB per activation: 32 keeps a server's evaluation peak ~300 MB lower.
-CPU_BATCH_SIZE = 32
+# On the CPU, batches past 16 patches are no faster, and 128 96-px patches through a 32-channel
+# conv hold ~150 MB per activation. Measured (hcd_cnn, 256 demo patches, 2 busy cores): batch 32
+# raised the process peak by 103-135 MB in 4.8-5.8 s, batch 16 by 54-65 MB in 4.4-4.6 s.
+CPU_BATCH_SIZE = 16
 # What evaluate_checkpoint reports, in display order (CLI tables and the Compare page).
 REPORTED_METRICS = (
     "auc",
