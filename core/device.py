@@ -44,6 +44,12 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device
     return torch.device(kind)
 
 
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when the config leaves it open: up to 4 on CUDA (the host must keep
+    the GPU fed), none on the CPU (the cores do the model's math; a worker would take one)."""
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """The precision a run computes in: "auto" = bf16 on CUDA (fp16 on GPUs without bf16),
     fp32 elsewhere; "fp32" and "bf16" are taken as asked, on any device (bf16 autocast runs on

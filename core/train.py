@@ -50,6 +50,7 @@ from core.device import (
     Dist,
     autocast_for,
     busy_cores,
+    default_workers,
     init_distributed,
     one_thread,
     resolve_device,
@@ -555,8 +556,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
 
     train_reader = BatchReader(ds, ds.indices(split="train"))
     valid_reader = BatchReader(ds, validation_indices(ds, cfg, dist_info.world))
-    default_workers = min(4, os.cpu_count() or 1) if on_cuda else 0  # CPU: cores do the math
-    workers = cfg.workers if cfg.workers is not None else default_workers
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
     loader_args = dict(seed=cfg.seed, dist_info=dist_info, workers=workers, pin_memory=on_cuda)
     train_loader = make_loader(train_reader, cfg.batch_size, shuffle=True, **loader_args)
     valid_loader = make_loader(valid_reader, cfg.batch_size, shuffle=False, **loader_args)

@@ -13,6 +13,40 @@ import pytest
 from PIL import Image
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--like-cuda",
+        action="store_true",
+        help="run on the CPU with what a CUDA machine takes by default: 'auto' precision is "
+        "bf16 autocast and training loads with 2 DataLoader workers (in-process code only; "
+        "subprocesses such as `python -m core train` keep the CPU defaults)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _like_cuda(request, monkeypatch):
+    """--like-cuda: the precision and worker defaults of a CUDA machine, on the CPU, so the
+    paths that differ there (bf16 outputs, worker processes, their shutdown) run here."""
+    if not request.config.getoption("--like-cuda"):
+        return
+    import sys
+
+    import core.device as device
+
+    real_precision, real_workers = device.resolve_precision, device.default_workers
+
+    def precision(requested, dev):
+        return "bf16" if requested == "auto" else real_precision(requested, dev)
+
+    for module in list(sys.modules.values()):  # `from core.device import ...` copies included
+        if not getattr(module, "__name__", "").startswith("core"):
+            continue
+        if getattr(module, "resolve_precision", None) is real_precision:
+            monkeypatch.setattr(module, "resolve_precision", precision)
+        if getattr(module, "default_workers", None) is real_workers:
+            monkeypatch.setattr(module, "default_workers", lambda dev: 2)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOLENS_CACHE", str(tmp_path / "cache"))
