@@ -62,13 +62,18 @@ class EmbeddingMap:
 
 
 def cache_paths(
-    checkpoint_path, ds, split: str, device=None, fingerprint: str | None = None
+    checkpoint_path,
+    ds,
+    split: str,
+    device=None,
+    fingerprint: str | None = None,
+    precision: str = "auto",
 ) -> tuple[Path, Path]:
     """(prediction cache, feature cache) of a checkpoint on a split: one key, two folders
     (``fingerprint``: ``core.evaluate.split_fingerprint``, taken here when not given)."""
     from core.evaluate import how_it_runs
 
-    how = how_it_runs(device)
+    how = how_it_runs(device, precision)
     predictions = prediction_cache_path(
         checkpoint_path, ds, split, False, **how, fingerprint=fingerprint
     )
@@ -83,9 +88,11 @@ def split_features(
     batch_size: int | None = None,
     device=None,
     fingerprint: str | None = None,
+    precision: str = "auto",
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """(predictions, features N×D) of every patch of ``split``, from the caches when present."""
-    predictions, path = cache_paths(checkpoint_path, ds, split, device, fingerprint)
+    """(predictions, features N×D) of every patch of ``split``, from the caches when present;
+    computed on ``device`` in ``precision`` (as ``core.evaluate.predict_split``)."""
+    predictions, path = cache_paths(checkpoint_path, ds, split, device, fingerprint, precision)
     if path.exists() and predictions.exists():
         frame = pd.read_parquet(predictions)
         if progress is not None:
@@ -97,7 +104,7 @@ def split_features(
 
     loaded = load_checkpoint(checkpoint_path, device=resolve_device(str(device or "auto")))
     indices = split_indices(ds, split)
-    probs, features = forward_with_features(loaded, ds, indices, progress, batch_size)
+    probs, features = forward_with_features(loaded, ds, indices, progress, batch_size, precision)
     frame = prediction_frame(ds, indices, probs)
     store_cached(frame, predictions)
     try:
@@ -107,7 +114,7 @@ def split_features(
     return frame, features
 
 
-def forward_with_features(loaded, ds, indices, progress=None, batch_size=None):
+def forward_with_features(loaded, ds, indices, progress=None, batch_size=None, precision="auto"):
     """(P(tumour), features) of ``indices``: the evaluation loop with the head's input recorded."""
     from core.evaluate import predict_loaded
     from core.models import get_spec, get_target_layer
@@ -118,7 +125,9 @@ def forward_with_features(loaded, ds, indices, progress=None, batch_size=None):
         lambda _module, inputs: batches.append(inputs[0].flatten(1).float().cpu().numpy())
     )
     try:
-        probs = predict_loaded(loaded, ds, indices, progress=progress, batch_size=batch_size)
+        probs = predict_loaded(
+            loaded, ds, indices, progress=progress, batch_size=batch_size, precision=precision
+        )
     finally:
         hook.remove()
     width = head.in_features
@@ -198,7 +207,12 @@ def embedding_map(
     if predict_kwargs.get("fingerprint") is None:
         predict_kwargs["fingerprint"] = split_fingerprint(ds, split)
     predictions, _ = cache_paths(
-        checkpoint_path, ds, split, predict_kwargs.get("device"), predict_kwargs["fingerprint"]
+        checkpoint_path,
+        ds,
+        split,
+        predict_kwargs.get("device"),
+        predict_kwargs["fingerprint"],
+        predict_kwargs.get("precision", "auto"),
     )
     path = config.cache_dir() / "maps" / f"{predictions.stem}-{method}-s{seed}-c{cap}.parquet"
     if path.exists() and predictions.exists():

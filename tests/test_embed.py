@@ -34,14 +34,18 @@ def _head_input(loaded, images):
 
 
 def test_features_are_the_head_input_and_probs_match_predict_split(pcam, ckpt):
-    frame, features = embed.split_features(ckpt, pcam, "test", batch_size=32, device="cpu")
+    frame, features = embed.split_features(
+        ckpt, pcam, "test", batch_size=32, device="cpu", precision="fp32"
+    )
     indices = pcam.indices(split="test")
     assert features.shape == (len(indices), 128) and features.dtype == np.float32
     assert frame["index"].tolist() == sorted(indices.tolist())
     first = frame["index"].to_numpy()[:8]
     expected = _head_input(load_checkpoint(ckpt), pcam.read_batch(first))
     np.testing.assert_allclose(features[:8], expected, rtol=1e-4, atol=1e-5)
-    direct = evaluate.predict_indices(ckpt, pcam, frame["index"].to_numpy(), device="cpu")
+    direct = evaluate.predict_indices(
+        ckpt, pcam, frame["index"].to_numpy(), device="cpu", precision="fp32"
+    )
     np.testing.assert_allclose(frame["prob"], direct, atol=1e-6)
 
 

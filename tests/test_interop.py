@@ -84,7 +84,10 @@ def test_notebook_state_dict_imports_with_exact_probabilities(tmp_path, outputs,
     expected = notebook_probs(model, loaded.card, tumour_index=classes.split(",").index("tumour"))
     if outputs == 1 and classes.startswith("tumour"):
         expected = 1 - expected  # the sigmoid gave P(normal)
-    assert np.abs(predict_proba(loaded, PATCHES) - expected).max() <= PARITY_TOLERANCE
+    assert (
+        np.abs(predict_proba(loaded, PATCHES, precision="fp32") - expected).max()
+        <= PARITY_TOLERANCE
+    )
 
 
 def test_card_takes_preprocessing_and_dataset_from_the_command_line(tmp_path, demo_root):
@@ -114,7 +117,10 @@ def test_torchscript_input_imports_and_matches_its_own_outputs(tmp_path):
     loaded = load_checkpoint(out)
     assert loaded.card.train_config["source"] == "torchscript"
     expected = notebook_probs(model, loaded.card)
-    assert np.abs(predict_proba(loaded, PATCHES) - expected).max() <= PARITY_TOLERANCE
+    assert (
+        np.abs(predict_proba(loaded, PATCHES, precision="fp32") - expected).max()
+        <= PARITY_TOLERANCE
+    )
 
 
 @pytest.mark.parametrize(
@@ -139,7 +145,9 @@ def test_export_round_trip_keeps_calibrated_probabilities_and_card(tmp_path, cal
         module = torch.jit.load(str(exported), _extra_files=extra)
     with torch.no_grad():
         probs = torch.softmax(module(to_model_input(PATCHES, loaded.card)), 1)[:, 1].numpy()
-    assert np.abs(probs - predict_proba(loaded, PATCHES)).max() <= PARITY_TOLERANCE
+    assert (
+        np.abs(probs - predict_proba(loaded, PATCHES, precision="fp32")).max() <= PARITY_TOLERANCE
+    )
     raw = notebook_probs(imported.model, loaded.card)
     assert (np.abs(probs - raw).max() > 0.01) == bool(calibration)  # the map is in the outputs
     inside = json.loads(extra[CARD_FILE])
@@ -151,7 +159,10 @@ def test_export_round_trip_keeps_calibrated_probabilities_and_card(tmp_path, cal
     # and back in: the exported file imports to a model with the same (calibrated) outputs
     again = tmp_path / "again.pt"
     assert import_cli(exported, again)[0] == 0
-    assert np.abs(predict_proba(load_checkpoint(again), PATCHES) - probs).max() <= PARITY_TOLERANCE
+    assert (
+        np.abs(predict_proba(load_checkpoint(again), PATCHES, precision="fp32") - probs).max()
+        <= PARITY_TOLERANCE
+    )
 
 
 class RunsCode:
