@@ -144,6 +144,8 @@ def test_zip_record_that_inflates_far_beyond_the_file_is_refused_before_loading(
     with pytest.raises(CheckpointError, match="bomb") as err:
         load_checkpoint(bomb)
     assert str(bomb) in str(err.value)
+    with pytest.raises(CheckpointError, match="bomb"):  # the card alone: refused the same way
+        read_card(bomb)
 
 
 def test_compare_bootstrap_zero_is_handled_like_evaluate(good, data, tmp_path, capsys):
