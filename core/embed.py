@@ -21,7 +21,7 @@ and running its approximate search. Above
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class EmbeddingMap:
     n_total: int
     method: str
     note: str | None
+    computed_with: dict = field(default_factory=dict)  # device, precision of prob and features
 
 
 def cache_paths(
@@ -231,15 +232,21 @@ def embedding_map(
             f"Showing a seeded random sample of {len(xy):,} of {len(frame):,} patches "
             f"(maps are capped at {cap:,} points)."
         )
-    return EmbeddingMap(mapped, len(frame), method, note)
+    from core.evaluate import how_it_runs
+
+    how = how_it_runs(predict_kwargs.get("device"), predict_kwargs.get("precision", "auto"))
+    return EmbeddingMap(mapped, len(frame), method, note, how)
 
 
 def export_frame(emap: EmbeddingMap) -> pd.DataFrame:
-    """The ``python -m core embed`` table: ``id, label, prob, x, y`` (+ ``patient`` if known)."""
+    """The ``python -m core embed`` table: ``id, label, prob, x, y`` (+ ``patient`` if known);
+    ``attrs["computed_with"]`` (device, precision) travels in the parquet file's metadata."""
     columns = ["id", "label", "prob", "x", "y"]
     if "patient" in emap.frame and emap.frame["patient"].notna().any():
         columns.append("patient")
-    return emap.frame[columns]
+    table = emap.frame[columns].copy()
+    table.attrs = {"computed_with": dict(emap.computed_with)}
+    return table
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,8 @@ def rows_from_selection(points) -> list[int]:
 
 def selection_table(maps: dict[str, EmbeddingMap], rows, thresholds) -> pd.DataFrame:
     """The selected patches for a CSV: ``index, id, label`` (+ ``patient``), then each model's
-    P(tumour) and call."""
+    P(tumour) and call, with the threshold of that call and the device and precision that
+    computed the probabilities (a CSV has no header block: they travel as columns)."""
     first = next(iter(maps.values())).frame.iloc[rows]
     keep = [c for c in ("index", "id", "label", "patient") if c in first]
     table = first[keep].reset_index(drop=True)
@@ -327,4 +335,7 @@ def selection_table(maps: dict[str, EmbeddingMap], rows, thresholds) -> pd.DataF
         prob = emap.frame["prob"].to_numpy()[rows]
         table[f"prob {name}"] = prob
         table[f"call {name}"] = np.where(prob >= thresholds[name], "tumour", "normal")
+        table[f"threshold {name}"] = thresholds[name]
+        for key in ("device", "precision"):
+            table[f"{key} {name}"] = emap.computed_with.get(key, "unknown")
     return table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,6 +117,7 @@ def test_cli_writes_one_row_per_patch(pcam, ckpt, tmp_path, capsys):
     # the demo PCam has a meta csv, so each patch's slide is known
     assert list(table.columns) == ["id", "label", "prob", "x", "y", "patient"]
     assert len(table) == 256 and table["id"].is_unique and table["patient"].notna().all()
+    assert table.attrs["computed_with"] == {"device": "cpu", "precision": "fp32"}
 
 
 def test_cli_bad_checkpoint_is_one_line_and_writes_nothing(pcam, tmp_path, capsys):
@@ -182,3 +185,8 @@ def test_selection_rows_and_csv_table():
     assert table["id"].tolist() == ["b", "d"]
     assert table["call A"].tolist() == ["normal", "tumour"]
     assert table["prob A"].tolist() == [0.2, 0.8]
+    assert table["threshold A"].tolist() == [0.5, 0.5]
+    assert set(table["device A"]) == {"unknown"}  # a map that does not say is not guessed
+    maps["A"] = replace(maps["A"], computed_with={"device": "cuda", "precision": "bf16"})
+    table = embed.selection_table(maps, [1], {"A": 0.3})
+    assert table[["device A", "precision A"]].values.tolist() == [["cuda", "bf16"]]
