@@ -14,8 +14,8 @@ Reduction to 2-D: UMAP (umap-learn, seeded: the field's standard; numba compiles
 so it is imported only here, lazily) or PCA (scikit-learn, a fast preview). Features wider than
 ``UMAP_PCA_DIMS`` go through PCA first, the usual UMAP practice (faster, less noise), and up
 to ``EXACT_NEIGHBOURS_MAX`` rows UMAP gets exact neighbours (scikit-learn) instead of compiling
-and running its approximate search. Above
-``MAP_CAP`` patches a seeded random sample is mapped and ``EmbeddingMap.note`` says so.
+and running its approximate search. Above ``MAP_CAP`` patches a seeded random sample is mapped
+and ``EmbeddingMap.note`` says so.
 """
 
 from __future__ import annotations

@@ -253,7 +253,8 @@ def predict_indices(
 ) -> np.ndarray:
     """P(tumour) of the given patches (no cache): the prefetching loader + forward loop.
     Mapped by the checkpoint card's calibration unless ``calibrated=False`` (the raw softmax,
-    which a calibration is fitted on). ``batch_size`` None: 128 on CUDA, 32 elsewhere.
+    which a calibration is fitted on). ``batch_size`` None: 128 on CUDA, ``CPU_BATCH_SIZE``
+    elsewhere.
     Computed in ``precision`` (core.device: auto = bf16 on CUDA, fp32 elsewhere).
     ``loader(path, device)`` supplies a model shared with others (the app's one model cache, so
     no checkpoint is loaded twice): its forward then runs under ``model_lock``, as CAMs do."""

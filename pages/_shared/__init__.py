@@ -21,8 +21,9 @@ from core.files import file_sha256
 
 def ensure_demo_or_warn() -> None:
     """First launch: wait for the background demo writer's first set (PCam, ~1/3 of the write;
-    the others are listed from the visitor's next click on, no polling). A disk that cannot take it (read-only, full) gets one
-    warning with a retry button; the page goes on without the demo."""
+    the others are listed from the visitor's next click on, no polling). A disk that cannot
+    take it (read-only, full) gets one warning with a retry button; the page goes on without
+    the demo."""
     with st.spinner("Writing the synthetic demo datasets (first launch only)…"):
         progress = first_demo_set()
     demo_error_or_retry(progress.error, key="demo_retry_page")
