@@ -357,8 +357,9 @@ def embedding_figure(
         height=height,
         dragmode="lasso",
         uirevision=title,  # zoom survives a recolour
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "y": -0.05, "itemsizing": "constant"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        # below the axis title (at y -0.05 the two overlapped on an 800 px wide window)
+        legend={"orientation": "h", "y": -0.08, "yanchor": "top", "itemsizing": "constant"},
         showlegend=not colouring.continuous and len(traces) > 1,
         xaxis=axis | {"title": f"{emap.method.upper()} 1"},
         yaxis=axis | {"title": f"{emap.method.upper()} 2"},
