@@ -315,16 +315,18 @@ with st.sidebar:
         st.caption(f"{ds.format.upper()} ships its own train/valid/test split: no seed to set.")
 
 summary_card(info)
-tab_gallery, tab_balance, tab_colour, tab_mosaic = st.tabs(
-    ["Gallery", "Class balance", "Colour statistics", "Slide mosaic"]
-)
-sections = (
-    (tab_gallery, lambda: gallery(str(chosen), seed, ds, info)),
-    (tab_balance, lambda: st.plotly_chart(class_balance_figure(info), key="balance")),
-    (tab_colour, lambda: colour_section(str(chosen), seed)),
-    (tab_mosaic, lambda: mosaic_section(str(chosen), seed, ds)),
-)
-for tab, section in sections:
+sections = {
+    "Gallery": lambda: gallery(str(chosen), seed, ds, info),
+    "Class balance": lambda: st.plotly_chart(class_balance_figure(info), key="balance"),
+    "Colour statistics": lambda: colour_section(str(chosen), seed),
+    "Slide mosaic": lambda: mosaic_section(str(chosen), seed, ds),
+}
+# Lazy tabs: only the open one runs (colour statistics read a sample of patches and a mosaic
+# rebuilds a slide: computing all four made the first open ~3× slower). Switching reruns.
+tabs = st.tabs(list(sections), key="datasets_tab", on_change="rerun")
+for tab, section in zip(tabs, sections.values(), strict=True):
+    if not tab.open:
+        continue
     with tab:
         try:  # a damaged patch spoils its section only: one line, the other tabs go on
             section()

@@ -89,6 +89,34 @@ def test_enlarge_and_page(demo_data):
     assert zoom_keys(at) and not set(zoom_keys(at)) & set(first_page)
 
 
+def open_tab(at, label: str):
+    at.session_state["datasets_tab"] = label
+    return ok(at.run())
+
+
+def test_only_the_open_tab_runs(demo_data):
+    """Tabs are lazy: the first open draws the gallery only; colour statistics (a sample of
+    patches read) and the slide mosaic run when their tab is opened, and the gallery then not."""
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    entry = at.selectbox(key="datasets_entry")
+    entry.select_index(next(k for k, o in enumerate(entry.options) if "demo/idc" in o)).run()
+    assert zoom_keys(at)
+    assert not [m for m in at.metric if m.label == "Near-white background patches"]
+    assert not [c for c in at.caption if "patches at scale" in c.value]
+
+    open_tab(at, "Colour statistics")
+    assert [m for m in at.metric if m.label == "Near-white background patches"]
+    assert any("patches drawn with seed 0" in c.value for c in at.caption)
+    assert not zoom_keys(at)
+
+    open_tab(at, "Slide mosaic")
+    assert any("patches at scale" in c.value for c in at.caption)
+    assert not [m for m in at.metric if m.label == "Near-white background patches"]
+
+    open_tab(at, "Gallery")
+    assert len(zoom_keys(at)) == 64
+
+
 def test_path_outside_data_root_is_refused(demo_data, tmp_path):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.text_input(key="datasets_path").input(str(tmp_path)).run()
