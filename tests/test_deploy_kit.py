@@ -178,3 +178,12 @@ def test_pins_resolve_to_wheels_on_python(python, tmp_path):
     if result.returncode and re.search(r"NewConnectionError|Max retries|timed out", result.stderr):
         pytest.skip(f"PyPI unreachable: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_app_polls_its_own_files_instead_of_watching_its_folder():
+    """watchdog (Streamlit's default) watches the app folder recursively and hears every file
+    opened there, .venv (where the README puts it) and data/ included: every import and patch
+    read queued events, and Explain's first render went from ~5.4 s to ~7 s (bench/app_memory.py
+    run in a checkout with its .venv inside). Polling watches the app's own files only."""
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["fileWatcherType"] == "poll"
