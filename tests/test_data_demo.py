@@ -96,6 +96,44 @@ def test_ensure_demo_writes_once_and_lists_as_synthetic(tmp_path, monkeypatch):
     assert {e.format for e in entries.values()} == set(FORMATS)
 
 
+def test_a_killed_writers_staging_folder_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """A writer killed mid-set leaves its hidden ``.demo-<pid>-*`` folder; the next write
+    removes it (and pre-pid ``.demo-*`` ones), but not the folder of a live writer elsewhere."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
+    root = config.demo_root()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        leftovers = {
+            "killed": root / f".demo-{dead.stdout.strip()}-k1/pcam",
+            "old-style": root / ".demo-x7q2/pcam",
+            "live": root / f".demo-{live.pid}-l1/pcam",
+        }
+        for folder in leftovers.values():
+            folder.mkdir(parents=True)
+            (folder / "part.h5").write_bytes(b"half-written")
+        ensure_demo(
+            DemoSizes(
+                pcam=(("train", 8, 1),), hcd_labelled=4, hcd_test=0, hcd_slides=1, idc_patients=1
+            )
+        )
+        assert not leftovers["killed"].parent.exists()
+        assert not leftovers["old-style"].parent.exists()
+        assert (leftovers["live"] / "part.h5").exists()
+        assert sorted(p.name for p in root.glob(".demo-*")) == [leftovers["live"].parent.name]
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_demo_in_background_reports_progress_until_written(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
     small = DemoSizes(

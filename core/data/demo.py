@@ -243,7 +243,8 @@ def ensure_demo(sizes: DemoSizes | None = None, progress=None) -> Path:
 
 
 def _publish_set(target: Path, name: str, sizes: DemoSizes | None) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target))
+    _remove_dead_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".demo-{os.getpid()}-", dir=target))
     try:
         os.rename(write_demo_set(staging, name, sizes), target / name)
     except OSError:
@@ -251,6 +252,17 @@ def _publish_set(target: Path, name: str, sizes: DemoSizes | None) -> None:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_staging(target: Path) -> None:
+    """Delete the staging folders (``.demo-<pid>-*``) of writers that were killed mid-set: a
+    live writer in another process (its pid alive) keeps its folder."""
+    from core import jobs
+
+    for folder in target.glob(".demo-*"):
+        pid = folder.name.split("-")[1]
+        if not (pid.isdigit() and int(pid) != os.getpid() and jobs.process_alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
