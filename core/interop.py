@@ -260,14 +260,20 @@ def import_weights(
     if out.exists():
         raise CheckpointError(f"{out}: already exists; choose another --out")
     state, torchscript = read_weights(weights)
+    exported = exported_card(weights, arch) if torchscript is not None else None
     try:
         model, head = fit_weights(state, arch, classes)
     except CheckpointError as err:
         raise CheckpointError(f"{weights}: {err}") from None
+    carried = _dataset_fields(dataset)
+    if exported is not None:  # our own export: its card's fields unless the command sets them
+        input_size = input_size or exported.input_size
+        mean, std = mean or exported.mean, std or exported.std
+        carried = {**_carried_data(exported), **carried, **_operating_point(exported)}
     card = ModelCard.for_model(
         arch,
         input_size,
-        **_dataset_fields(dataset),
+        **carried,
         train_config={
             "imported_from": weights.name,
             "imported_sha256": file_sha256(weights),
@@ -287,6 +293,44 @@ def import_weights(
                 f"weights by up to {delta:.2g} (a custom forward?); nothing written"
             )
     return save_checkpoint(out, model, card), card
+
+
+def exported_card(path: Path, arch: str) -> ModelCard | None:
+    """The card ``export_torchscript`` put inside the archive at ``path`` (calibration already
+    folded into the weights, so identity), or None for a TorchScript file from elsewhere."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{CARD_FILE}")), None)
+            text = archive.read(name) if name else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if text is None:
+        return None
+    try:
+        card = ModelCard.from_dict(json.loads(text))
+    except (ValueError, TypeError, AttributeError, CheckpointError) as err:
+        raise CheckpointError(f"{path}: its {CARD_FILE} is not a model card ({err})") from None
+    if card.arch != arch:
+        raise CheckpointError(
+            f"{path}: exported as {card.arch!r}, imported as {arch!r}; use --arch {card.arch}"
+        )
+    return card
+
+
+def _carried_data(card: ModelCard) -> dict:
+    """What an exported card says about its training data (``--dataset`` overrides it)."""
+    return dict(
+        dataset=card.dataset,
+        dataset_format=card.dataset_format,
+        split_manifest_id=card.split_manifest_id,
+        seed=card.seed,
+        synthetic_data=card.synthetic_data,
+    )
+
+
+def _operating_point(card: ModelCard) -> dict:
+    """The threshold(s) learnt on validation: on the calibrated P the exported file outputs."""
+    return dict(threshold=card.threshold, operating_points=dict(card.operating_points))
 
 
 def _dataset_fields(dataset) -> dict:

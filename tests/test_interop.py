@@ -159,10 +159,61 @@ def test_export_round_trip_keeps_calibrated_probabilities_and_card(tmp_path, cal
     # and back in: the exported file imports to a model with the same (calibrated) outputs
     again = tmp_path / "again.pt"
     assert import_cli(exported, again)[0] == 0
-    assert (
-        np.abs(predict_proba(load_checkpoint(again), PATCHES, precision="fp32") - probs).max()
-        <= PARITY_TOLERANCE
+    back = load_checkpoint(again)
+    assert np.abs(predict_proba(back, PATCHES, precision="fp32") - probs).max() <= PARITY_TOLERANCE
+    # with its operating point and preprocessing: the exported card's, not the registry's
+    assert back.card.threshold == 0.31 and back.card.calibration == {}
+    assert (back.card.input_size, back.card.mean) == (loaded.card.input_size, loaded.card.mean)
+    assert back.card.train_config["imported_from"] == "model.ts"
+
+
+def test_import_of_an_export_carries_its_card_and_refuses_another_arch(tmp_path, monkeypatch):
+    """An exported file keeps its threshold, operating points, input size, normalisation and
+    training data on the way back in (the command's own flags still win); imported as another
+    architecture it is refused with one line naming the right one."""
+    weights, ckpt, exported = tmp_path / "w.pth", tmp_path / "c.pt", tmp_path / "model.ts"
+    torch.save(notebook_resnet18().state_dict(), weights)
+    assert import_cli(weights, ckpt, "--input-size", "64")[0] == 0
+    imported = load_checkpoint(ckpt)
+    card = replace(
+        imported.card,
+        threshold=0.27,
+        operating_points={"max_balanced_accuracy": 0.27, "sensitivity>=0.90": 0.12},
+        mean=(0.7, 0.55, 0.7),
+        dataset="/data/real/idc",
+        dataset_format="idc",
+        split_manifest_id="idc-seed3-abc",
+        seed=3,
     )
+    save_checkpoint(ckpt, imported.model, card)
+    assert run_cli("export", "--checkpoint", str(ckpt), "--out", str(exported))[0] == 0
+
+    assert import_cli(exported, tmp_path / "back.pt")[0] == 0
+    back = load_checkpoint(tmp_path / "back.pt").card
+    assert (back.threshold, back.operating_points) == (card.threshold, card.operating_points)
+    assert (back.input_size, back.mean, back.std) == (64, card.mean, card.std)
+    assert (back.dataset, back.dataset_format, back.split_manifest_id, back.seed) == (
+        "/data/real/idc",
+        "idc",
+        "idc-seed3-abc",
+        3,
+    )
+    assert import_cli(exported, tmp_path / "flags.pt", "--mean", "0.5", "0.5", "0.5")[0] == 0
+    assert load_checkpoint(tmp_path / "flags.pt").card.mean == (0.5, 0.5, 0.5)
+
+    code, _, stderr = run_cli(
+        "import",
+        "--weights",
+        str(exported),
+        "--arch",
+        "small_resnet",
+        "--out",
+        str(tmp_path / "x.pt"),
+    )
+    assert code == 2 and not (tmp_path / "x.pt").exists()
+    assert stderr.strip().splitlines() == [
+        f"error: {exported}: exported as 'resnet18', imported as 'small_resnet'; use --arch resnet18"
+    ]
 
 
 class RunsCode:
