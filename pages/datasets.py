@@ -322,7 +322,7 @@ sections = {
     "Slide mosaic": lambda: mosaic_section(str(chosen), seed, ds),
 }
 # Lazy tabs: only the open one runs (colour statistics read a sample of patches and a mosaic
-# rebuilds a slide: computing all four made the first open ~3× slower). Switching reruns.
+# rebuilds a slide: computing all four made the first open 2-3× slower). Switching reruns.
 tabs = st.tabs(list(sections), key="datasets_tab", on_change="rerun")
 for tab, section in zip(tabs, sections.values(), strict=True):
     if not tab.open:
