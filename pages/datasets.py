@@ -125,12 +125,15 @@ def choose_path() -> Path | None:
 def summary_card(info: dict) -> None:
     if info["synthetic"]:
         st.warning("**Synthetic demo data**: painted tissue, not patients.", icon="🧪")
-    cols = st.columns(5)
-    cols[0].metric("Format", info["format"].upper())
-    cols[1].metric("Patches", f"{info['n']:,}")
-    cols[2].metric("Patients / slides", "—" if info["patients"] is None else info["patients"])
-    cols[3].metric("Patch size", "×".join(map(str, info["image_size"])))
-    cols[4].metric("Edge patches", info["edge_patches"], help="smaller than the patch size")
+    row = st.container(horizontal=True, gap="medium")  # wraps on narrow screens, never truncates
+    row.metric("Format", info["format"].upper(), width="content")
+    row.metric("Patches", f"{info['n']:,}", width="content")
+    patients = "—" if info["patients"] is None else info["patients"]
+    row.metric("Patients / slides", patients, width="content")
+    row.metric("Patch size", "×".join(map(str, info["image_size"])), width="content")
+    row.metric(
+        "Edge patches", info["edge_patches"], help="smaller than the patch size", width="content"
+    )
     table = pd.DataFrame(
         {
             split: {
