@@ -205,16 +205,13 @@ def embedding_map(
     """The 2-D map of ``checkpoint_path`` on ``split``, computed once and then read from disk
     (a cached map needs neither the model nor the features). ``predict_kwargs``: those of
     ``split_features`` (``fingerprint`` given once for several maps of one split)."""
+    from core.evaluate import how_it_runs
+
     if predict_kwargs.get("fingerprint") is None:
         predict_kwargs["fingerprint"] = split_fingerprint(ds, split)
-    predictions, _ = cache_paths(
-        checkpoint_path,
-        ds,
-        split,
-        predict_kwargs.get("device"),
-        predict_kwargs["fingerprint"],
-        predict_kwargs.get("precision", "auto"),
-    )
+    device, precision = predict_kwargs.get("device"), predict_kwargs.get("precision", "auto")
+    fingerprint = predict_kwargs["fingerprint"]
+    predictions, _ = cache_paths(checkpoint_path, ds, split, device, fingerprint, precision)
     path = config.cache_dir() / "maps" / f"{predictions.stem}-{method}-s{seed}-c{cap}.parquet"
     if path.exists() and predictions.exists():
         frame, xy = pd.read_parquet(predictions), pd.read_parquet(path)
@@ -232,10 +229,7 @@ def embedding_map(
             f"Showing a seeded random sample of {len(xy):,} of {len(frame):,} patches "
             f"(maps are capped at {cap:,} points)."
         )
-    from core.evaluate import how_it_runs
-
-    how = how_it_runs(predict_kwargs.get("device"), predict_kwargs.get("precision", "auto"))
-    return EmbeddingMap(mapped, len(frame), method, note, how)
+    return EmbeddingMap(mapped, len(frame), method, note, how_it_runs(device, precision))
 
 
 def export_frame(emap: EmbeddingMap) -> pd.DataFrame:
