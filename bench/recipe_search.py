@@ -5,12 +5,13 @@
     python bench/recipe_search.py --data DATA --device cuda --parallel 12 --workers 1 \\
         --only hcd_cnn-cw-96px,bn_cnn-cw-96px,small_resnet-cw-96px,resnet18-cw-96px --out r96.jsonl
     python bench/recipe_search.py --data DATA --device cuda --skip-grid --final bn_cnn-cw-ls \\
-        --parallel 3 --workers 3 --out final.jsonl
+        --parallel 3 --workers 3 --out final.jsonl [--split-seed 0]
     # smoke test of either on the CPU: add --device cpu --quick, with the demo set as DATA
 
 Trains every recipe of the grid × ``--seeds`` with the real trainer (``python -m core train``,
-``--parallel`` processes at a time), then scores each run's ``best.pt`` on the VALIDATION split
-of its seed (IDC splits are by patient and drawn with the seed): AUC, the threshold of maximum
+``--parallel`` processes at a time), then scores each run's ``best.pt`` on its VALIDATION split
+(IDC splits are by patient; seed k trains and is scored on split k, so a recipe is chosen across
+patient splits, unless ``--split-seed N`` puts every seed on split N): AUC, the threshold of maximum
 balanced accuracy and the balanced accuracy there, and the ECE of the raw probabilities and of
 temperature / Platt scaling, each cross-fitted over validation patients (fitted on half of them,
 scored on the other half; see core/calibration.py). One JSON line per run goes to ``--out``.
@@ -114,9 +115,17 @@ def select(names: str | None, grid: list[Recipe], quick: bool) -> dict[str, Reci
     return {n: Recipe(n, {**recipes[n].flags, **QUICK}) if quick else recipes[n] for n in chosen}
 
 
-def command(recipe: Recipe, data: str, seed: int, device: str, run_dir: Path, workers: int):
+def split_seed_of(seed: int, opts) -> int:
+    """The patient split a run trains and is scored on: ``--split-seed`` for every run, else one
+    per seed (the grid's default, so a recipe is chosen across patient splits)."""
+    return seed if opts.split_seed is None else opts.split_seed
+
+
+def command(recipe: Recipe, data: str, seed: int, split_seed: int, device: str, run_dir: Path,
+            workers: int):  # fmt: skip
     args = [sys.executable, "-m", "core", "train", "--data", data, "--out", str(run_dir)]
-    args += ["--seed", str(seed), "--device", device, "--workers", str(workers)]
+    args += ["--seed", str(seed), "--split-seed", str(split_seed)]
+    args += ["--device", device, "--workers", str(workers)]
     for key, value in recipe.flags.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -128,7 +137,8 @@ def command(recipe: Recipe, data: str, seed: int, device: str, run_dir: Path, wo
 
 def train(recipe: Recipe, seed: int, opts) -> dict:
     run_dir = opts.runs / f"{recipe.name}-s{seed}"
-    args = command(recipe, opts.data, seed, opts.device, run_dir, opts.workers)
+    split_seed = split_seed_of(seed, opts)
+    args = command(recipe, opts.data, seed, split_seed, opts.device, run_dir, opts.workers)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -151,12 +161,14 @@ class Scorer:
         self.lock = threading.Lock()
         self.datasets: dict[int, object] = {}
 
-    def predictions(self, checkpoint: Path, seed: int, split: str):
+    def predictions(self, checkpoint: Path, split_seed: int, split: str):
         from core.data import open_dataset
         from core.evaluate import predict_indices
 
         with self.lock:
-            ds = self.datasets.setdefault(seed, open_dataset(self.data, seed=seed))
+            if split_seed not in self.datasets:
+                self.datasets[split_seed] = open_dataset(self.data, seed=split_seed)
+            ds = self.datasets[split_seed]
             indices = np.sort(ds.indices(split=split))
             probs = predict_indices(
                 checkpoint, ds, indices, device=self.device, batch_size=512, calibrated=False
@@ -184,7 +196,7 @@ def validation_scores(y, prob, patients) -> dict:
     return out
 
 
-def test_scores(scorer: Scorer, checkpoint: Path, seed: int) -> dict:
+def test_scores(scorer: Scorer, checkpoint: Path, seed: int, split_seed: int) -> dict:
     """The test split, once: with the calibration map and threshold the trainer fitted on
     validation into the checkpoint's card (what every consumer applies)."""
     import pandas as pd
@@ -193,7 +205,7 @@ def test_scores(scorer: Scorer, checkpoint: Path, seed: int) -> dict:
     from core.metrics import binary_metrics, bootstrap_auc_ci, ci_unit, patient_level
 
     card = read_card(checkpoint)
-    y, raw, patients = scorer.predictions(checkpoint, seed, "test")
+    y, raw, patients = scorer.predictions(checkpoint, split_seed, "test")
     prob = card.calibrated(raw)
     m = binary_metrics(y, prob, card.threshold)
     out = {k: m[k] for k in ("auc", "balanced_accuracy", "f1", "sensitivity", "specificity")}
@@ -219,9 +231,11 @@ def cpu_estimate_s(records: list[dict]) -> float | None:
 def run_one(recipe: Recipe, seed: int, opts, scorer: Scorer, final: bool) -> dict:
     trained = train(recipe, seed, opts)
     status = trained["status"]
+    split_seed = split_seed_of(seed, opts)
     record = {
         "recipe": recipe.name,
         "seed": seed,
+        "split_seed": split_seed,
         "flags": recipe.flags,
         "model": _read_json(trained["run_dir"] / "config.json").get("model"),
         "rc": trained["rc"],
@@ -230,10 +244,10 @@ def run_one(recipe: Recipe, seed: int, opts, scorer: Scorer, final: bool) -> dic
     }
     best = trained["run_dir"] / "best.pt"
     if trained["rc"] == 0 and best.is_file():
-        y, prob, patients = scorer.predictions(best, seed, "valid")
+        y, prob, patients = scorer.predictions(best, split_seed, "valid")
         record.update(validation_scores(y, prob, patients))
         if final:
-            record.update(test_scores(scorer, best, seed))
+            record.update(test_scores(scorer, best, seed, split_seed))
     return record
 
 
@@ -355,7 +369,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--parallel", type=int, default=12)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        help="train and score every seed on this patient split (default: seed k on split k)",
+    )
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     p.add_argument("--runs", type=Path, help="run directories (default: a new temp folder)")

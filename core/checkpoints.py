@@ -35,7 +35,7 @@ from core.config import CLASS_NAMES
 from core.errors import InputError
 from core.files import file_sha256, write_atomic, write_bytes_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
-from core.train_config import MIN_INPUT_SIZE
+from core.train_config import MAX_SEED, MIN_INPUT_SIZE
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: reading a card needs none
     import torch
@@ -48,7 +48,6 @@ FORMAT_VERSION = 1
 MAX_INFLATION = 2.0
 MAX_CHECKPOINT_BYTES = 4 * 2**30
 INPUT_SIZES = (MIN_INPUT_SIZE, 1024)
-MAX_SEED = 2**31 - 1  # the split seed range of core.data.open_dataset
 DATASET_FORMATS = ("", "pcam", "hcd", "idc")
 
 
@@ -87,7 +86,10 @@ class ModelCard:
     dataset: str = ""  # dataset path or name it was trained on
     dataset_format: str = ""  # pcam | hcd | idc
     split_manifest_id: str = ""
-    seed: int = 0
+    seed: int = 0  # the training seed (weights, batch order, augmentation)
+    # The seed its data split was drawn with; None on cards written before the two were apart,
+    # when ``seed`` drew the split too (use ``data_split_seed``).
+    split_seed: int | None = None
     synthetic_data: bool = False
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +118,11 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed to open its dataset with, so that its test split is the one it never saw."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def calibrated(self, prob):
         """Calibrated P(tumour) from the model's softmax P(tumour) (identity when none)."""
@@ -202,6 +209,10 @@ CARD_CHECKS = {
     "dataset_format": _expect(lambda v: v in DATASET_FORMATS, "pcam, hcd or idc"),
     "split_manifest_id": _expect(lambda v: isinstance(v, str), "a text (a split manifest id)"),
     "seed": _expect(lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"a whole number 0..{MAX_SEED}"),
+    "split_seed": _expect(
+        lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED),
+        f"null or a whole number 0..{MAX_SEED}",
+    ),
     "synthetic_data": _expect(lambda v: isinstance(v, bool), "true or false"),
     "train_config": _expect(lambda v: isinstance(v, dict), "a mapping"),
     "metrics": _expect(lambda v: isinstance(v, dict), "a mapping"),

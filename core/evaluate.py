@@ -143,9 +143,10 @@ def store_cached(frame: pd.DataFrame, cache: Path) -> None:
 def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
     """Open ``data_path`` with the split the checkpoints were trained on; returns (ds, warnings).
 
-    IDC and HCD splits are drawn with the training seed. Evaluating with another seed would put
-    some of a model's training patients in its "test" split, so the dataset is opened with the
-    seed of the first checkpoint trained on this data (or of the same format), and a warning names
+    IDC and HCD splits are drawn with a split seed (the card's ``data_split_seed``). Evaluating
+    with another would put some of a model's training patients in its "test" split, so the
+    dataset is opened with the split seed of the first checkpoint trained on this data (or of the
+    same format), and a warning names
     every checkpoint trained on this same data with a different split, on another format, or on
     synthetic demo data when this data is real. ``opener(path: str, seed: int)`` opens it
     (default ``open_dataset``; pages pass their shared dataset cache).
@@ -158,13 +159,13 @@ def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
     cards = {str(p): read_card(p) for p in checkpoint_paths}
     same_data = [c for c in cards.values() if c.dataset and Path(c.dataset).resolve() == root]
     same_format = [c for c in cards.values() if c.dataset_format == fmt]
-    seed = (same_data or same_format)[0].seed if (same_data or same_format) else 0
+    seed = (same_data or same_format)[0].data_split_seed if (same_data or same_format) else 0
     ds = (opener or open_dataset)(str(root), seed)
     names = dict(zip(cards, model_names(list(cards)), strict=True))
     warnings = [
         f"{names[path]} was trained on a different split of this dataset "
-        f"({card.split_manifest_id}, seed {card.seed}; shown: {ds.manifest_id}): its evaluation "
-        "split may contain patches it was trained on."
+        f"({card.split_manifest_id}, split seed {card.data_split_seed}; shown: {ds.manifest_id}): "
+        "its evaluation split may contain patches it was trained on."
         for path, card in cards.items()
         if card in same_data and card.split_manifest_id != ds.manifest_id
     ]

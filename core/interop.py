@@ -324,6 +324,7 @@ def _carried_data(card: ModelCard) -> dict:
         dataset_format=card.dataset_format,
         split_manifest_id=card.split_manifest_id,
         seed=card.seed,
+        split_seed=card.split_seed,
         synthetic_data=card.synthetic_data,
     )
 

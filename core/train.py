@@ -351,7 +351,7 @@ def validation_score(metrics: dict[str, Any]) -> float:
 def _open_dataset(cfg: TrainConfig):
     from core.data import DatasetError, open_dataset
 
-    ds = open_dataset(cfg.data, seed=cfg.seed)
+    ds = open_dataset(cfg.data, seed=cfg.split_seed)
     for split in ("train", "valid"):
         if len(ds.indices(split=split)) == 0:
             raise DatasetError(
@@ -546,6 +546,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         dataset_format=ds.format,
         split_manifest_id=ds.manifest_id,
         seed=cfg.seed,
+        split_seed=cfg.split_seed,
         synthetic_data=ds.synthetic,
         train_config=asdict(cfg),
     )

@@ -11,6 +11,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from core.calibration import METHODS as CALIBRATIONS
+from core.data.registry import MAX_SEED
 
 SCHEDULERS = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -30,7 +31,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     img_size: int | None = None  # None: the dataset's patch size (no resampling)
     device: str = "auto"  # auto = cuda > mps > cpu
-    seed: int = 0
+    seed: int = 0  # weights, batch order, augmentation
+    split_seed: int = 0  # the patient (IDC) / patch (HCD) split; PCam ships its own
     pretrained: bool = False
     augment: bool = True  # D4 + light stain/brightness jitter
     class_weighting: bool = True  # loss weights inversely proportional to class counts
@@ -51,6 +53,11 @@ class TrainConfig:
             for name in ("epochs", "batch_size", "lr", "log_every")
             if getattr(self, name) <= 0
         ]
+        problems += [
+            f"{name} must be a whole number from 0 to {MAX_SEED}"
+            for name in ("seed", "split_seed")
+            if not 0 <= getattr(self, name) <= MAX_SEED
+        ]
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append("label_smoothing must be in [0, 1)")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -70,8 +77,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """The config a run's ``config.json`` (or a mapping of fields) describes. Configs written
+        before ``split_seed`` existed drew their split with ``seed``, and keep that split."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "split_seed" not in values and "seed" in values:
+            values["split_seed"] = values["seed"]
+        return cls(**values)
 
     @classmethod
     def from_form(cls, data: str, model: str | None, values: Mapping[str, Any]) -> TrainConfig:

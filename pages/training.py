@@ -19,7 +19,7 @@ from core import jobs
 from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
 from core.figures import curves_figure
-from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+from core.train_config import DEFAULTS, DEVICES, MAX_SEED, SCHEDULERS, TrainConfig
 from pages._shared import ensure_demo_or_warn, public_mode
 from pages._shared.state import SESSION
 
@@ -34,6 +34,7 @@ WIDGETS = {
     "class_weighting": "training_class_weighting",
     "device": "training_device",
     "seed": "training_seed",
+    "split_seed": "training_split_seed",
     "scheduler": "training_scheduler",
     "patience": "training_patience",
     "limit_batches": "training_limit",
@@ -105,13 +106,30 @@ def start_form() -> None:
             persist_state=SESSION,
         )
         with st.expander("Advanced"):
-            a1, a2, a3, a4 = st.columns(4)
-            a1.number_input("Seed", 0, 2**31 - 1, key="training_seed", persist_state=SESSION)
-            a2.selectbox("LR schedule", SCHEDULERS, key="training_scheduler", persist_state=SESSION)
-            a3.number_input(
+            a1, a2, a3 = st.columns(3)
+            a1.number_input(
+                "Seed",
+                0,
+                MAX_SEED,
+                key="training_seed",
+                persist_state=SESSION,
+                help="Initial weights, batch order and augmentation.",
+            )
+            a2.number_input(
+                "Split seed",
+                0,
+                MAX_SEED,
+                key="training_split_seed",
+                persist_state=SESSION,
+                help="Which patients (IDC) or patches (HCD) go to train, valid and test. Keep it "
+                "to compare models on the same unseen patients; PCam ships its own split.",
+            )
+            a3.selectbox("LR schedule", SCHEDULERS, key="training_scheduler", persist_state=SESSION)
+            b1, b2, _ = st.columns(3)
+            b1.number_input(
                 "Early-stopping patience", 1, 100, key="training_patience", persist_state=SESSION
             )
-            a4.number_input(
+            b2.number_input(
                 "Max batches per epoch (0 = all)",
                 0,
                 10**6,

@@ -11,15 +11,17 @@ from core.evaluate import open_dataset_for
 from core.models import build_model
 
 
-def trained_on(path, root, seed):
-    """A checkpoint whose card says it was trained on ``root`` with split seed ``seed``."""
-    ds = open_dataset(root, seed=seed)
+def trained_on(path, root, seed, split_seed=None):
+    """A checkpoint whose card says it was trained on ``root`` with training seed ``seed`` and
+    split seed ``split_seed`` (None: a card from before the two were apart, so ``seed``)."""
+    ds = open_dataset(root, seed=seed if split_seed is None else split_seed)
     model, _ = build_model("idc_cnn")
     card = ModelCard.for_model(
         "idc_cnn",
         dataset=str(root),
         dataset_format="idc",
         seed=seed,
+        split_seed=split_seed,
         split_manifest_id=ds.manifest_id,
     )
     return save_checkpoint(path, model, card), ds
@@ -47,6 +49,21 @@ def test_checkpoints_trained_on_another_split_are_named_in_a_warning(tmp_path):
     ds, warnings = open_dataset_for(root, [first, other])
     assert ds.manifest_id == open_dataset(root, seed=0).manifest_id
     assert len(warnings) == 1 and "seed3 was trained" in warnings[0] and "seed 3" in warnings[0]
+
+
+def test_models_of_other_training_seeds_on_one_split_are_opened_on_it_without_a_warning(tmp_path):
+    root = tmp_path / "idc"
+    write_fake_idc(root, n_patients=12, grid=2)
+    seed5, trained_ds = trained_on(tmp_path / "seed5.pt", root, seed=5, split_seed=3)
+    seed7, _ = trained_on(tmp_path / "seed7.pt", root, seed=7, split_seed=3)
+    legacy3, _ = trained_on(tmp_path / "legacy3.pt", root, seed=3)  # drew split 3 with its seed
+
+    ds, warnings = open_dataset_for(root, [seed5, seed7, legacy3])
+    assert warnings == []
+    assert ds.manifest_id == trained_ds.manifest_id == open_dataset(root, seed=3).manifest_id
+
+    _, warnings = open_dataset_for(root, [seed5, trained_on(tmp_path / "s0.pt", root, 5, 0)[0]])
+    assert len(warnings) == 1 and "s0 was trained" in warnings[0] and "split seed 0" in warnings[0]
 
 
 def test_a_checkpoint_from_another_format_is_named_in_a_warning(tmp_path):

@@ -182,8 +182,9 @@ def test_import_of_an_export_carries_its_card_and_refuses_another_arch(tmp_path,
         mean=(0.7, 0.55, 0.7),
         dataset="/data/real/idc",
         dataset_format="idc",
-        split_manifest_id="idc-seed3-abc",
+        split_manifest_id="idc-seed1-abc",
         seed=3,
+        split_seed=1,
     )
     save_checkpoint(ckpt, imported.model, card)
     assert run_cli("export", "--checkpoint", str(ckpt), "--out", str(exported))[0] == 0
@@ -192,12 +193,12 @@ def test_import_of_an_export_carries_its_card_and_refuses_another_arch(tmp_path,
     back = load_checkpoint(tmp_path / "back.pt").card
     assert (back.threshold, back.operating_points) == (card.threshold, card.operating_points)
     assert (back.input_size, back.mean, back.std) == (64, card.mean, card.std)
-    assert (back.dataset, back.dataset_format, back.split_manifest_id, back.seed) == (
+    assert (back.dataset, back.dataset_format, back.split_manifest_id) == (
         "/data/real/idc",
         "idc",
-        "idc-seed3-abc",
-        3,
+        "idc-seed1-abc",
     )
+    assert (back.seed, back.split_seed) == (3, 1)
     assert import_cli(exported, tmp_path / "flags.pt", "--mean", "0.5", "0.5", "0.5")[0] == 0
     assert load_checkpoint(tmp_path / "flags.pt").card.mean == (0.5, 0.5, 0.5)
 

@@ -164,7 +164,7 @@ def test_every_config_field_round_trips_through_the_command_line(tmp_path):
 
     cfg = TrainConfig(
         data="/data/x", model="resnet18", epochs=3, batch_size=8, lr=0.01, weight_decay=0.0,
-        img_size=64, device="cpu", seed=5, pretrained=True, augment=False,
+        img_size=64, device="cpu", seed=5, split_seed=7, pretrained=True, augment=False,
         class_weighting=True, scheduler="plateau", patience=2, limit_batches=4, workers=1,
         precision="bf16", log_every=3, best_fp16=True,
     )  # fmt: skip

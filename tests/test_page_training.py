@@ -41,11 +41,14 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     at.number_input(key="training_limit").set_value(2)
     at.selectbox(key="training_device").set_value("cpu")
     at.text_input(key="training_name").set_value("smoke")
+    at.number_input(key="training_seed").set_value(2)
+    at.number_input(key="training_split_seed").set_value(3)
     at.button[0].click().run()
     assert not at.exception, at.exception
     runs = jobs.list_runs()
     assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
     assert "-bn_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
+    assert (runs[0].config["seed"], runs[0].config["split_seed"]) == (2, 3)
     deadline = time.monotonic() + 150
     while (
         jobs.read_status(runs[0].path)["state"] in jobs.ACTIVE_STATES

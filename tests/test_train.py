@@ -66,6 +66,8 @@ def quick(data, **overrides) -> TrainConfig:
         dict(img_size=8),
         dict(label_smoothing=1.0),
         dict(epochs=10, warmup_epochs=10),  # as many as the epochs: no cosine left
+        dict(seed=-1),
+        dict(split_seed=2**31),
     ],
 )
 def test_config_rejects_bad_values(bad):
@@ -78,6 +80,29 @@ def test_config_is_frozen_and_round_trips_through_dict():
     with pytest.raises(FrozenInstanceError):
         cfg.epochs = 4
     assert TrainConfig.from_dict({**cfg.__dict__, "unknown_key": 1}) == cfg
+
+
+def test_a_config_written_before_split_seed_keeps_the_split_its_seed_drew():
+    """Before the two seeds were apart, ``seed`` drew the split: resuming such a run (its
+    config.json has no split_seed) must not move its test patients to another split."""
+    assert TrainConfig.from_dict({"data": "x", "seed": 3}).split_seed == 3
+    assert TrainConfig.from_dict({"data": "x", "seed": 3, "split_seed": 0}).split_seed == 0
+    assert TrainConfig(data="x", seed=3).split_seed == 0  # new runs share split 0
+
+
+def test_training_seeds_share_the_split_and_the_card_says_which(demo_root, tmp_path):
+    """Models trained with different seeds are scored on the same unseen patients (Compare,
+    evaluate) unless --split-seed says otherwise; the card records both seeds."""
+    root = demo_root / "idc"
+    cards = {}
+    for seed, split_seed in ((1, 0), (1, 4)):
+        run = tmp_path / f"s{seed}-split{split_seed}"
+        fit(quick(root, seed=seed, split_seed=split_seed, limit_batches=1), run)
+        cards[split_seed] = load_checkpoint(run / "best.pt").card
+    assert open_dataset(root, seed=0).manifest_id != open_dataset(root, seed=4).manifest_id
+    for split_seed, card in cards.items():
+        assert (card.seed, card.split_seed, card.data_split_seed) == (1, split_seed, split_seed)
+        assert card.split_manifest_id == open_dataset(root, seed=split_seed).manifest_id
 
 
 def test_resolve_device_prefers_accelerators_and_refuses_missing_ones():

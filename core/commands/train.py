@@ -1,7 +1,7 @@
 """`python -m core train`: train one model into a run directory (layout in core/jobs.py).
 
     python -m core train --data PATH [--model NAME] [--epochs N] [--batch-size B] [--lr LR]
-        [--img-size S] [--device D] [--seed S] [--pretrained] --out RUN_DIR
+        [--img-size S] [--device D] [--seed S] [--split-seed S] [--pretrained] --out RUN_DIR
     python -m core train --resume RUN_DIR
 
 The flags are the TrainConfig field names (``batch_size`` -> ``--batch-size``), which is how
@@ -58,7 +58,16 @@ def register(sub) -> None:
         "--img-size", type=int, dest="img_size", help="model input side (default: patch size)"
     )
     p.add_argument("--device", help=f"{', '.join(DEVICES)} or cuda:N (auto: cuda > mps > cpu)")
-    p.add_argument("--seed", type=int, help="seed for splits, weights, order, augmentation")
+    p.add_argument(
+        "--seed", type=int, help="seed for the weights, batch order and augmentation (default 0)"
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        dest="split_seed",
+        help="seed of the patient (IDC) or patch (HCD) split (default 0: every run on a dataset "
+        "shares its test patients, so runs compare; PCam ships its own split)",
+    )
     p.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
