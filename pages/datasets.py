@@ -326,7 +326,13 @@ sections = {
 }
 # Lazy tabs: only the open one runs (colour statistics read a sample of patches and a mosaic
 # rebuilds a slide: computing all four made the first open 2-3× slower). Switching reruns.
+# st.tabs takes no persist_state, and Streamlit drops its state on a visit to another page: the
+# open tab is copied aside and put back before the tabs are drawn again (not as their
+# ``default``: a changed default makes them a new widget, which opens on that default).
+if "datasets_tab" not in st.session_state and "datasets_tab_kept" in st.session_state:
+    st.session_state["datasets_tab"] = st.session_state["datasets_tab_kept"]
 tabs = st.tabs(list(sections), key="datasets_tab", on_change="rerun")
+st.session_state["datasets_tab_kept"] = st.session_state["datasets_tab"]
 for tab, section in zip(tabs, sections.values(), strict=True):
     if not tab.open:
         continue

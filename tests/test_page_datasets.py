@@ -148,6 +148,12 @@ def test_datasets_choices_survive_a_visit_to_another_page(demo_data):
     assert "demo/idc" in entry.options[entry.index]
     assert widget(at, "selectbox", "Label").value == 1
 
+    open_tab(at, "Slide mosaic")  # the open tab is kept too (it came back on Gallery)
+    visit(at, "home")
+    visit(at, "datasets")
+    assert at.session_state["datasets_tab"] == "Slide mosaic"
+    assert any("patches at scale" in c.value for c in at.caption) and not zoom_keys(at)
+
 
 def test_first_launch_shows_the_first_demo_set_while_the_others_are_written(tmp_path, monkeypatch):
     """The page waits for the background writer's first set (PCam) only: it is listed and
