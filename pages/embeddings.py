@@ -99,7 +99,6 @@ if not st.session_state.get("embed_drawn"):  # torch and UMAP load only from her
     st.stop()
 names = model_names(chosen)
 paths = dict(zip(names, chosen, strict=True))
-keys = (str(entry.path), *(file_sha256(path) for path in paths.values()))  # what CAMs depend on
 bar = st.empty()
 
 
@@ -108,6 +107,9 @@ def progress(done: int, total: int) -> None:
 
 
 fingerprint = split_fingerprint(ds, split)  # the data files' state: one look for both maps
+# what the selection's CAMs depend on: the models and the patches' files (rewritten in place,
+# the same ids are other pixels)
+keys = (str(entry.path), fingerprint, *(file_sha256(path) for path in paths.values()))
 try:  # computed once per checkpoint × split × method × seed × cap, then read from disk
     with st.spinner(f"{method.upper()} map…"):
         maps = {

@@ -77,3 +77,34 @@ def test_one_checkpoint_offers_no_disagreement(app_env):
     assert not at.exception
     assert len(maps(at)) == 1
     assert "disagreement" not in at.selectbox(key="embed_colour").options
+
+
+def test_patch_files_rewritten_in_place_get_new_cams(app_env, monkeypatch):
+    """The selection's Grad-CAMs were cached by checkpoint and patch ids only: a data file
+    rewritten under the same ids showed the new patch under the old patch's heatmap."""
+    import os
+    import shutil
+
+    import core.explain
+
+    demo = app_env / "demo"
+    source = demo.resolve()
+    demo.unlink()
+    shutil.copytree(source / "pcam", demo / "pcam")  # a copy of our own to rewrite
+    calls = []
+    real = core.explain.explain_gallery
+    monkeypatch.setattr(
+        core.explain, "explain_gallery", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    at = opened(AppTest.from_file(PAGE, default_timeout=240))
+    at.selectbox(key="embed_group").set_value("tumour").run()
+    assert not at.exception and len(calls) == 1
+    at.run()
+    assert len(calls) == 1  # a rerun is served from the cache
+
+    for h5 in (demo / "pcam").glob("*_x.h5"):  # rewritten: new times, same patch ids
+        stamp = h5.stat().st_mtime_ns + 10**9
+        os.utime(h5, ns=(stamp, stamp))
+    at.run()
+    assert not at.exception
+    assert len(calls) == 2
