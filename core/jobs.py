@@ -97,7 +97,12 @@ def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / CONFIG_FILE)
+    """The run's config.json. One written before ``split_seed`` existed drew its split with
+    ``seed``, and says so here: resuming it keeps its patients where they were."""
+    cfg = read_json(Path(run_dir) / CONFIG_FILE)
+    if "seed" in cfg and "split_seed" not in cfg:
+        cfg["split_seed"] = cfg["seed"]
+    return cfg
 
 
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:

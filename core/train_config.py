@@ -77,13 +77,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """The config a run's ``config.json`` (or a mapping of fields) describes. Configs written
-        before ``split_seed`` existed drew their split with ``seed``, and keep that split."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "split_seed" not in values and "seed" in values:
-            values["split_seed"] = values["seed"]
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_form(cls, data: str, model: str | None, values: Mapping[str, Any]) -> TrainConfig:

@@ -82,12 +82,24 @@ def test_config_is_frozen_and_round_trips_through_dict():
     assert TrainConfig.from_dict({**cfg.__dict__, "unknown_key": 1}) == cfg
 
 
-def test_a_config_written_before_split_seed_keeps_the_split_its_seed_drew():
+def test_a_run_written_before_split_seed_keeps_the_split_its_seed_drew(tmp_path):
     """Before the two seeds were apart, ``seed`` drew the split: resuming such a run (its
-    config.json has no split_seed) must not move its test patients to another split."""
-    assert TrainConfig.from_dict({"data": "x", "seed": 3}).split_seed == 3
-    assert TrainConfig.from_dict({"data": "x", "seed": 3, "split_seed": 0}).split_seed == 0
-    assert TrainConfig(data="x", seed=3).split_seed == 0  # new runs share split 0
+    config.json has no split_seed) must not move its test patients to another split, while a
+    new run with ``--seed`` alone stays on split 0."""
+    from core.__main__ import build_parser
+    from core.commands.train import config_from_args
+
+    def parsed(*argv, saved=None):
+        return config_from_args(build_parser().parse_args(["train", *argv]), saved)
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    jobs.write_config(old, {"data": "x", "seed": 3})
+    jobs.write_config(new, {"data": "x", "seed": 3, "split_seed": 0})
+    assert parsed("--resume", str(old), saved=jobs.read_config(old)).split_seed == 3
+    assert parsed("--resume", str(new), saved=jobs.read_config(new)).split_seed == 0
+    assert parsed("--data", "x", "--out", "o", "--seed", "3").split_seed == 0
+    assert parsed("--data", "x", "--out", "o", "--seed", "3", "--split-seed", "2").split_seed == 2
+    assert TrainConfig.from_dict({"data": "x", "seed": 3}).split_seed == 0  # the page's path
 
 
 def test_training_seeds_share_the_split_and_the_card_says_which(demo_root, tmp_path):
