@@ -411,6 +411,8 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
                 "state": run.state,
                 "model": run.config.get("model") or "auto",
                 "dataset": dataset_name(data) if isinstance(data, str) and data else "",
+                # runs with one split seed share their test patients (compare them there)
+                "seed / split": f"{run.config.get('seed', '?')} / {run.config.get('split_seed', '?')}",
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
                 # early stopping ends a run before its last epoch: finished is 100 %
                 "progress": 1.0

@@ -277,3 +277,11 @@ def test_the_runs_table_names_datasets_not_formats(fake_idc, tmp_path, monkeypat
         runs.append(run)
     table = jobs.runs_table(jobs.list_runs(tmp_path / "runs"))
     assert sorted(table["dataset"]) == ["demo/idc", "real/idc"]
+
+
+def test_the_runs_table_says_each_runs_seed_and_split_seed(tmp_path):
+    runs = tmp_path / "runs"
+    for config in ({"seed": 2, "split_seed": 0}, {"seed": 3}):  # the second from before split_seed
+        jobs.write_config(jobs.make_run_dir("x", runs), {"data": "d", **config})
+    table = jobs.runs_table(jobs.list_runs(runs))
+    assert sorted(table["seed / split"]) == ["2 / 0", "3 / 3"]
