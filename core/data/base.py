@@ -243,7 +243,10 @@ class PatchDataset:
     """One row of ``meta`` per patch; pixels are read lazily, one patch at a time."""
 
     format: str = ""
-    read_threads: int = 1  # >1 for readers with one file per patch (HCD, IDC)
+    # Threads per read_batch for one-file-per-patch readers. 1: on 2 cores, 4 threads read a
+    # 64-patch IDC/HCD batch 1.3-1.9x slower, warm or cold (the GIL is held for most of a small
+    # file's read; bench/data_app_rss.py compares 1 and 4).
+    read_threads: int = 1
     seeded_split: bool = True  # the split is drawn with ``seed``; False: the format ships one
 
     def __init__(
@@ -336,8 +339,8 @@ class PatchDataset:
 
     def _read_many(self, indices: np.ndarray) -> list[np.ndarray]:
         if self.read_threads > 1 and len(indices) > 8:
-            # One file per patch: open/read/decode release the GIL, so a few threads overlap
-            # the per-file latency (bench/data_app_rss.py measures the gain).
+            # One file per patch: open/read/decode release the GIL, so threads can overlap
+            # the per-file latency of slow storage.
             with ThreadPoolExecutor(self.read_threads) as pool:
                 return list(pool.map(self.read, indices))
         return [self.read(i) for i in indices]

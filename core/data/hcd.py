@@ -141,7 +141,6 @@ def _test_files(root: Path, image_dir: Path) -> tuple[dict[str, str], list[str]]
 
 class HCDDataset(PatchDataset):
     format = "hcd"
-    read_threads = 4
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)

@@ -194,7 +194,6 @@ def _check_unique_names(ids: pd.Series, paths: pd.Series, root: Path) -> None:
 
 class IDCDataset(PatchDataset):
     format = "idc"
-    read_threads = 4
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)
