@@ -25,6 +25,20 @@ def test_summary_json_is_exactly_the_documented_object(demo_root, capsys):
         assert set(split) == {"n", "labels"} and set(split["labels"]) == {"0", "1"}
 
 
+def test_summary_split_seed_is_the_trainers_split_seed(demo_root, capsys):
+    root = demo_root / "idc"  # patients of unequal sizes: splits 0 and 3 count differently
+    counts = {}
+    for flag in ("--split-seed", "--seed"):
+        assert main(["data", "summary", str(root), "--json", flag, "3"]) == 0
+        counts[flag] = json.loads(capsys.readouterr().out)["splits"]
+    assert (
+        counts["--split-seed"]
+        == counts["--seed"]
+        == summarize(open_dataset(root, seed=3))["splits"]
+    )
+    assert counts["--seed"] != summarize(open_dataset(root, seed=0))["splits"]  # 3 is not 0 here
+
+
 def test_summary_text_shows_problems_and_edge_patches(tmp_path, capsys):
     fake = write_fake_idc(tmp_path / "idc")
     src = next(iter(fake.files.values()))

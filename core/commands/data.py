@@ -47,5 +47,12 @@ def register(sub) -> None:
     summary = actions.add_parser("summary", help="detect the format of PATH and print counts")
     summary.add_argument("path")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
-    summary.add_argument("--seed", type=int, default=0, help="split seed (HCD, IDC)")
+    summary.add_argument(
+        "--split-seed",
+        "--seed",
+        dest="seed",
+        type=int,
+        default=0,
+        help="split seed (HCD, IDC), as `train --split-seed` (default 0)",
+    )
     summary.set_defaults(func=summary_command)
