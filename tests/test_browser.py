@@ -143,6 +143,19 @@ def test_datasets_page_shows_gallery_images(app_url):
         assert page.get_by_role("link", name="Home", exact=True).count() == 1
 
 
+def test_a_deep_link_as_a_cold_servers_first_request_opens_inside_the_router(demo_data):
+    """A shared link to /training, as the first request a (re)started server gets, ran the page
+    file on its own in Streamlit's legacy pages/ mode: file names as navigation ("streamlit
+    app", "home", "training"), none of streamlit_app.py."""
+    with serve(demo_data) as url, browser_page() as page:
+        page.goto(url + "/training", wait_until="domcontentloaded")
+        settle(page, "text=Start a run")
+        nav = page.locator("[data-testid='stSidebarNav']").inner_text()
+        assert "Embeddings" in nav and "streamlit app" not in nav, nav
+        assert page.get_by_text("Page not found").count() == 0
+        assert page.url.rstrip("/").endswith("/training")
+
+
 @pytest.fixture
 def compare_url(demo_data, tmp_path):
     """The app over the demo with two (untrained, seeded) checkpoints to compare."""

@@ -44,6 +44,22 @@ def demo_error_or_retry(error: str | None, key: str) -> None:
         st.rerun()
 
 
+def _into_the_router() -> None:
+    """A deep link (``/training``) that is a cold server's first request runs the page file
+    itself, in Streamlit's legacy ``pages/``-folder mode: raw file names as navigation, and
+    none of streamlit_app.py (page config, public notice). Streamlit leaves that mode only when
+    st.navigation runs, so the page turns it off and reruns: the rerun goes through the router
+    to the same page. Streamlit has no public switch for this; the flag is PagesManager's."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_into_the_router()
+
+
 MAX_MODELS = 8  # checkpoints kept loaded (Compare shows up to 4, Explain several)
 
 
