@@ -135,9 +135,8 @@ def command(recipe: Recipe, data: str, seed: int, split_seed: int, device: str, 
     return args
 
 
-def train(recipe: Recipe, seed: int, opts) -> dict:
+def train(recipe: Recipe, seed: int, split_seed: int, opts) -> dict:
     run_dir = opts.runs / f"{recipe.name}-s{seed}"
-    split_seed = split_seed_of(seed, opts)
     args = command(recipe, opts.data, seed, split_seed, opts.device, run_dir, opts.workers)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
@@ -229,9 +228,9 @@ def cpu_estimate_s(records: list[dict]) -> float | None:
 
 
 def run_one(recipe: Recipe, seed: int, opts, scorer: Scorer, final: bool) -> dict:
-    trained = train(recipe, seed, opts)
-    status = trained["status"]
     split_seed = split_seed_of(seed, opts)
+    trained = train(recipe, seed, split_seed, opts)
+    status = trained["status"]
     record = {
         "recipe": recipe.name,
         "seed": seed,
