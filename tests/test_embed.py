@@ -117,7 +117,13 @@ def test_cli_writes_one_row_per_patch(pcam, ckpt, tmp_path, capsys):
     # the demo PCam has a meta csv, so each patch's slide is known
     assert list(table.columns) == ["id", "label", "prob", "x", "y", "patient"]
     assert len(table) == 256 and table["id"].is_unique and table["patient"].notna().all()
-    assert table.attrs["computed_with"] == {"device": "cpu", "precision": "fp32"}
+    # 'auto' precision: fp32 on the CPU, bf16 under --like-cuda (as a CUDA machine computes)
+    import torch
+
+    from core import device
+
+    precision = device.resolve_precision("auto", torch.device("cpu"))
+    assert table.attrs["computed_with"] == {"device": "cpu", "precision": precision}
 
 
 def test_cli_bad_checkpoint_is_one_line_and_writes_nothing(pcam, tmp_path, capsys):
