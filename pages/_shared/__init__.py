@@ -50,9 +50,11 @@ def _into_the_router() -> None:
     none of streamlit_app.py (page config, public notice). Streamlit leaves that mode only when
     st.navigation runs, so the page turns it off and reruns: the rerun goes through the router
     to the same page. Streamlit has no public switch for this; the flag is PagesManager's."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
+    try:  # private: a Streamlit that moves it just keeps the quirk (the page still works)
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", None):
         PagesManager.uses_pages_directory = False
         st.rerun()
 
