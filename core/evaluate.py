@@ -456,6 +456,7 @@ def evaluate_checkpoint(
         "data": str(ds.root),
         "format": ds.format,
         "split": split,
+        "manifest_id": ds.manifest_id,  # which patients the split holds (IDC/HCD: its seed)
         "tta": bool(tta),
         "computed_with": dict(preds.attrs),  # device and precision of the probabilities
         **binary_metrics(y, prob, threshold),

@@ -7,7 +7,7 @@ from conftest import write_fake_idc
 
 from core.checkpoints import ModelCard, save_checkpoint
 from core.data import open_dataset
-from core.evaluate import open_dataset_for
+from core.evaluate import evaluate_checkpoint, open_dataset_for
 from core.models import build_model
 
 
@@ -90,3 +90,13 @@ def test_a_demo_checkpoint_on_real_data_carries_the_synthetic_caveat(tmp_path):
     demo_model = save_checkpoint(tmp_path / "demo_idc.pt", model, card)
     _, warnings = open_dataset_for(root, [demo_model])
     assert [w for w in warnings if "synthetic demo data" in w and "demo_idc" in w]
+
+
+def test_an_evaluation_names_the_split_it_scored(tmp_path):
+    root = tmp_path / "idc"
+    write_fake_idc(root, n_patients=12, grid=2)
+    ckpt, trained_ds = trained_on(tmp_path / "seed5.pt", root, seed=5, split_seed=3)
+    ds, _ = open_dataset_for(root, [ckpt])
+    result = evaluate_checkpoint(ckpt, ds, split="test", n_boot=0)
+    assert result["manifest_id"] == trained_ds.manifest_id
+    assert result["manifest_id"].startswith("idc-seed3-")

@@ -123,7 +123,9 @@ def format_result(result: dict) -> str:
         return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
 
     keys = ("n", *REPORTED_METRICS)
-    lines = [f"{result['checkpoint']} on {result['data']} [{result['split']}]"]
+    lines = [
+        f"{result['checkpoint']} on {result['data']} [{result['split']}, {result['manifest_id']}]"
+    ]
     how = result["computed_with"]
     lines.append(f"  {'computed with':18} {how['precision']} on {how['device']}")
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
