@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from core import __version__
 from core.config import CLASS_NAMES
+from core.data.registry import MAX_SEED
 from core.errors import InputError
 from core.files import file_sha256, write_atomic, write_bytes_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
-from core.train_config import MAX_SEED, MIN_INPUT_SIZE
+from core.train_config import MIN_INPUT_SIZE
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: reading a card needs none
     import torch

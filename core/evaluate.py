@@ -147,8 +147,9 @@ def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
     with another would put some of a model's training patients in its "test" split, so the
     dataset is opened with the split seed of the first checkpoint trained on this data (or of the
     same format), and a warning names every checkpoint trained on this same data with a different
-    split, on another format, or on synthetic demo data when this data is real. ``opener(path: str, seed: int)`` opens it
-    (default ``open_dataset``; pages pass their shared dataset cache).
+    split, on another format, or on synthetic demo data when this data is real.
+    ``opener(path: str, seed: int)`` opens it (default ``open_dataset``; pages pass their shared
+    dataset cache).
     """
     from core.catalogue import model_names, read_card
     from core.data import detect_format, open_dataset

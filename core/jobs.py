@@ -405,6 +405,7 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
         progress = run.status.get("progress") or {}
         best = run.status.get("best") or {}
         data = run.config.get("data")
+        seeds = f"{run.config.get('seed', '?')} / {run.config.get('split_seed', '?')}"
         rows.append(
             {
                 "run": run.name,
@@ -412,7 +413,7 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
                 "model": run.config.get("model") or "auto",
                 "dataset": dataset_name(data) if isinstance(data, str) and data else "",
                 # runs with one split seed share their test patients (compare them there)
-                "seed / split": f"{run.config.get('seed', '?')} / {run.config.get('split_seed', '?')}",
+                "seed / split": seeds,
                 "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', run.config.get('epochs', '?'))}",
                 # early stopping ends a run before its last epoch: finished is 100 %
                 "progress": 1.0

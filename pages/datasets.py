@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.data import DatasetError, list_datasets, summarize
+from core.data.registry import MAX_SEED
 from core.data.visual import (
     colour_stats,
     gallery_page,
@@ -313,7 +314,7 @@ except DatasetError as err:
     st.stop()
 with st.sidebar:
     if ds.seeded_split:
-        st.number_input("Split seed", 0, 2**31 - 1, key="datasets_seed", persist_state=SESSION)
+        st.number_input("Split seed", 0, MAX_SEED, key="datasets_seed", persist_state=SESSION)
     else:
         st.caption(f"{ds.format.upper()} ships its own train/valid/test split: no seed to set.")
 

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import jobs
 from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
+from core.data.registry import MAX_SEED
 from core.figures import curves_figure
-from core.train_config import DEFAULTS, DEVICES, MAX_SEED, SCHEDULERS, TrainConfig
+from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
 from pages._shared import ensure_demo_or_warn, public_mode
 from pages._shared.state import SESSION
 
