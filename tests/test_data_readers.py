@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import write_fake_idc
 
 from core.data import READERS, DatasetError, detect_format, open_dataset, summarize
 from core.data.base import META_COLUMNS
@@ -94,6 +95,34 @@ def test_empty_folder_is_not_a_dataset(tmp_path):
         detect_format(tmp_path)
     with pytest.raises(DatasetError, match="no such folder"):
         open_dataset(tmp_path / "missing")
+
+
+def test_a_download_wrapper_folder_names_the_dataset_inside(fake_set):
+    """Kaggle's IDC zip unpacks to IDC_regular_ps50_idx5/<patient>/...: pointed at the folder
+    above, the error names the dataset one level down instead of only saying what is missing."""
+    wrapper = fake_set.root.parent
+    (wrapper / "notes").mkdir()  # a sibling that is not a dataset is not named
+    with pytest.raises(DatasetError, match="not a dataset") as err:
+        detect_format(wrapper)
+    assert f"one level down: {fake_set.root} ({fake_set.format.upper()}); give that folder" in str(
+        err.value
+    )
+    assert "notes" not in str(err.value)
+
+
+def test_one_idc_patient_folder_names_the_folder_above(fake_idc):
+    with pytest.raises(DatasetError, match="one IDC patient's folder") as err:
+        detect_format(fake_idc.root / "10001")
+    assert str(err.value).endswith(f"give the folder above it, {fake_idc.root}.")
+
+
+def test_a_folder_of_many_subfolders_gets_no_hint_and_no_deep_scan(tmp_path):
+    for k in range(60):
+        (tmp_path / f"d{k:02d}").mkdir()
+    write_fake_idc(tmp_path / "d99")  # a dataset among 61 folders: not looked for
+    with pytest.raises(DatasetError) as err:
+        detect_format(tmp_path)
+    assert str(err.value).endswith("folders).")
 
 
 def _read_in_child(ds, i):

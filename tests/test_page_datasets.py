@@ -132,6 +132,10 @@ def test_a_typed_folder_that_is_not_a_dataset_shows_its_message_literally(demo_d
     message = at.error[0].value
     assert "not a dataset" in message
     assert r"camelyonpatch\_\*.h5" in message  # Markdown-escaped: shows as camelyonpatch_*.h5
+    demo = demo_data / "demo"  # the three demo sets are one level down: the message names them
+    plain = message.replace("\\_", "_")  # the page escapes Markdown; paths hold underscores
+    assert f"one level down: {demo / 'hcd'} (HCD), {demo / 'idc'} (IDC), {demo / 'pcam'}" in plain
+    assert message.split("  \n")[0].endswith("give one of them.")
     assert any("typed folder" in c.value for c in at.sidebar.caption)
 
 

@@ -31,23 +31,61 @@ READERS: dict[str, Reader] = {
 
 
 def detect_format(path) -> str:
-    """ "pcam" | "hcd" | "idc"; a DatasetError saying what was looked for otherwise."""
+    """ "pcam" | "hcd" | "idc"; a DatasetError saying what was looked for otherwise, and where
+    the dataset is when it sits one level down (a download's wrapper folder) or one level up
+    (one IDC patient's folder)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such folder; give the folder that holds the dataset.")
     if not path.is_dir():
         raise DatasetError(f"{path}: not a folder; give the folder that holds the dataset.")
-    for name, reader in READERS.items():
-        try:
-            found = reader.detect(path)
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot look inside ({err.strerror}); check it.") from None
-        if found:
-            return name
+    found = _format_of(path)
+    if found:
+        return found
     raise DatasetError(
         f"{path}: not a dataset (no camelyonpatch_*.h5, no id,label csv with .tif files, "
-        "no <patient>/<0|1>/*.png folders)."
+        "no <patient>/<0|1>/*.png folders)." + _where_to_look(path)
     )
+
+
+def _format_of(path: Path) -> str | None:
+    for name, reader in READERS.items():
+        try:
+            if reader.detect(path):
+                return name
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot look inside ({err.strerror}); check it.") from None
+    return None
+
+
+HINT_SUBFOLDERS = 50  # a folder with more is not a download's wrapper: no hint, no long scan
+
+
+def _where_to_look(path: Path) -> str:
+    """A hint for a folder that is not a dataset: the datasets among its subfolders (e.g.
+    Kaggle's IDC_regular_ps50_idx5/), or its parent when it is one IDC patient's folder."""
+    try:
+        subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return ""
+    if {p.name for p in subfolders} & {"0", "1"} and looks_like_idc(path.parent):
+        above = printable(str(path.parent))
+        return f" It looks like one IDC patient's folder: give the folder above it, {above}."
+    if len(subfolders) > HINT_SUBFOLDERS:
+        return ""
+    inside = []
+    for sub in subfolders:
+        try:
+            fmt = _format_of(sub)
+        except DatasetError:
+            continue
+        if fmt:
+            inside.append(f"{printable(str(sub))} ({fmt.upper()})")
+    if not inside:
+        return ""
+    shown = ", ".join(inside[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+    which = "that folder" if len(inside) == 1 else "one of them"
+    return f" A dataset is one level down: {shown}; give {which}."
 
 
 MAX_SEED = 2**31 - 1
@@ -100,8 +138,10 @@ def list_datasets(root=None, depth: int = 2) -> list[DatasetEntry]:
         if config.leaves_its_entry(path, root):
             continue  # the typed box refuses it too (one data-root rule, see core.config)
         try:
-            fmt = detect_format(path)
+            fmt = _format_of(path)
         except DatasetError:
+            continue
+        if fmt is None:
             continue
         claimed.append(path)
         name = dataset_name(path, root)
