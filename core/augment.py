@@ -82,5 +82,10 @@ def d4_index_maps(h: int, w: int, device: torch.device) -> torch.Tensor:
     return to_device(torch.stack(maps), device)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """One seed per run seed, epoch and rank (core.train seeds dropout from it too)."""
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))

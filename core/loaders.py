@@ -47,7 +47,10 @@ def make_loader(
 ) -> DataLoader:
     """Training loaders shuffle with DistributedSampler (also for one process: it gives a
     seeded order per epoch via set_epoch) and drop a ragged last batch; validation loaders
-    take a contiguous shard per rank without padding, so every patch counts exactly once."""
+    take a contiguous shard per rank without padding, so every patch counts exactly once.
+    Each loader has its own generator: a DataLoader draws its workers' base seed whenever it
+    makes an iterator (every epoch without persistent workers), and from torch's global RNG,
+    which dropout uses, when it has none."""
     if shuffle:
         sampler = DistributedSampler(
             reader, num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=seed
@@ -63,6 +66,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core import jobs, run_lock
-from core.augment import Augmentation, epoch_generator
+from core.augment import Augmentation, epoch_generator, epoch_seed
 from core.checkpoints import ModelCard, load_payload, save_checkpoint
 from core.device import (
     Dist,
@@ -63,6 +63,8 @@ from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
 from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
+
+DROPOUT_STREAM = 2**40  # offsets the global RNG's epoch seed from the augmentation generator's
 
 
 class TrainingCancelled(Exception):
@@ -737,6 +739,10 @@ def _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop,
 
     cfg, steps = s.cfg, s.steps
     s.train_loader.sampler.sampler.set_epoch(epoch)
+    # Dropout draws from torch's global RNG: seed it per epoch as well (a stream apart from the
+    # augmentation's), so an epoch trains the same after --resume and with or without loader
+    # workers (make_loader keeps the loaders' own draws off that RNG).
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_info.rank) + DROPOUT_STREAM)
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show)
 
     def on_log(record):

@@ -17,6 +17,7 @@ from core import jobs
 from core.checkpoints import ModelCard, load_checkpoint, load_payload
 from core.d4 import D4_GROUP
 from core.data import DatasetError, open_dataset
+from core.models import build_model
 from core.train import (
     Augmentation,
     BatchReader,
@@ -300,6 +301,39 @@ def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
     assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
     assert metrics[metrics.epoch == 0].reset_index(drop=True).equals(first_epoch)
     assert load_payload(run / "last.pt")["loop"]["epoch"] == 2
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_payload(path)["state_dict"]
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(demo_root, tmp_path):
+    """Each epoch draws its shuffle, augmentation and dropout from its own seed, so a run
+    cancelled at the first step of epoch 2 and resumed repeats the uninterrupted run exactly
+    (bn_cnn, the 50 px default, has dropout)."""
+    config, cut = quick(demo_root / "idc", epochs=2), tmp_path / "cut"
+    fit(config, tmp_path / "whole")
+    model = build_model(load_checkpoint(tmp_path / "whole" / "last.pt").card.arch)[0]
+    assert any(isinstance(m, nn.Dropout) for m in model.modules())  # a random draw to keep
+    with pytest.raises(TrainingCancelled):
+        fit(config, cut, should_stop=lambda: (cut / "last.pt").exists())  # after epoch 1
+    assert load_payload(cut / "last.pt")["loop"]["epoch"] == 1
+    fit(config, cut, resume=True)
+    whole, resumed = (
+        _weights(tmp_path / "whole" / "last.pt"),
+        _weights(tmp_path / "cut" / "last.pt"),
+    )
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_an_epoch_trains_the_same_with_or_without_loader_workers(demo_root, tmp_path):
+    """Persistent workers create the loader's iterator once, a worker-less loader once per
+    epoch; neither may move the dropout stream (no draw from torch's global RNG)."""
+    fit(quick(demo_root / "idc", epochs=2, workers=0), tmp_path / "w0")
+    fit(quick(demo_root / "idc", epochs=2, workers=1), tmp_path / "w1")
+    w0, w1 = _weights(tmp_path / "w0" / "last.pt"), _weights(tmp_path / "w1" / "last.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 def test_early_stopping_keeps_the_best_epoch(demo_root, tmp_path, monkeypatch):
