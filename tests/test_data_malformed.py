@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import write_fake_hcd, write_fake_idc, write_fake_pcam
+from PIL import Image
 
 from core.__main__ import main
 from core.data import READERS, DatasetError, open_dataset, summarize
@@ -240,6 +241,24 @@ def test_patch_claiming_a_huge_size_never_allocates(writer, forge, tmp_path):
         assert any(str(path) in p for p in ds.problems)
     others = np.flatnonzero(ds.meta["id"] != patch_id)
     assert ds.read_batch(others).shape == (len(others), *ds.image_size, 3)
+
+
+@pytest.mark.parametrize("odd", ["header-1024px", "real-60px"])
+def test_one_larger_idc_patch_neither_sets_the_patch_size_nor_hides(odd, tmp_path):
+    """A PNG header within the 1024 px cap (or one real 60×60 patch) used to become the set's
+    size, so every real 50×50 patch was padded as an edge patch: silently wrong predictions."""
+    fake = write_fake_idc(tmp_path / "set")
+    patch_id, path = sorted(fake.files.items())[0]
+    if odd == "header-1024px":
+        path.write_bytes(forged_png(1024, 1024))
+    else:
+        Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(path)
+    ds = open_dataset(fake.root)
+    assert ds.image_size == fake.image_size == (50, 50)
+    assert patch_id not in set(ds.meta["id"]) and len(ds) == len(fake.files) - 1
+    assert any("larger than the set's 50×50 left out" in p and str(path) in p for p in ds.problems)
+    batch = ds.read_batch(np.arange(len(ds)))
+    assert batch.shape == (len(ds), 50, 50, 3)
 
 
 # -- class 5: things that are not regular files, named like data files -----------------------

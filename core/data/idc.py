@@ -141,23 +141,33 @@ def load_index(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return table, unreadable
 
 
-def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
-    def report(what: str, examples) -> str:
-        examples = list(examples)
-        shown = ", ".join(printable(os.fsdecode(e)) for e in examples[:EXAMPLES])
-        return f"{len(examples)} {what}, e.g. {shown}"
+def _report(what: str, examples) -> str:
+    examples = list(examples)
+    shown = ", ".join(printable(os.fsdecode(e)) for e in examples[:EXAMPLES])
+    return f"{len(examples)} {what}, e.g. {shown}"
 
+
+def _patch_size(table: pd.DataFrame) -> tuple[int, int]:
+    """The set's patch size: the most common (height, width). Slide-edge patches are smaller;
+    the largest header would let one odd file (or a forged 1024² header) make every real patch
+    an edge patch, padded and resized, with silently wrong predictions."""
+    counts = table.groupby(["height", "width"]).size()
+    height, width = counts.idxmax()
+    return int(height), int(width)
+
+
+def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
     problems = []
     if table.attrs.get("outward"):
-        problems.append(report(OUTWARD_LINKS, table.attrs["outward"]))
+        problems.append(_report(OUTWARD_LINKS, table.attrs["outward"]))
     if unreadable:
         problems.append(
-            report("entries skipped (not PNGs, not files, or over 1024 px a side)", unreadable)
+            _report("entries skipped (not PNGs, not files, or over 1024 px a side)", unreadable)
         )
     odd_name = table["name_label"].isna()
     if odd_name.any():
         problems.append(
-            report(
+            _report(
                 "file names not <patient>_idx5_x<X>_y<Y>_class<C>.png (kept, label from folder)",
                 table.loc[odd_name, "path"],
             )
@@ -165,7 +175,7 @@ def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
     mismatch = ~odd_name & (table["name_label"] != table["folder_label"]).fillna(False)
     if mismatch.any():
         problems.append(
-            report(
+            _report(
                 "files whose class<C> disagrees with their folder (folder label used)",
                 table.loc[mismatch, "path"],
             )
@@ -173,7 +183,7 @@ def _problems(table: pd.DataFrame, unreadable: list[str]) -> list[str]:
     other_patient = ~odd_name & (table["name_patient"] != table["patient"]).fillna(False)
     if other_patient.any():
         problems.append(
-            report(
+            _report(
                 "files named for another patient than their folder",
                 table.loc[other_patient, "path"],
             )
@@ -200,6 +210,18 @@ class IDCDataset(PatchDataset):
         table, unreadable = load_index(root)
         if table.empty:
             raise DatasetError(f"{root}: patient folders hold no .png patches.")
+        problems = _problems(table, unreadable)
+        side = _patch_size(table)
+        larger = (table["height"] > side[0]) | (table["width"] > side[1])
+        if larger.any():
+            problems.append(
+                _report(
+                    f"patches larger than the set's {side[0]}×{side[1]} left out (slide-edge "
+                    "patches are smaller, never larger)",
+                    table.loc[larger, "path"],
+                )
+            )
+            table = table[~larger].reset_index(drop=True)
         ids = table["name"].str.slice(0, -4)
         _check_unique_names(ids, table["path"], root)
         positive = table.groupby("patient")["folder_label"].mean()
@@ -221,14 +243,13 @@ class IDCDataset(PatchDataset):
             y=table["y"],
             extra={"height": table["height"].to_numpy(), "width": table["width"].to_numpy()},
         )
-        side = (int(table["height"].max()), int(table["width"].max()))
         super().__init__(
             root,
             meta,
             side,
             seed=seed,
             manifest_id=manifest_id,
-            problems=_problems(table, unreadable),
+            problems=problems,
         )
         self.manifest_path = manifest_path
         self._paths = table["path"].to_numpy()
