@@ -53,3 +53,14 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+# torch's CPU allocator raises a plain RuntimeError; CUDA's is torch.OutOfMemoryError
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (Python's, torch's CPU or CUDA allocator)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in OUT_OF_MEMORY)

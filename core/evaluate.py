@@ -18,6 +18,7 @@ pass, so the model, not the loader, is the bottleneck.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import pandas as pd
 from core import config
 from core.d4 import D4_GROUP
 from core.data.splits import SPLIT_NAMES
+from core.errors import InputError, is_out_of_memory
 from core.files import file_sha256, write_atomic
 
 CACHE_VERSION = 3  # 2: the split's data files in the key; 3: device and precision
@@ -298,11 +300,23 @@ def predict_loaded(
 
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     probs, done = [], 0
-    for chunk, x in zip(chunks, prefetch(map(load, chunks)), strict=True):
-        probs.append(forward_probs(model, x, tta, precision))
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(indices))
+    # closing: a failed batch stops and joins the reading thread before the error travels on
+    # (left running, it could hold h5py's lock as the interpreter exits, which then hangs)
+    with contextlib.closing(prefetch(map(load, chunks))) as batches:
+        try:
+            for chunk, x in zip(chunks, batches, strict=True):
+                probs.append(forward_probs(model, x, tta, precision))
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(indices))
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            side = loaded.card.input_size
+            raise InputError(
+                f"{loaded.path}: out of memory predicting batches of {batch_size} at "
+                f"{side}×{side} px (the card's input size); give a smaller --batch-size."
+            ) from None
     probs = check_finite_probabilities(np.concatenate(probs) if probs else np.zeros(0), loaded.path)
     return loaded.card.calibrated(probs) if calibrated else probs
 
@@ -352,6 +366,7 @@ def prefetch(items: Iterable, depth: int = PREFETCH_BATCHES) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join()  # the producer sees ``stop`` after its current item
 
 
 def _put(buffer: queue.Queue, item, stop: threading.Event) -> bool:

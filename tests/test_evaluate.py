@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,6 +157,47 @@ def test_prefetch_keeps_order_and_reraises_loader_errors():
 
     with pytest.raises(OSError, match="disk gone"):
         list(evaluate.prefetch(failing()))
+
+
+def _prefetch_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "histolens-prefetch" and t.is_alive()]
+
+
+def test_a_failing_batch_stops_the_reading_thread_before_the_error_travels(pcam, ckpt, monkeypatch):
+    """Left running, the reader could hold h5py's lock while the interpreter exits: the CLI
+    printed the traceback and then hung on PCam."""
+    calls = []
+
+    def fails_second(model, x, *args):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("a kernel failed")
+        return np.full(len(x), 0.5, np.float32)
+
+    monkeypatch.setattr(evaluate, "forward_probs", fails_second)
+    with pytest.raises(RuntimeError, match="a kernel failed") as err:
+        evaluate.predict_split(ckpt, pcam, split="all", batch_size=8)
+    assert err.value.__traceback__ is not None  # the failed frame, and its generator, live on
+    assert not _prefetch_threads()
+
+
+def test_out_of_memory_is_one_line_naming_the_batch_size(pcam, ckpt, monkeypatch, capsys):
+    from core.__main__ import main
+
+    def oom(*args):
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 17 GB"
+        )
+
+    monkeypatch.setattr(evaluate, "forward_probs", oom)
+    with pytest.raises(ValueError, match="out of memory predicting batches of 8 at 50×50 px"):
+        evaluate.predict_split(ckpt, pcam, split="all", batch_size=8)
+    assert not _prefetch_threads()
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(pcam.root), "--batch-size", "8"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "give a smaller --batch-size" in lines[-1]
+    assert not any("Traceback" in line for line in lines)
 
 
 def test_idc_patient_table_aggregates_per_patient(demo_root, tmp_path):
