@@ -16,6 +16,23 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def check_output(out: str | Path, *inputs: str | Path) -> None:
+    """Refuse, in one line, an output path that is a folder or the same file as an input (an
+    ``--out`` pointing at its own ``--checkpoint`` would replace the model with a PNG)."""
+    from core.errors import InputError
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give the path of a file to write.")
+    for source in inputs:
+        try:
+            same = out.exists() and os.path.samefile(out, source)
+        except OSError:
+            same = False
+        if same:
+            raise InputError(f"{out}: is the input {source}; writing it would replace it.")
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """``write(fh)`` into a temp file beside ``path``, fsync, then ``os.replace``: a reader (or a
     process killed mid-write) sees the old file or the new one, never half of one. The temp file

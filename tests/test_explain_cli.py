@@ -83,3 +83,37 @@ def test_explain_bad_inputs_exit_2_with_one_line(ckpt, tmp_path, capsys):
     assert main([*args, "--image", str(tmp_path / "ok.png"), "--method", "nope"]) == 2
     assert "unknown CAM method" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_explain_never_reads_a_fifo_or_a_file_over_the_upload_cap(ckpt, tmp_path, capsys):
+    """The image used to be read whole before any check: a FIFO hung, 3 GB went to memory."""
+    import os
+
+    args = ["explain", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png")]
+    os.mkfifo(tmp_path / "pipe.png")
+    assert main([*args, "--image", str(tmp_path / "pipe.png")]) == 2  # returns: no writer
+    assert "pipe.png" in capsys.readouterr().err
+    with open(tmp_path / "big.png", "wb") as f:
+        f.truncate(64 * 2**20)  # sparse: 64 MiB on paper, nothing on disk
+    assert main([*args, "--image", str(tmp_path / "big.png")]) == 2
+    err = capsys.readouterr().err
+    assert "big.png" in err and "64 MiB" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("command", ["explain", "export", "embed"])
+def test_an_out_that_is_the_input_or_a_folder_is_refused(command, ckpt, tmp_path, capsys):
+    """`--out` equal to `--checkpoint` replaced the model with a PNG / TorchScript / parquet;
+    a folder gave IsADirectoryError's traceback."""
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "ok.png")
+    extra = {
+        "explain": ["--image", str(tmp_path / "ok.png")],
+        "export": [],
+        "embed": ["--data", str(tmp_path)],
+    }[command]
+    before = ckpt.read_bytes()
+    for out, says in ((ckpt, "is the input"), (tmp_path, "is a folder")):
+        assert main([command, "--checkpoint", str(ckpt), *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert ckpt.read_bytes() == before

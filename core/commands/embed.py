@@ -34,12 +34,13 @@ def run(args) -> int:
     from core.data import DatasetError
     from core.embed import embedding_map, export_frame
     from core.evaluate import open_dataset_for
-    from core.files import write_atomic
+    from core.files import check_output, write_atomic
 
     if (args.batch_size is not None and args.batch_size < 1) or args.cap < 3:
         print("error: --batch-size must be 1 or more and --cap 3 or more", file=sys.stderr)
         return 2
     try:
+        check_output(args.out, args.checkpoint)
         ds, warnings = open_dataset_for(args.data, [args.checkpoint])
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)

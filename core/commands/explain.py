@@ -32,13 +32,20 @@ def run(args) -> int:
 
     from core.checkpoints import CheckpointError, load_checkpoint
     from core.config import CLASS_NAMES
+    from core.data.base import read_regular_bytes
+    from core.errors import InputError
     from core.explain import compute_cams, overlay
-    from core.uploads import UploadError, load_upload
+    from core.files import check_output
+    from core.uploads import MAX_UPLOAD_BYTES, UploadError, load_upload
 
     image_path, out = Path(args.image), Path(args.out)
     try:
+        check_output(out, args.checkpoint, image_path)
         loaded = load_checkpoint(args.checkpoint)
-        data = image_path.read_bytes()
+        if not image_path.exists():
+            raise InputError(f"{image_path}: no such file; give a patch image (PNG, TIFF, JPEG).")
+        # non-blocking open, size checked before reading: a FIFO or a 3 GB file never hangs
+        data = read_regular_bytes(image_path, MAX_UPLOAD_BYTES)
         patch = load_upload(image_path.name, data, size=loaded.card.input_size)
         result = compute_cams(
             loaded,

@@ -24,11 +24,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from core.checkpoints import CheckpointError
+    from core.errors import InputError
+    from core.files import check_output
     from core.interop import export_torchscript
 
     try:
+        check_output(args.out, args.checkpoint)
         delta = export_torchscript(args.checkpoint, args.out)
-    except CheckpointError as err:
+    except (CheckpointError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
