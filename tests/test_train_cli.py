@@ -52,6 +52,29 @@ def test_one_epoch_cpu_run_produces_the_run_dir(demo_root, tmp_path):
     assert_run_dir(run, epochs=1)
 
 
+def test_a_trained_run_is_never_started_over(demo_root, tmp_path, capsys):
+    """`--out` on a trained run, or `--resume` of a run whose last.pt is gone, used to start
+    from epoch 0 and replace its best.pt and metrics without a word."""
+    from dataclasses import asdict
+
+    from core.__main__ import main
+    from core.train_config import TrainConfig
+
+    run = tmp_path / "run"
+    jobs.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"))))
+    (run / "best.pt").write_bytes(b"the best weights")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--data", str(demo_root / "idc"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a trained run (best.pt)" in err[0]
+    assert f"--resume {run}" in err[0]
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has best.pt but no last.pt" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
     run = tmp_path / "run"
     result = core_cli("train", "--data", str(tmp_path / "missing"), "--out", str(run))

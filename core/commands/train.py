@@ -38,7 +38,11 @@ def register(sub) -> None:
         argument_default=_NO_DEFAULT,
     )
     p.add_argument("--data", help="dataset folder (PCam h5, HCD tif+csv or IDC png tree)")
-    p.add_argument("--out", type=Path, help="run directory to create (or reuse) and fill")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run directory to create and fill (a folder holding a trained run needs --resume)",
+    )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from last.pt")
     p.add_argument("--model", help="registered model (default: recommended for the patch size)")
     p.add_argument(
@@ -155,9 +159,20 @@ def _config_and_dir(args):
                 f"{args.resume / jobs.CONFIG_FILE} not found; --resume needs a run directory "
                 "written by `python -m core train`"
             )
+        if not (args.resume / "last.pt").is_file() and (args.resume / "best.pt").is_file():
+            raise ValueError(
+                f"{args.resume}: has best.pt but no last.pt, so --resume would start over and "
+                "replace best.pt; move best.pt aside first, or train into a new --out"
+            )
         return config_from_args(args, saved), args.resume, True
     if "data" not in args or "out" not in args:
         raise ValueError("--data PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
+    trained = [name for name in ("last.pt", "best.pt") if (args.out / name).is_file()]
+    if trained:
+        raise ValueError(
+            f"{args.out}: already holds a trained run ({', '.join(trained)}); continue it with "
+            f"--resume {args.out}, or give a new --out"
+        )
     return config_from_args(args), args.out, False
 
 
