@@ -284,6 +284,12 @@ def import_weights(
     )
     overrides = {"mean": mean, "std": std}
     card = replace(card, **{key: tuple(v) for key, v in overrides.items() if v is not None})
+    try:  # the checks every loader applies: never write a checkpoint the others then refuse
+        ModelCard.from_dict(card.to_dict())
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{out}: not written: {err} (see --input-size, --mean, --std)"
+        ) from None
     if torchscript is not None:
         x = _random_batch(card)
         delta = float(np.abs(_probs(model, x) - reference_probs(torchscript, x, classes)).max())

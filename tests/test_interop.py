@@ -280,6 +280,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, write, name, message
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+@pytest.mark.parametrize(
+    "flags, field",
+    [(("--std", "0", "1", "1"), "'std'"), (("--input-size", "5000"), "'input_size'")],
+)
+def test_a_card_the_loaders_would_refuse_is_never_written(tmp_path, flags, field):
+    """`--std 0 1 1` and `--input-size 5000` were written, then every command refused the
+    checkpoint and advised re-saving it with `python -m core train`."""
+    weights, out = tmp_path / "w.pth", tmp_path / "out.pt"
+    torch.save(notebook_resnet18().state_dict(), weights)
+    code, _, stderr = import_cli(weights, out, *flags)
+    assert code == 2 and not out.exists(), stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "not written" in lines[0] and field in lines[0], stderr
+
+
 def test_wrong_classes_and_existing_output_are_refused(tmp_path):
     weights, out = tmp_path / "w.pth", tmp_path / "out.pt"
     torch.save(notebook_resnet18().state_dict(), weights)
