@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -144,6 +145,10 @@ PCAM_CONTENT = {
         lambda fake: fake.root / META_CSV,
         lambda p: p.write_text("coord_y,coord_x,wsi\n" + "1,2.5,s\n" * 8),
     ),
+    "meta-empty-wsi": (
+        lambda fake: fake.root / META_CSV,
+        lambda p: p.write_text("coord_y,coord_x,wsi\n" + "1,2,s\n" * 7 + "1,2,\n"),
+    ),
     "meta-fifo": (lambda fake: fake.root / META_CSV, _fifo),
     "meta-binary": (lambda fake: fake.root / META_CSV, lambda p: p.write_bytes(bytes(range(256)))),
 }
@@ -259,6 +264,17 @@ def test_one_larger_idc_patch_neither_sets_the_patch_size_nor_hides(odd, tmp_pat
     assert any("larger than the set's 50×50 left out" in p and str(path) in p for p in ds.problems)
     batch = ds.read_batch(np.arange(len(ds)))
     assert batch.shape == (len(ds), 50, 50, 3)
+
+
+def test_an_idc_name_with_a_20_digit_coordinate_is_an_odd_name_not_an_overflow(tmp_path):
+    fake = write_fake_idc(tmp_path / "set")
+    _, path = sorted(fake.files.items())[0]
+    odd = path.with_name(re.sub(r"_x\d+_", "_x" + "9" * 20 + "_", path.name))
+    assert odd != path
+    path.rename(odd)
+    ds = open_dataset(fake.root)  # was: OverflowError, no file named
+    assert len(ds) == len(fake.files)
+    assert any("file names not" in p and odd.name in p for p in ds.problems)
 
 
 # -- class 5: things that are not regular files, named like data files -----------------------

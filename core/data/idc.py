@@ -38,7 +38,9 @@ from core.data.splits import manifest_split, patient_strata
 from core.errors import printable
 from core.files import write_atomic
 
-NAME_PATTERN = re.compile(r"^(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
+NAME_PATTERN = re.compile(  # coordinates of up to 9 digits: a slide is never 10⁹ px wide
+    r"^(?P<patient>.+)_idx5_x(?P<x>\d{1,9})_y(?P<y>\d{1,9})_class(?P<c>[01])\.png$"
+)
 LABEL_FOLDERS = ("0", "1")
 EXAMPLES = 3
 

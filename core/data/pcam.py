@@ -130,6 +130,13 @@ def _read_meta_csv(root: Path, split: str, n: int) -> pd.DataFrame | None:
         raise DatasetError(f"{path}: {len(table)} rows but the split has {n} patches.")
     for column in ("coord_x", "coord_y"):
         table[column] = integer_column(table[column], path, column)
+    empty = table["wsi"].isna() | (table["wsi"].astype(str).str.strip() == "")
+    if empty.any():  # the slide is what patient-level statistics group by
+        rows = ", ".join(str(i + 2) for i in np.flatnonzero(empty)[:3])  # +2: header, 1-based
+        raise DatasetError(
+            f"{path}: {int(empty.sum())} rows with an empty wsi (slide name), e.g. line {rows}; "
+            "fill them or remove the meta csv."
+        )
     return table
 
 
