@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from core import jobs, run_lock
 from core.augment import Augmentation, epoch_generator, epoch_seed
-from core.checkpoints import ModelCard, load_payload, save_checkpoint
+from core.checkpoints import CheckpointError, ModelCard, load_payload, save_checkpoint
 from core.device import (
     Dist,
     autocast_for,
@@ -594,6 +594,12 @@ def _restore(s: _Setup, run_dir: Path, writer) -> LoopState:
     """Weights, optimizer, scheduler, scaler and loop counters from ``last.pt``."""
     last = run_dir / "last.pt"
     payload = load_payload(last)
+    missing = sorted({"optimizer", "scheduler", "loop"} - payload.keys())
+    if missing:
+        raise CheckpointError(
+            f"{last}: has weights but no {', '.join(missing)} state (not a training run's "
+            "last.pt), so the run cannot resume from it; train into a new --out"
+        )
     s.model.load_state_dict(payload["state_dict"])
     s.optimizer.load_state_dict(payload["optimizer"])
     s.scheduler.load_state_dict(payload["scheduler"])

@@ -75,6 +75,31 @@ def test_a_trained_run_is_never_started_over(demo_root, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_resume_of_a_damaged_config_or_a_weights_only_last_pt_says_which(
+    demo_root, tmp_path, capsys
+):
+    from dataclasses import asdict
+
+    from core.__main__ import main
+    from core.checkpoints import ModelCard, save_checkpoint
+    from core.models import build_model
+    from core.train_config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{garbage")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert (
+        "config.json is not a run config (damaged?)" in capsys.readouterr().err
+    )  # not "not found"
+    jobs.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"), model="bn_cnn")))
+    save_checkpoint(run / "last.pt", build_model("bn_cnn")[0], ModelCard.for_model("bn_cnn"))
+    assert main(["train", "--resume", str(run)]) == 1  # was: error: 'optimizer'
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no loop, optimizer, scheduler state" in err[-1] and "cannot resume" in err[-1]
+    assert jobs.read_status(run)["state"] == "failed"
+
+
 def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
     run = tmp_path / "run"
     result = core_cli("train", "--data", str(tmp_path / "missing"), "--out", str(run))

@@ -155,9 +155,11 @@ def _config_and_dir(args):
     if "resume" in args:
         saved = jobs.read_config(args.resume)
         if not saved:
+            config_file = args.resume / jobs.CONFIG_FILE
+            what = "is not a run config (damaged?)" if config_file.exists() else "not found"
             raise ValueError(
-                f"{args.resume / jobs.CONFIG_FILE} not found; --resume needs a run directory "
-                "written by `python -m core train`"
+                f"{config_file} {what}; --resume needs a run directory written by "
+                "`python -m core train`"
             )
         if not (args.resume / "last.pt").is_file() and (args.resume / "best.pt").is_file():
             raise ValueError(
