@@ -277,6 +277,19 @@ def test_an_idc_name_with_a_20_digit_coordinate_is_an_odd_name_not_an_overflow(t
     assert any("file names not" in p and odd.name in p for p in ds.problems)
 
 
+def test_a_smaller_hcd_patch_is_an_error_naming_it_not_a_padded_edge(tmp_path):
+    """HCD has no slide-edge crops: a 50×50 tif among 96×96 ones was padded white, silently."""
+    fake = write_fake_hcd(tmp_path / "set")
+    patch_id, path = sorted(fake.files.items())[0]
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(path)
+    ds = open_dataset(fake.root)
+    i = int(np.flatnonzero(ds.meta["id"] == patch_id)[0])
+    with pytest.raises(DatasetError, match=f"patch {patch_id} is 50×50, not the set's 96×96"):
+        ds.read_batch([i])
+    others = np.flatnonzero(ds.meta["id"] != patch_id)
+    assert ds.read_batch(others).shape == (len(others), 96, 96, 3)
+
+
 # -- class 5: things that are not regular files, named like data files -----------------------
 @pytest.mark.parametrize("writer", [write_fake_hcd, write_fake_idc], ids=["hcd", "idc"])
 @pytest.mark.parametrize("kind", ["fifo", "folder", "broken-link"])

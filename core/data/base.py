@@ -248,6 +248,7 @@ class PatchDataset:
     # file's read; bench/data_app_rss.py compares 1 and 4).
     read_threads: int = 1
     seeded_split: bool = True  # the split is drawn with ``seed``; False: the format ships one
+    edge_crops: bool = True  # smaller patches are slide-edge crops, padded; False: an error
 
     def __init__(
         self,
@@ -354,11 +355,13 @@ class PatchDataset:
         order = np.argsort(indices, kind="stable")
         for slot, patch in zip(order, self._read_many(indices[order]), strict=True):
             ph, pw = patch.shape[:2]
-            if ph > h or pw > w:
+            if ph > h or pw > w or (not self.edge_crops and (ph, pw) != (h, w)):
                 row = self.meta.iloc[int(indices[slot])]
+                than = "larger than" if ph > h or pw > w else "not"
                 raise DatasetError(
-                    f"{self.root}: patch {row['id']} is {ph}×{pw}, larger than the set's "
-                    f"{h}×{w}; all patches of a set must share one size (or be edge crops)."
+                    f"{self.root}: patch {row['id']} is {ph}×{pw}, {than} the set's "
+                    f"{h}×{w}; all patches of a set must share one size"
+                    + (" (or be edge crops)." if self.edge_crops else "; replace or remove it.")
                 )
             out[slot, :ph, :pw] = patch
         return out
