@@ -162,6 +162,25 @@ def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
     assert "missing.pt" in err and len(err.splitlines()) == 1
 
 
+def test_a_split_without_labels_is_one_line_in_compare_as_in_evaluate(tmp_path, capsys):
+    """An empty test split: compare gave sklearn's 'Found empty input array'."""
+    import h5py
+    from conftest import write_fake_pcam
+    from test_evaluate import make_checkpoint
+
+    fake = write_fake_pcam(tmp_path / "pcam")
+    for key, shape in (("x", (0, 96, 96, 3)), ("y", (0, 1, 1, 1))):
+        with h5py.File(fake.root / f"camelyonpatch_level_2_split_test_{key}.h5", "w") as f:
+            f.create_dataset(key, shape=shape, dtype="u1")
+    a, b = make_checkpoint(tmp_path / "a.pt", seed=0), make_checkpoint(tmp_path / "b.pt", seed=1)
+    data = ["--data", str(fake.root), "--split", "test"]
+    assert main(["evaluate", "--checkpoint", str(a), *data]) == 2
+    assert "no labelled patches to evaluate" in capsys.readouterr().err
+    assert main(["compare", "--checkpoints", str(a), str(b), *data]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split 'test' has no labelled patches to compare" in err[0]
+
+
 def test_each_model_has_one_colour_across_roc_pr_and_reliability():
     """Issue 13, item 6: one model had three colours across the three charts."""
     pytest.importorskip("plotly", reason="needs plotly")

@@ -26,6 +26,7 @@ def run(args) -> int:
     from core.catalogue import card_thresholds, model_names
     from core.checkpoints import CheckpointError
     from core.compare import evaluate_checkpoints, metrics_json
+    from core.evaluate import labelled
 
     if len(args.checkpoints) < 2:
         print("error: give at least two --checkpoints to compare", file=sys.stderr)
@@ -45,6 +46,8 @@ def run(args) -> int:
             device=args.device,
             precision=args.precision,
         )
+        if all(labelled(p).empty for p in preds.values()):  # as evaluate says it
+            raise ValueError(f"{ds.root}: split {args.split!r} has no labelled patches to compare")
         from_card = args.threshold is None
         thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold
         by_name = metrics_json(preds, thresholds, n_boot=args.bootstrap, seed=args.seed)
