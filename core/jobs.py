@@ -127,11 +127,15 @@ def _metric_records(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    # errors="replace": a line torn inside a multi-byte character must not make the whole
+    # history unreadable (it then fails to parse, and is skipped like any torn line)
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a killed process
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

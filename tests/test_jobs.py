@@ -57,6 +57,18 @@ def test_read_metrics_skips_a_torn_last_line_and_has_all_columns(tmp_path):
     assert set(jobs.METRIC_COLUMNS) <= set(frame.columns)
 
 
+def test_a_line_torn_inside_a_character_or_not_a_record_is_skipped(tmp_path):
+    """A byte that is not UTF-8 made the history unreadable: the runs table, the curves and
+    --resume all failed with a bare codec error."""
+    jobs.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
+    with open(tmp_path / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"epoch": 0, "note": "\xc3\n5\n[1, 2]\n')  # torn in a character; non-records
+    jobs.append_metrics(tmp_path, [{"epoch": 1, "step": 2, "split": "train", "loss": 0.5}])
+    assert list(jobs.read_metrics(tmp_path)["loss"]) == [0.7, 0.5]
+    jobs.keep_metrics(tmp_path, before_epoch=1)
+    assert list(jobs.read_metrics(tmp_path)["loss"]) == [0.7]
+
+
 def test_keep_metrics_drops_unfinished_epochs(tmp_path):
     jobs.append_metrics(tmp_path, [{"epoch": e, "step": e} for e in (0, 0, 1, 2)])
     jobs.keep_metrics(tmp_path, before_epoch=1)
