@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from core import jobs, run_lock
 from core.augment import Augmentation, epoch_generator, epoch_seed
 from core.checkpoints import CheckpointError, ModelCard, load_payload, save_checkpoint
+from core.config import CLASS_NAMES
 from core.device import (
     Dist,
     autocast_for,
@@ -558,6 +559,12 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     startup["model"] = time.time()
 
     train_reader = BatchReader(ds, ds.indices(split="train"))
+    classes = np.unique(train_reader.labels)
+    if len(classes) == 1:  # nothing to learn: the "best" model would call everything one class
+        raise ValueError(
+            f"{cfg.data}: the train split holds only {CLASS_NAMES[int(classes[0])]} patches; a "
+            "tumour-vs-normal classifier needs both (check the labels, or another --split-seed)."
+        )
     valid_reader = BatchReader(ds, validation_indices(ds, cfg, dist_info.world))
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     loader_args = dict(seed=cfg.seed, dist_info=dist_info, workers=workers, pin_memory=on_cuda)

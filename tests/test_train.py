@@ -303,6 +303,19 @@ def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
     assert load_payload(run / "last.pt")["loop"]["epoch"] == 2
 
 
+def test_a_train_split_of_one_class_is_refused_before_training(tmp_path):
+    import h5py
+    from conftest import write_fake_pcam
+
+    fake = write_fake_pcam(tmp_path / "pcam")
+    with h5py.File(fake.root / "camelyonpatch_level_2_split_train_y.h5", "w") as f:
+        f.create_dataset("y", data=np.zeros((8, 1, 1, 1), np.uint8))
+    with pytest.raises(ValueError, match="holds only normal patches; a tumour-vs-normal"):
+        fit(quick(fake.root), tmp_path / "run")
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert jobs.read_status(tmp_path / "run")["state"] == "failed"
+
+
 def _weights(path) -> dict[str, torch.Tensor]:
     return load_payload(path)["state_dict"]
 
