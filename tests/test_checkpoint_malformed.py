@@ -175,7 +175,14 @@ def test_compare_bootstrap_zero_is_handled_like_evaluate(good, data, tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "option,value", [("--batch-size", "0"), ("--bootstrap", "-5"), ("--threshold", "1.5")]
+    "option,value",
+    [
+        ("--batch-size", "0"),
+        ("--bootstrap", "-5"),
+        ("--bootstrap", "100000000"),
+        ("--seed", "-1"),
+        ("--threshold", "1.5"),
+    ],
 )
 def test_out_of_range_evaluation_options_are_one_line(option, value, good, data, capsys):
     _assert_cli_one_line(

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import sys
 
+from core.data.registry import MAX_SEED
 from core.evaluate import REPORTED_METRICS, SPLITS
 from core.train_config import PRECISIONS
+
+MAX_BOOTSTRAP = 100_000  # a 95% CI is stable long before; 10⁸ resamples ran for minutes
 
 
 def add_evaluation_arguments(p) -> None:
@@ -61,8 +64,10 @@ def option_problem(args) -> str | None:
     """One line when a numeric option is out of range (argparse checks only the type)."""
     if args.batch_size < 1:
         return f"--batch-size {args.batch_size}: use 1 or more"
-    if args.bootstrap < 0:
-        return f"--bootstrap {args.bootstrap}: use 0 (no confidence interval) or more"
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        return f"--bootstrap {args.bootstrap}: use 0 (no confidence interval) to {MAX_BOOTSTRAP:,}"
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed {args.seed}: use a whole number from 0 to {MAX_SEED}"
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         return f"--threshold {args.threshold}: use a probability from 0 to 1"
     return None
