@@ -152,8 +152,13 @@ def _cams_for_batch(
                 maps, logits = _run_cam(
                     cam, model, x, TARGETS[target], aug_smooth, eigen_smooth, tta
                 )
+        except Exception:
+            _check_feature_map(model, layer, x[:1])  # the clear reason, when that is it
+            raise
         finally:
             model.zero_grad(set_to_none=True)  # do not leave .grad tensors on a shared model
+        if maps is None:
+            _check_feature_map(model, layer, x[:1])
     if maps is None:  # pytorch-grad-cam's __exit__ swallows IndexError; never pass that on silently
         raise RuntimeError(f"{method} failed on {loaded.path} (IndexError inside pytorch-grad-cam)")
     probs = torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu().numpy()
@@ -163,6 +168,24 @@ def _cams_for_batch(
         logits.detach().argmax(dim=1).cpu().numpy() if fixed is None else np.full(len(x), fixed)
     )
     return to_unit_maps(maps, images.shape[1:3]), probs.astype(np.float32), classes
+
+
+def _check_feature_map(model, layer, x) -> None:
+    """A ValueError when ``layer``'s output is not an N×C×H×W feature map (a card or
+    --target-layer naming e.g. the Linear head): pytorch-grad-cam then fails with messages
+    such as 'Invalid grads shape' that do not name the layer."""
+    shapes = []
+    handle = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if shapes and len(shapes[0]) != 4:
+        raise ValueError(
+            f"target layer {type(layer).__name__} gives {'×'.join(map(str, shapes[0]))}, not "
+            "a feature map (N×C×H×W): CAMs need a convolutional layer; pass --target-layer"
+        )
 
 
 def _make_cam(method: str, model, layer, batch_size: int):

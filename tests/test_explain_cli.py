@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from core.__main__ import main
 from core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
@@ -117,3 +118,15 @@ def test_an_out_that_is_the_input_or_a_folder_is_refused(command, ckpt, tmp_path
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_a_target_layer_without_a_feature_map_names_the_layer(ckpt, tmp_path, capsys, method):
+    """The Linear head as target layer failed with pytorch-grad-cam's 'Invalid grads shape'."""
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "ok.png")
+    head = [n for n, m in build_model("hcd_cnn")[0].named_modules() if isinstance(m, nn.Linear)]
+    args = ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "ok.png")]
+    args += ["--out", str(tmp_path / "o.png"), "--method", method, "--target-layer", head[-1]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target layer Linear gives 1×2, not a feature map" in err[0], err
