@@ -202,9 +202,12 @@ CARD_CHECKS = {
     "target_layer": _expect(lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a layer name"),
     "class_names": _expect(
         lambda v: (
-            isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(c, str) for c in v)
+            isinstance(v, list | tuple)
+            and len(v) == 2
+            and all(isinstance(c, str) for c in v)
+            and v[0] != CLASS_NAMES[1]  # every consumer reads P(tumour) from output 1
         ),
-        "two class names",
+        f"two class names, {CLASS_NAMES[1]} second (output 1 is P({CLASS_NAMES[1]}))",
     ),
     "dataset": _expect(lambda v: isinstance(v, str), "a text (the dataset path)"),
     "dataset_format": _expect(lambda v: v in DATASET_FORMATS, "pcam, hcd or idc"),

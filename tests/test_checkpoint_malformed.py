@@ -25,7 +25,7 @@ BAD_FIELDS = {
     "mean": [[0.5, 0.5], 0.5, ["a", "b", "c"], [math.nan, 0.5, 0.5], [2, 0, 0], None],
     "std": [[0, 0, 0], [0.5, 0.5], -1, [math.inf, 1, 1], None],
     "target_layer": ["", "no.such.layer", 3],
-    "class_names": [["normal"], "ab", [0, 1]],
+    "class_names": [["normal"], "ab", [0, 1], ["tumour", "normal"]],
     "dataset": [5, None, ["a"]],
     "dataset_format": ["jpeg", 3],
     "split_manifest_id": [7],
