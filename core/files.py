@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from core.errors import InputError
+
 
 def check_output(out: str | Path, *inputs: str | Path) -> None:
     """Refuse, in one line, an output path that is a folder or the same file as an input (an
     ``--out`` pointing at its own ``--checkpoint`` would replace the model with a PNG)."""
-    from core.errors import InputError
-
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give the path of a file to write.")

@@ -355,13 +355,14 @@ class PatchDataset:
         order = np.argsort(indices, kind="stable")
         for slot, patch in zip(order, self._read_many(indices[order]), strict=True):
             ph, pw = patch.shape[:2]
-            if ph > h or pw > w or (not self.edge_crops and (ph, pw) != (h, w)):
+            larger = ph > h or pw > w
+            if larger or (not self.edge_crops and (ph, pw) != (h, w)):
                 row = self.meta.iloc[int(indices[slot])]
-                than = "larger than" if ph > h or pw > w else "not"
+                how = "larger than" if larger else "not"
+                fix = " (or be edge crops)." if self.edge_crops else "; replace or remove it."
                 raise DatasetError(
-                    f"{self.root}: patch {row['id']} is {ph}×{pw}, {than} the set's "
-                    f"{h}×{w}; all patches of a set must share one size"
-                    + (" (or be edge crops)." if self.edge_crops else "; replace or remove it.")
+                    f"{self.root}: patch {row['id']} is {ph}×{pw}, {how} the set's {h}×{w}; "
+                    f"all patches of a set must share one size{fix}"
                 )
             out[slot, :ph, :pw] = patch
         return out

@@ -58,6 +58,11 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
+def _subfolders(path: Path) -> list[Path]:
+    """Visible subfolders, sorted (OSError when ``path`` cannot be listed)."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 HINT_SUBFOLDERS = 50  # a folder with more is not a download's wrapper: no hint, no long scan
 
 
@@ -65,7 +70,7 @@ def _where_to_look(path: Path) -> str:
     """A hint for a folder that is not a dataset: the datasets among its subfolders (e.g.
     Kaggle's IDC_regular_ps50_idx5/), or its parent when it is one IDC patient's folder."""
     try:
-        subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subfolders = _subfolders(path)
     except OSError:
         return ""
     if {p.name for p in subfolders} & {"0", "1"} and looks_like_idc(path.parent):
@@ -119,7 +124,7 @@ def _candidates(root: Path, depth: int):
     if depth == 0:
         return
     try:
-        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        children = _subfolders(root)
     except OSError:
         return
     for child in children:
