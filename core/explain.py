@@ -47,10 +47,10 @@ from pytorch_grad_cam.utils.model_targets import (
 )
 from threadpoolctl import threadpool_limits
 
+from core.calls import DECISION_THRESHOLD, predict_labels
 from core.checkpoints import LoadedModel, check_finite_probabilities, model_lock
 from core.config import TARGETS
 from core.d4 import D4_GROUP
-from core.metrics import DECISION_THRESHOLD
 from core.models import get_target_layer
 from core.preprocess import to_model_input
 from core.uploads import UploadedPatch, UploadError, load_upload
@@ -85,8 +85,14 @@ CAM_BATCH_SIZE = 32
 @dataclass(frozen=True)
 class CamResult:
     cams: np.ndarray  # float32 N×H×W in [0, 1], at the input images' H×W
-    probs: np.ndarray  # float32 (N,) P(tumour)
+    probs: np.ndarray  # float32 (N,) calibrated P(tumour), as every page reports it (core.calls)
     classes: np.ndarray  # int (N,) class index each map explains
+    threshold: float = DECISION_THRESHOLD  # the call is tumour where probs >= threshold
+
+    @property
+    def called(self) -> np.ndarray:
+        """int (N,): the class each patch is called (1 = tumour) at ``threshold``."""
+        return predict_labels(self.probs, self.threshold)
 
 
 def compute_cams(
@@ -99,18 +105,23 @@ def compute_cams(
     tta: bool = False,
     target_layer: str | None = None,
     batch_size: int = CAM_BATCH_SIZE,
+    threshold: float | None = None,
 ) -> CamResult:
     """CAMs of ``method`` for uint8 RGB ``images`` (N×H×W×3 or H×W×3), in batches.
 
-    ``target`` is "tumour", "normal" or "pred" (each patch's predicted class). ``tta`` averages
-    the maps over the 8 D4 transforms after undoing each one; ``aug_smooth`` is pytorch-grad-cam's
-    own flip/brightness smoothing; ``eigen_smooth`` takes the first principal component.
-    ``batch_size`` also sets how many perturbed copies ScoreCAM / AblationCAM score at once.
+    ``target`` is "tumour", "normal" or "pred": the class each patch is *called*, i.e. the
+    card's calibrated P(tumour) at ``threshold`` (the card's operating point unless given), the
+    same call every page and command reports (``core.calls``), not the raw softmax's argmax.
+    ``tta`` averages the maps over the 8 D4 transforms after undoing each one; ``aug_smooth`` is
+    pytorch-grad-cam's own flip/brightness smoothing; ``eigen_smooth`` takes the first principal
+    component. ``batch_size`` also sets how many perturbed copies ScoreCAM / AblationCAM score
+    at once.
     """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    threshold = float(loaded.card.threshold if threshold is None else threshold)
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
@@ -122,9 +133,8 @@ def compute_cams(
             layer,
             method,
             target,
-            aug_smooth,
-            eigen_smooth,
-            tta,
+            threshold,
+            _Smoothing(aug_smooth, eigen_smooth, tta),
             batch_size,
         )
         for i in range(0, len(images), batch_size)
@@ -135,23 +145,32 @@ def compute_cams(
         cams=np.concatenate(cams) if parts else np.zeros((0, h, w), np.float32),
         probs=np.concatenate(probs) if parts else np.zeros(0, np.float32),
         classes=np.concatenate(classes) if parts else np.zeros(0, int),
+        threshold=threshold,
     )
 
 
-def _cams_for_batch(
-    loaded, images, layer, method, target, aug_smooth, eigen_smooth, tta, batch_size
-):
+@dataclass(frozen=True)
+class _Smoothing:
+    aug_smooth: bool
+    eigen_smooth: bool
+    tta: bool
+
+
+def _cams_for_batch(loaded, images, layer, method, target, threshold, smoothing, batch_size):
     model = loaded.model
     x = to_model_input(images, loaded.card, loaded.device)
-    maps = logits = None
+    maps = None
     with model_lock(model):
+        # The patch's call comes first, from the same calibrated probability and threshold as
+        # everywhere else; the map then explains that class (or the fixed one asked for).
+        probs = _calibrated_probs(loaded, x)
+        fixed = TARGETS[target]
+        classes = predict_labels(probs, threshold) if fixed is None else np.full(len(x), fixed)
         try:
             # pytorch-grad-cam's numpy work (EigenCAM's per-image SVD) runs on OpenBLAS threads that
             # fight torch's own threads on a small CPU: one BLAS thread measured 16× faster there.
             with _make_cam(method, model, layer, batch_size) as cam, threadpool_limits(1, "blas"):
-                maps, logits = _run_cam(
-                    cam, model, x, TARGETS[target], aug_smooth, eigen_smooth, tta
-                )
+                maps = _run_cam(cam, x, classes, smoothing)
         except Exception:
             _check_feature_map(model, layer, x[:1])  # the clear reason, when that is it
             raise
@@ -161,13 +180,16 @@ def _cams_for_batch(
             _check_feature_map(model, layer, x[:1])
     if maps is None:  # pytorch-grad-cam's __exit__ swallows IndexError; never pass that on silently
         raise RuntimeError(f"{method} failed on {loaded.path} (IndexError inside pytorch-grad-cam)")
-    probs = torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu().numpy()
-    check_finite_probabilities(probs, loaded.path)
-    fixed = TARGETS[target]
-    classes = (
-        logits.detach().argmax(dim=1).cpu().numpy() if fixed is None else np.full(len(x), fixed)
-    )
-    return to_unit_maps(maps, images.shape[1:3]), probs.astype(np.float32), classes
+    return to_unit_maps(maps, images.shape[1:3]), probs, classes
+
+
+def _calibrated_probs(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
+    """float32 calibrated P(tumour) of a preprocessed batch (fp32, as ``predict_proba``)."""
+    with torch.no_grad():
+        logits = loaded.model(x)
+    raw = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+    check_finite_probabilities(raw, loaded.path)
+    return loaded.card.calibrated(raw).astype(np.float32)
 
 
 def _check_feature_map(model, layer, x) -> None:
@@ -198,22 +220,18 @@ def _make_cam(method: str, model, layer, batch_size: int):
     return cam
 
 
-def _run_cam(cam, model, x, fixed_class, aug_smooth, eigen_smooth, tta):
-    """Returns (maps N×h×w at the model input size, logits). Targets are fixed up front whenever
-    several forward passes must agree on the class (TTA, aug_smooth)."""
+def _run_cam(cam, x, classes, smoothing: _Smoothing) -> np.ndarray:
+    """Maps N×h×w at the model input size, each explaining ``classes[i]``. The targets are
+    fixed up front, so the several forward passes of TTA and aug_smooth agree on the class."""
     x = x.requires_grad_(True)  # gradients reach the activations even if weights are frozen
-    if not (tta or aug_smooth):
-        targets = None if fixed_class is None else _targets(fixed_class, len(x))
-        maps = cam(input_tensor=x, targets=targets, eigen_smooth=eigen_smooth)
-        return maps, cam.outputs
-    with torch.no_grad():
-        logits = model(x)
-    classes = logits.argmax(dim=1).tolist() if fixed_class is None else [fixed_class] * len(x)
-    targets = [ClassifierOutputTarget(c) for c in classes]
-    if not tta:
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    if not smoothing.tta:
         return cam(
-            input_tensor=x, targets=targets, aug_smooth=True, eigen_smooth=eigen_smooth
-        ), logits
+            input_tensor=x,
+            targets=targets,
+            aug_smooth=smoothing.aug_smooth,
+            eigen_smooth=smoothing.eigen_smooth,
+        )
     # Our own D4 loop rather than pytorch-grad-cam's tta_transforms (ttach): core.d4 is the one
     # definition of the 8 transforms, shared with training augmentation and prediction TTA, and
     # aug_smooth (the library's flip + brightness TTA) still composes inside each transform;
@@ -223,17 +241,13 @@ def _run_cam(cam, model, x, fixed_class, aug_smooth, eigen_smooth, tta):
             cam(
                 input_tensor=g.apply(x),
                 targets=targets,
-                aug_smooth=aug_smooth,
-                eigen_smooth=eigen_smooth,
+                aug_smooth=smoothing.aug_smooth,
+                eigen_smooth=smoothing.eigen_smooth,
             )
         )
         for g in D4_GROUP
     ]
-    return np.mean(maps, axis=0), logits
-
-
-def _targets(fixed_class: int, n: int) -> list[ClassifierOutputTarget]:
-    return [ClassifierOutputTarget(fixed_class)] * n
+    return np.mean(maps, axis=0)
 
 
 def to_unit_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -306,13 +320,25 @@ def explain_gallery(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     tta: bool = False,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Gallery:
-    """CAMs for a whole page of patches: one batched call per model × method."""
+    """CAMs for a whole page of patches: one batched call per model × method. ``thresholds``
+    (by model label) replace a card's threshold where a page lets the user move it."""
+    thresholds = thresholds or {}
     columns = tuple(
         GalleryColumn(
             label,
             method,
-            compute_cams(loaded, images, method, target, aug_smooth, eigen_smooth, tta),
+            compute_cams(
+                loaded,
+                images,
+                method,
+                target,
+                aug_smooth,
+                eigen_smooth,
+                tta,
+                threshold=thresholds.get(label),
+            ),
         )
         for label, loaded in models.items()
         for method in methods
@@ -321,26 +347,37 @@ def explain_gallery(
 
 
 def overlays_zip(gallery: Gallery, alpha: float = 0.5, colormap: str = "jet") -> bytes:
-    """A zip of PNGs: ``<patch>__<model>__<method>.png`` per overlay plus ``<patch>__original.png``."""
-    buffer = io.BytesIO()
+    """A zip of PNGs: ``<patch>__<model>__<method>.png`` per overlay plus ``<patch>__original.png``.
+
+    Names are made safe for every file system and stay unique: "gradcam++" is written
+    "gradcamplusplus" (not "gradcam"), and names that still coincide (patches "a/b" and "a_b")
+    get "~2", "~3"… so no overlay is ever dropped."""
+    buffer, used = io.BytesIO(), set()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, image, row in zip(
             gallery.names, gallery.images, gallery.overlays(alpha, colormap), strict=True
         ):
             stem = _safe_stem(name)
-            zf.writestr(f"{stem}__original.png", _png_bytes(image))
+            zf.writestr(_unique(f"{stem}__original", used), _png_bytes(image))
             for col, picture in zip(gallery.columns, row, strict=True):
-                zf.writestr(
-                    f"{stem}__{_safe_stem(col.model)}__{_safe_stem(col.method)}.png",
-                    _png_bytes(picture),
-                )
+                entry = f"{stem}__{_safe_stem(col.model)}__{_safe_stem(col.method)}"
+                zf.writestr(_unique(entry, used), _png_bytes(picture))
     return buffer.getvalue()
 
 
 def _safe_stem(text: str) -> str:
-    return (
-        "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._") or "patch"
-    )
+    text = str(text).replace("+", "plus")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".") or "patch"
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    """``stem.png``, or ``stem~k.png`` with the smallest k that no earlier entry took."""
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}~{k}.png"
+    used.add(name)
+    return name
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -464,9 +501,9 @@ def outcomes(
     labels: np.ndarray, probs: np.ndarray, threshold: float = DECISION_THRESHOLD
 ) -> np.ndarray:
     """TP/FP/FN/TN per patch (tumour = positive); "" where the label is unknown (-1)."""
-    labels, called = np.asarray(labels), np.asarray(probs) >= threshold
-    table = {(1, True): "TP", (0, True): "FP", (1, False): "FN", (0, False): "TN"}
-    return np.array([table.get((int(y), bool(c)), "") for y, c in zip(labels, called, strict=True)])
+    labels, called = np.asarray(labels), predict_labels(probs, threshold)
+    table = {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}
+    return np.array([table.get((int(y), int(c)), "") for y, c in zip(labels, called, strict=True)])
 
 
 def select_patches(

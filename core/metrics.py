@@ -1,7 +1,8 @@
 """Binary classification metrics for P(tumour) predictions, from scikit-learn.
 
 Conventions: labels are 0 (normal) / 1 (tumour); ``prob`` is P(tumour); a patch is called
-tumour when ``prob >= threshold`` (the same rule as ``sklearn.metrics.roc_curve``).
+tumour when ``prob >= threshold`` (the same rule as ``sklearn.metrics.roc_curve``; the one
+definition of a call is ``core.calls``).
 
 What is not in scikit-learn, and how it is done here:
 - AUC 95% CI: seeded percentile bootstrap over patches, or over patients (a cluster bootstrap:
@@ -38,9 +39,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from core.calls import DECISION_THRESHOLD, predict_labels
 from core.config import CLASS_NAMES
-
-DECISION_THRESHOLD = 0.5  # P(tumour) at or above it calls tumour, unless a threshold is chosen
 
 
 def _arrays(y, prob) -> tuple[np.ndarray, np.ndarray]:
@@ -53,15 +53,6 @@ def _arrays(y, prob) -> tuple[np.ndarray, np.ndarray]:
 
 def _has_both_classes(y: np.ndarray) -> bool:
     return np.unique(y).size == 2
-
-
-def called_class(prob: float, threshold: float = DECISION_THRESHOLD) -> str:
-    """The class name a P(tumour) calls: "tumour" at or above ``threshold``, else "normal"."""
-    return CLASS_NAMES[int(prob >= threshold)]
-
-
-def predict_labels(prob, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
-    return (np.asarray(prob, dtype=float) >= threshold).astype(int)
 
 
 def confusion(y, prob, threshold: float = DECISION_THRESHOLD) -> np.ndarray:

@@ -18,6 +18,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
+from core.calls import describe_call
 from core.catalogue import card_thresholds, checkpoint_choices, model_names
 from core.compare import (
     DISAGREEMENT_KINDS,
@@ -83,10 +84,13 @@ def mosaics(cache_keys: tuple[str, ...], patient: str, _ds, _preds):
 
 
 @st.cache_data(show_spinner="Grad-CAM per model…", max_entries=32)
-def cam_overlays(cache_keys: tuple[str, ...], ids: tuple[str, ...], _models, _images):
+def cam_overlays(cache_keys: tuple[str, ...], ids: tuple[str, ...], thresholds, _models, _images):
+    """Grad-CAM of the class each model calls at the page's thresholds."""
     from core.explain import explain_gallery
 
-    return explain_gallery(_models, _images, list(ids), ["gradcam"]).overlays()
+    return explain_gallery(
+        _models, _images, list(ids), ["gradcam"], thresholds=dict(thresholds)
+    ).overlays()
 
 
 def threshold_key(name: str) -> str:
@@ -246,7 +250,7 @@ def patients_section(ds, preds, names, thresholds, keys) -> None:
     if not groups:
         return
     st.subheader("Patients")
-    keep_offered("compare_patient", groups, groups[0])
+    keep_offered("compare_patient", groups, groups[0], context=str(ds.root))
     patient = st.selectbox("Patient / slide", groups, key="compare_patient", persist_state=SESSION)
     pictures = mosaics(keys, patient, ds, preds)
     for (label, image), col in zip(pictures.items(), st.columns(len(pictures)), strict=True):
@@ -293,20 +297,21 @@ def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
     overlays = None
     if show_cams:
         models = {n: shared_model(paths[n]) for n in names}
-        overlays = cam_overlays(keys, tuple(shown["id"]), models, images)
-    # Patches keep a fixed size and wrap: without CAMs several per row, with CAMs one row each.
+        cuts = tuple(sorted(thresholds.items()))
+        overlays = cam_overlays(keys, tuple(shown["id"]), cuts, models, images)
+    # Patches keep a fixed size and wrap. With CAMs each patch is a card as wide as the page
+    # whose images wrap inside it (a row of 1 + 4 images is wider than a narrow page).
     patches = st.container(horizontal=True)
     for k, (_, row) in enumerate(shown.iterrows()):
         truth = "tumour" if row["label"] == 1 else "normal"
-        line = patches.container(horizontal=True) if overlays else patches
-        probs = "" if overlays else "\n" + " · ".join(f"{n} {row[f'prob:{n}']:.2f}" for n in names)
-        line.image(images[k], caption=f"{row['id']} · true {truth}{probs}", width=PATCH_PX)
+        card = patches.container(
+            border=True, horizontal=True, width="stretch" if overlays else "content"
+        )
+        calls = {n: describe_call(row[f"prob:{n}"], thresholds[n]) for n in names}
+        listed = "" if overlays else "".join(f"\n{n}: {call}" for n, call in calls.items())
+        card.image(images[k], caption=f"{row['id']} · true {truth}{listed}", width=PATCH_PX)
         for name, picture in zip(names, overlays[k] if overlays else [], strict=False):
-            line.image(
-                picture,
-                caption=f"{name}: Grad-CAM, P(tumour) {row[f'prob:{name}']:.2f}",
-                width=PATCH_PX,
-            )
+            card.image(picture, caption=f"{name} · Grad-CAM — {calls[name]}", width=PATCH_PX)
 
 
 def export_section(entry, split, preds, thresholds, free, at, figures) -> None:

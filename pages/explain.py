@@ -19,6 +19,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
+from core.calls import called_class, describe_call
 from core.catalogue import (
     card_problem,
     checkpoint_choices,
@@ -46,7 +47,6 @@ from core.explain import (
     select_patches,
 )
 from core.files import file_sha256
-from core.metrics import called_class
 from pages._shared import (
     dataset,
     ensure_demo_or_warn,
@@ -227,12 +227,22 @@ def pick_uploads(size: int):
 
 
 def cell_caption(column, i: int) -> str:
-    """ "model · method — P 0.93 → tumour" (+ the class mapped, when it is not the called one)."""
-    prob = float(column.result.probs[i])
-    called = called_class(prob)
-    explained = CLASS_NAMES[int(column.result.classes[i])]
-    mapped = "" if explained == called else f"; map of {explained}"
-    return f"{column.model} · {column.method} — P(tumour) {prob:.3f} → {called}{mapped}"
+    """ "model · method — P(tumour) 0.934 → tumour" (+ the class mapped, when it is not the
+    called one): the calibrated probability and the call at the card's threshold."""
+    result = column.result
+    prob = float(result.probs[i])
+    explained = CLASS_NAMES[int(result.classes[i])]
+    mapped = "" if explained == called_class(prob, result.threshold) else f"; map of {explained}"
+    return f"{column.model} · {column.method} — {describe_call(prob, result.threshold)}{mapped}"
+
+
+def thresholds_caption(models) -> str:
+    """Which threshold each checkpoint's calls use (the card's, as on every other page)."""
+    cuts = ", ".join(f"{name} {loaded.card.threshold:.3f}" for name, loaded in models.items())
+    return (
+        "P(tumour) is each checkpoint's calibrated probability, as on Compare and in the CLI; "
+        f"a patch is called tumour at or above its card's threshold ({cuts})."
+    )
 
 
 @st.dialog("Enlarged", width="large")
@@ -394,6 +404,7 @@ result = gallery(
     images,
     names,
 )
+st.caption(thresholds_caption(models))
 render_grid(result, alpha, colormap)
 st.download_button(
     "⬇️ Shown overlays (PNG zip)",

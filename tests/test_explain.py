@@ -159,7 +159,7 @@ def test_targets_and_probabilities_follow_the_card(checkpoint):
     pred = compute_cams(loaded, images, "gradcam", target="pred")
     reference = predict_proba(loaded, images, precision="fp32")  # compute_cams runs in fp32
     np.testing.assert_allclose(pred.probs, reference, atol=1e-5)
-    np.testing.assert_array_equal(pred.classes, (pred.probs > 0.5).astype(int))
+    np.testing.assert_array_equal(pred.classes, (pred.probs >= loaded.card.threshold).astype(int))
     tumour = compute_cams(loaded, images, "gradcam", target="tumour")
     normal = compute_cams(loaded, images, "gradcam", target="normal")
     assert (tumour.classes == 1).all() and (normal.classes == 0).all()
@@ -275,6 +275,25 @@ def test_gallery_and_zip_export(checkpoint):
         assert len(names) == 3 * (4 + 1) and "p_1__a__gradcam.png" in names
         decoded = np.asarray(Image.open(io.BytesIO(zf.read("p3__b__eigencam.png"))))
     np.testing.assert_array_equal(decoded, grid[2][3])
+
+
+def test_zip_export_keeps_every_overlay_under_its_own_name(checkpoint):
+    """gradcam and gradcam++ (and patches whose names differ only in unsafe characters) were
+    written under one name, so the zip held fewer overlays than the page showed."""
+    models = {"m": checkpoint("hcd_cnn", 32), "m/2": checkpoint("idc_cnn", 32)}
+    images = _images(3, 32, 32)
+    gallery = explain_gallery(models, images, ["a/b", "a_b", "c"], ["gradcam", "gradcam++"])
+    grid = gallery.overlays()
+    with zipfile.ZipFile(io.BytesIO(overlays_zip(gallery))) as zf:
+        names = zf.namelist()
+        assert len(names) == len(set(names)) == 3 * (4 + 1)
+        assert "c__m__gradcamplusplus.png" in names and "c__m__gradcam.png" in names
+        for k, column in enumerate(gallery.columns):  # the second "a/b"-like patch is "~2"
+            entry = (
+                f"a_b__{column.model.replace('/', '_')}__{column.method.replace('+', 'plus')}~2.png"
+            )
+            decoded = np.asarray(Image.open(io.BytesIO(zf.read(entry))))
+            np.testing.assert_array_equal(decoded, grid[1][k])
 
 
 def test_faithfulness_table_ranks_methods(checkpoint):

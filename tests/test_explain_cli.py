@@ -48,7 +48,11 @@ def test_explain_writes_overlay_and_prints_probability(ckpt, tmp_path, capsys):
     assert rc == 0
     written = np.asarray(Image.open(out))
     assert written.shape == (32, 32, 3) and not np.array_equal(written, pixels)
-    prob = float(re.search(r"P\(tumour\) = ([0-9.]+)", stdout).group(1))
+    prob = float(
+        re.search(r"P\(tumour\) ([0-9.]+) → (tumour|normal) at the card's threshold", stdout).group(
+            1
+        )
+    )
     assert prob == pytest.approx(
         float(predict_proba(load_checkpoint(ckpt), pixels[None])[0]), abs=1e-4
     )

@@ -77,8 +77,8 @@ def test_idc_shows_each_models_patient_mosaic_and_gradcams(app_env):
     # disagreement browser: each shown patch has one Grad-CAM per model beside it
     originals = sum("· true" in c for c in captions)
     assert originals > 0
-    assert sum(c.startswith("alpha: Grad-CAM") for c in captions) == originals
-    assert sum(c.startswith("beta: Grad-CAM") for c in captions) == originals
+    assert sum(c.startswith("alpha · Grad-CAM") for c in captions) == originals
+    assert sum(c.startswith("beta · Grad-CAM") for c in captions) == originals
 
 
 def test_a_rerun_reads_no_checkpoint_file(app_env, monkeypatch):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from core import config
+from core.calls import DECISION_THRESHOLD, called_class
 from core.data import open_dataset
 from core.data.visual import page_count, page_of
-from core.metrics import DECISION_THRESHOLD, called_class
 from core.train_config import TrainConfig
 
 

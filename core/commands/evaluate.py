@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from core.data.registry import MAX_SEED
 from core.evaluate import REPORTED_METRICS, SPLITS
@@ -41,6 +42,12 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     add_evaluation_arguments(p)
+    p.add_argument(
+        "--predictions",
+        default=None,
+        metavar="CSV",
+        help="also write each patch's P(tumour) and call (the columns of Compare's CSV)",
+    )
     p.set_defaults(func=run)
 
 
@@ -95,12 +102,15 @@ def open_inputs(args, checkpoints):
 def run(args) -> int:
     from core.checkpoints import CheckpointError
     from core.evaluate import evaluate_checkpoint
+    from core.files import check_output
 
     ds, error = open_inputs(args, [args.checkpoint])
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
+        if args.predictions:
+            check_output(Path(args.predictions), args.checkpoint)
         result = evaluate_checkpoint(
             args.checkpoint,
             ds,
@@ -114,11 +124,35 @@ def run(args) -> int:
             device=args.device,
             precision=args.precision,
         )
+        if args.predictions:
+            write_predictions(args, ds, result["threshold"])
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
+
+
+def write_predictions(args, ds, threshold: float) -> None:
+    """The per-patch CSV of ``--predictions``: Compare's export for this one checkpoint (the
+    predictions come from the cache the evaluation just filled)."""
+    from core.catalogue import model_names
+    from core.compare import predictions_table
+    from core.evaluate import predict_split
+    from core.files import write_atomic
+
+    preds = predict_split(
+        args.checkpoint,
+        ds,
+        split=args.split,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    name = model_names([args.checkpoint])[0]
+    table = predictions_table({name: preds}, {name: threshold})
+    write_atomic(Path(args.predictions), lambda fh: fh.write(table.to_csv(index=False).encode()))
 
 
 def format_result(result: dict) -> str:

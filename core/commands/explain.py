@@ -1,7 +1,8 @@
 """`python -m core explain --checkpoint CKPT --image PATH [--method gradcam]
 [--target tumour|normal|pred] [--alpha 0.5] [--colormap jet] [--tta] --out OUT.png`.
 
-Writes the CAM overlay as a PNG (at the model's input size) and prints P(tumour). The image goes
+Writes the CAM overlay as a PNG (at the model's input size) and prints the patch's calibrated
+P(tumour) and its call at the card's threshold (or --threshold), as every page states them. The image goes
 through the same checks as an upload in the app (type by content, size caps, mode conversion).
 """
 
@@ -23,6 +24,12 @@ def register(sub) -> None:
     p.add_argument("--colormap", default="jet")
     p.add_argument("--tta", action="store_true", help="average the map over the 8 D4 transforms")
     p.add_argument("--target-layer", default=None, help="dotted path overriding the card's layer")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="call tumour when P >= this (default: the checkpoint card's, 0.5 for older ones)",
+    )
     p.add_argument("--out", required=True, help="output PNG")
     p.set_defaults(func=run)
 
@@ -30,6 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from PIL import Image
 
+    from core.calls import describe_call, threshold_of
     from core.checkpoints import CheckpointError, load_checkpoint
     from core.config import CLASS_NAMES
     from core.data.base import read_regular_bytes
@@ -54,6 +62,7 @@ def run(args) -> int:
             args.target,
             tta=args.tta,
             target_layer=args.target_layer,
+            threshold=args.threshold,
         )
         picture = overlay(patch.image, result.cams[0], args.alpha, args.colormap)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +72,7 @@ def run(args) -> int:
         return 2
     if patch.notice:
         print(f"note: {patch.notice}", file=sys.stderr)
-    prob = float(result.probs[0])
-    print(f"P(tumour) = {prob:.4f}")
+    threshold = threshold_of(loaded.card, args.threshold)
+    print(f"{describe_call(float(result.probs[0]), threshold.value, 4)} at {threshold.describe()}")
     print(f"{args.method} map of class {CLASS_NAMES[int(result.classes[0])]!r} written to {out}")
     return 0
