@@ -291,8 +291,42 @@ def _existing(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty; re-save or re-train the checkpoint")
+    _check_kind(path)
     _check_records(path)
     return path
+
+
+# What a file that is not a checkpoint most often is, by its first bytes.
+_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"\x1f\x8b": "a gzip file (unpack it first?)",
+    b"\x89HDF": "an HDF5 file",
+    b"{": "JSON or text",
+}
+
+
+_PICKLE_STARTS = {bytes([0x80, protocol]) for protocol in range(2, 6)}
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse a file that is neither a zip archive (what ``torch.save`` writes) nor a pickle
+    (torch's legacy format, which ``torch.load`` still reads), naming what it looks like:
+    pickle's own error for random bytes reads as if the file held forbidden Python objects."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK") or head[:2] in _PICKLE_STARTS:
+        return
+    what = next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
+    if what is None:
+        printable = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+        what = "text" if printable else f"unrecognised data (first bytes {head[:4].hex(' ')})"
+    raise CheckpointError(
+        f"{path}: not a checkpoint archive: it looks like {what}, and torch.save writes a zip "
+        "archive. Give a .pt file written by HistoLens (`python -m core train` or `import`)."
+    )
 
 
 def _refused(path: Path, reason: str) -> CheckpointError:

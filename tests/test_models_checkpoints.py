@@ -149,6 +149,26 @@ def test_foreign_files_are_refused(tmp_path, payload, message):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "unrecognised"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+        (b"\x1f\x8b\x08" + bytes(64), "a gzip file"),
+        (b"checkpoint = best.pt\n", "text"),
+    ],
+)
+def test_a_file_that_is_no_archive_says_what_it_looks_like(tmp_path, content, named):
+    """Random bytes were refused as 'holds Python objects other than tensors (WeightsUnpickler
+    error:)' with an empty detail: they are not a checkpoint archive at all."""
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    for read in (load_checkpoint, read_card):
+        with pytest.raises(CheckpointError, match="not a checkpoint archive") as err:
+            read(path)
+        assert named in str(err.value) and "Python objects" not in str(err.value)
+
+
 def test_empty_missing_and_mismatched_files_are_refused(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
