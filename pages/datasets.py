@@ -172,7 +172,7 @@ def gallery_filters(ds, info: dict):
         "gallery_patient": [ALL, *patients],
     }
     for key, offered in options.items():
-        keep_offered(key, offered, ALL)
+        keep_offered(key, offered, ALL, context=str(ds.root))
     split = cols[0].selectbox(
         "Split",
         options["gallery_split"],
@@ -280,7 +280,7 @@ def mosaic_section(path: str, seed: int, ds) -> None:
     if not groups:
         st.caption("No patient or slide coordinates in this dataset (HCD has none).")
         return
-    keep_offered("mosaic_patient", groups, groups[0])
+    keep_offered("mosaic_patient", groups, groups[0], context=path)
     patient = st.selectbox("Patient / slide", groups, key="mosaic_patient", persist_state=SESSION)
     built = mosaic(path, seed, patient)
     st.session_state.setdefault("mosaic_labels", True)
@@ -310,7 +310,12 @@ except DatasetError as err:
     if str(chosen) not in st.session_state["datasets_broken"]:
         st.session_state["datasets_broken"][str(chosen)] = str(err)
         st.rerun()
-    st.error(literal(str(err)) + "  \nPick another dataset in the sidebar.")
+    fix = (
+        "Clear the typed folder in the sidebar, or type another one."
+        if st.session_state.get("datasets_path", "").strip()
+        else "Pick another dataset in the sidebar."
+    )
+    st.error(literal(str(err)) + "  \n" + fix)
     st.stop()
 with st.sidebar:
     if ds.seeded_split:

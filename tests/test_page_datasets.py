@@ -117,6 +117,22 @@ def test_only_the_open_tab_runs(demo_data):
     assert len(zoom_keys(at)) == 64
 
 
+def test_switching_dataset_resets_its_patient_choices_without_a_warning(demo_data):
+    """The mosaic's patient belonged to the other dataset: nothing was lost, so no "No longer
+    available" warning (it read as if something had gone wrong)."""
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    entry = at.selectbox(key="datasets_entry")
+    entry.select_index(next(k for k, o in enumerate(entry.options) if "demo/idc" in o)).run()
+    open_tab(at, "Slide mosaic")
+    idc_patient = at.selectbox(key="mosaic_patient").value
+    entry = at.selectbox(key="datasets_entry")
+    entry.select_index(next(k for k, o in enumerate(entry.options) if "demo/pcam" in o)).run()
+    assert not at.exception
+    assert not [w for w in at.warning if "No longer available" in w.value]
+    assert at.selectbox(key="mosaic_patient").value != idc_patient
+    assert any("patches at scale" in c.value for c in at.caption)
+
+
 def test_path_outside_data_root_is_refused(demo_data, tmp_path):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.text_input(key="datasets_path").input(str(tmp_path)).run()
@@ -136,6 +152,8 @@ def test_a_typed_folder_that_is_not_a_dataset_shows_its_message_literally(demo_d
     plain = message.replace("\\_", "_")  # the page escapes Markdown; paths hold underscores
     assert f"one level down: {demo / 'hcd'} (HCD), {demo / 'idc'} (IDC), {demo / 'pcam'}" in plain
     assert message.split("  \n")[0].endswith("give one of them.")
+    # the list in the sidebar is not in use while a folder is typed: the fix says so
+    assert message.endswith("Clear the typed folder in the sidebar, or type another one.")
     assert any("typed folder" in c.value for c in at.sidebar.caption)
 
 

@@ -22,12 +22,24 @@ SESSION = "session"  # persist_state for every keyed control
 
 
 def keep_offered(
-    key: str, options: Sequence, default: Any, name: Callable[[Any], str] = str
+    key: str,
+    options: Sequence,
+    default: Any,
+    name: Callable[[Any], str] = str,
+    context: str | None = None,
 ) -> None:
     """Before drawing the widget ``key``: keep its stored choice (one value or a list) where
-    ``options`` still offer it; otherwise fall back to ``default`` and say what was dropped."""
+    ``options`` still offer it; otherwise fall back to ``default`` and say what was dropped.
+
+    ``context`` names what the options belong to (a dataset, for its patients): when it changed,
+    the old choice belonged to something else, so it is replaced by ``default`` without a
+    warning (the user picked another dataset; nothing of theirs was lost)."""
     state = st.session_state
-    if key not in state:
+    context_key = f"{key}__context"
+    moved = context is not None and state.get(context_key, context) != context
+    if context is not None:
+        state[context_key] = context
+    if key not in state or moved:
         state[key] = default
         return
     chosen = state[key]
