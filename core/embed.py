@@ -20,6 +20,7 @@ and ``EmbeddingMap.note`` says so.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,28 @@ def reduce_2d(features: np.ndarray, method: str = "umap", seed: int = 0) -> np.n
     with warnings.catch_warnings():  # no search index: transform() is never used here
         warnings.filterwarnings("ignore", "precomputed_knn", UserWarning)
         return reducer.fit_transform(features).astype(np.float32)
+
+
+def warm_umap() -> threading.Thread:
+    """Compile UMAP's numba functions in a daemon thread, once per process, by mapping 64 random
+    rows the way ``reduce_2d`` does. The first UMAP fit of a process spends 10-25 s compiling
+    on 2 CPU cores; a page that may show UMAP starts this when it opens, so the user's first
+    UMAP map finds the work done (or waits only for what is left: numba compiles once).
+    Returns the thread (the same one on every call)."""
+    global _WARMING
+    with _WARMING_LOCK:
+        if _WARMING is None:
+            rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+            _WARMING = threading.Thread(
+                target=reduce_2d, args=(rows, "umap"), daemon=True, name="histolens-umap-warm"
+            )
+            _WARMING.start()
+        return _WARMING
+
+
+# One warm-up per process: compiled code is shared by every session, so this is not per-user state.
+_WARMING: threading.Thread | None = None
+_WARMING_LOCK = threading.Lock()
 
 
 def exact_neighbours(features: np.ndarray, k: int) -> tuple:

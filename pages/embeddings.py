@@ -15,6 +15,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
+from core.calls import describe_call
 from core.catalogue import checkpoint_choices, model_names, read_card
 from core.data import list_datasets
 from core.embed import (
@@ -26,6 +27,7 @@ from core.embed import (
     embedding_map,
     rows_from_selection,
     selection_table,
+    warm_umap,
 )
 from core.evaluate import open_dataset_for, split_fingerprint
 from core.figures import embedding_figure
@@ -97,6 +99,8 @@ if not st.session_state.get("embed_drawn"):  # torch and UMAP load only from her
         "the page draws maps for the rest of the session."
     )
     st.stop()
+if method == "pca":  # UMAP's first fit compiles for 10-25 s: do it while the user looks at PCA
+    warm_umap()
 names = model_names(chosen)
 paths = dict(zip(names, chosen, strict=True))
 bar = st.empty()
@@ -178,8 +182,5 @@ for k, row in shown.iterrows():
     truth = {1: "tumour", 0: "normal"}.get(int(row["label"]), "unlabelled")
     cells[0].image(images[k], caption=f"{row['id']} · true {truth}", width="stretch")
     for cell, name, picture in zip(cells[1:], names, overlays[k], strict=True):
-        cell.image(
-            picture,
-            caption=f"{name}: Grad-CAM · P(tumour) {row[f'prob {name}']:.2f}",
-            width="stretch",
-        )
+        call = describe_call(row[f"prob {name}"], thresholds[name])
+        cell.image(picture, caption=f"{name} · Grad-CAM — {call}", width="stretch")

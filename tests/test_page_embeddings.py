@@ -66,8 +66,8 @@ def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
     n_tumour = int(csv.proto.label.split("(")[1].split(")")[0])
     assert 0 < n_tumour < 256
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
-    assert any("alpha: Grad-CAM" in c for c in captions)
-    assert any("beta: Grad-CAM" in c for c in captions)
+    assert any("alpha · Grad-CAM — P(tumour)" in c for c in captions)
+    assert any("beta · Grad-CAM — P(tumour)" in c for c in captions)
     assert all("true tumour" in c for c in captions if "true" in c)
 
 
