@@ -22,7 +22,13 @@ import pandas as pd
 
 from core import metrics
 from core.catalogue import model_names, trained_on_index  # noqa: F401 (tests use compare.*)
-from core.evaluate import labelled, predict_split, split_fingerprint
+from core.evaluate import (
+    cached_auc_ci,
+    interval_fields,
+    labelled,
+    predict_split,
+    split_fingerprint,
+)
 from core.figures import roc_figure  # noqa: F401 (tests build it through compare)
 
 DISAGREEMENT_KINDS = {
@@ -90,7 +96,7 @@ class Curves:
     """Threshold-free results of one model."""
 
     auc: float | None
-    auc_ci: tuple[float, float] | None
+    auc_ci: metrics.AucCI | None  # with its unit, resamples and note
     ap: float | None
     roc: dict
     pr: dict
@@ -107,19 +113,19 @@ def threshold_free(
     for name, frame in preds.items():
         known = labelled(frame)
         y, prob = (known[c].to_numpy() for c in ("label", "prob"))
-        groups = metrics.known_groups(known)
         both = np.unique(y).size == 2
         m = metrics.binary_metrics(y, prob)
+        ci = cached_auc_ci(y, prob, metrics.known_groups(known), n_boot=n_boot, seed=seed)
         results[name] = Curves(
             auc=m["auc"],
-            auc_ci=metrics.bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=groups),
+            auc_ci=ci,
             ap=m["ap"],
             roc=metrics.roc(y, prob) if both else {},
             pr=metrics.pr(y, prob) if both else {},
             reliability=metrics.reliability(y, prob, n_bins=n_bins),
             brier=m["brier"],
             ece=m["ece"],
-            ci_unit=metrics.ci_unit(groups),
+            ci_unit=ci.unit if ci else metrics.ci_unit(metrics.known_groups(known)),
         )
     return results
 
@@ -155,24 +161,25 @@ def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThreshol
 
 
 def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFrame:
-    """McNemar (at each model's threshold) and DeLong (AUC) for every pair of models. Where
-    patients are known (and there are at least two), both treat patients as clusters
-    (``core.metrics.*_clustered``) and ``test_unit`` says "patient"; otherwise McNemar is the
-    exact test on patches and ``mcnemar_chi2_cc_p`` its continuity-corrected chi-square."""
+    """McNemar (at each model's threshold) and DeLong (AUC) for every pair of models, one row
+    per pair: ``a_right_b_wrong`` = patches A gets right and B wrong, ``auc_diff`` = AUC A − AUC B
+    (``delong_z`` has its sign). Where patients are known and numerous enough
+    (``core.metrics.patch_or_patient``) both tests treat patients as clusters
+    (``core.metrics.*_clustered``); otherwise McNemar is the exact test on patches,
+    ``mcnemar_chi2_cc_p`` its continuity-corrected chi-square, and ``unit_note`` says why
+    patches. ``mcnemar_test`` / ``delong_test`` name the test each p-value comes from."""
     thresholds = _thresholds_for(preds, thresholds)
     table = joined(preds)
     y = table["label"].to_numpy()
-    groups = metrics.known_groups(table)
-    if groups is not None and np.unique(groups).size < 2:
-        groups = None
+    unit = metrics.patch_or_patient(y, metrics.known_groups(table))
     rows = []
     for a, b in itertools.combinations(preds, 2):
         prob_a, prob_b = table[f"prob:{a}"].to_numpy(), table[f"prob:{b}"].to_numpy()
         calls = [metrics.predict_labels(p, thresholds[m]) for p, m in ((prob_a, a), (prob_b, b))]
         mc = (
             metrics.mcnemar(y, *calls)
-            if groups is None
-            else metrics.mcnemar_clustered(y, *calls, groups)
+            if unit.groups is None
+            else metrics.mcnemar_clustered(y, *calls, unit.groups)
         )
         row = {
             "model_a": a,
@@ -180,16 +187,23 @@ def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFram
             "a_right_b_wrong": mc["b"],
             "a_wrong_b_right": mc["c"],
             "mcnemar_p": mc["p_value"],
+            "mcnemar_test": mc["test"],
             "mcnemar_chi2_cc_p": mc.get("p_chi2_cc"),
-            "test_unit": metrics.ci_unit(groups),
+            "test_unit": unit.name,
+            "unit_note": unit.note,
         }
         if np.unique(y).size == 2:
             dl = (
                 metrics.delong(y, prob_a, prob_b)
-                if groups is None
-                else metrics.delong_clustered(y, prob_a, prob_b, groups)
+                if unit.groups is None
+                else metrics.delong_clustered(y, prob_a, prob_b, unit.groups)
             )
-            row.update(auc_diff=dl["auc_diff"], delong_z=dl["z"], delong_p=dl["p_value"])
+            row.update(
+                auc_diff=dl["auc_diff"],
+                delong_z=dl["z"],
+                delong_p=dl["p_value"],
+                delong_test=dl["test"],
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -242,16 +256,20 @@ def threshold_for_sensitivity(preds: dict[str, pd.DataFrame], min_sensitivity: f
 def metrics_json(
     preds, thresholds=None, n_boot: int = 1000, seed: int = 0, free=None, at=None
 ) -> dict:
-    """One JSON-able object keyed by model: metrics at the threshold, AUC CI, report, and the
-    paired tests against every other model (``free``/``at`` reuse results already computed)."""
+    """One JSON-able object keyed by model: metrics at the threshold, AUC CI (with what it rests
+    on), report, and the paired tests against every other model (``free``/``at`` reuse results
+    already computed).
+
+    ``paired[other]`` is read from this model's side: A = this model, B = ``other`` (both named
+    in ``model_a`` / ``model_b``), so ``auc_diff`` = AUC of this model − AUC of the other and
+    ``a_right_b_wrong`` counts this model's wins."""
     free = free or threshold_free(preds, n_boot=n_boot, seed=seed)
     at = at or at_thresholds(preds, thresholds)
     out = {}
     for name in preds:
         row = dict(at.metrics[name])
         row["computed_with"] = dict(preds[name].attrs)  # device and precision (predict_split)
-        row["auc_ci95"] = list(free[name].auc_ci) if free[name].auc_ci else None
-        row["ci_unit"] = free[name].ci_unit
+        row.update(interval_fields(free[name].auc_ci, labelled(preds[name])))
         row["patients"] = metrics.patient_level(labelled(preds[name]), row["threshold"])
         row["report"] = at.reports[name]
         row["paired"] = _paired_for(at.paired, name)
@@ -259,12 +277,22 @@ def metrics_json(
     return out
 
 
+# What changes sign or swaps when a pair's row is read from model B's side.
+_MIRRORED = {"a_right_b_wrong": "a_wrong_b_right", "a_wrong_b_right": "a_right_b_wrong"}
+_NEGATED = ("auc_diff", "delong_z")
+
+
 def _paired_for(paired: pd.DataFrame, name: str) -> dict:
+    """``{other: row}`` with every row oriented so that A is ``name`` (see ``metrics_json``)."""
     out = {}
     for _, row in paired.iterrows():
-        if name in (row["model_a"], row["model_b"]):
-            other = row["model_b"] if row["model_a"] == name else row["model_a"]
-            out[other] = {k: _plain(v) for k, v in row.items() if k not in ("model_a", "model_b")}
+        row = {k: _plain(v) for k, v in row.items()}
+        if name == row["model_b"]:
+            row = {_MIRRORED.get(k, k): v for k, v in row.items()}
+            row["model_a"], row["model_b"] = row["model_b"], row["model_a"]
+            row.update({k: -row[k] for k in _NEGATED if row.get(k) is not None})
+        if name == row["model_a"]:
+            out[row["model_b"]] = row
     return out
 
 

@@ -18,6 +18,7 @@ COLUMN_LABELS = {
     "auc": "AUC",
     "auc_95ci": "AUC 95% CI",
     "ci_unit": "CI unit",
+    "ci_note": "CI note",
     "ap": "AP",
     "f1": "F1",
     "ppv": "PPV",
@@ -31,6 +32,9 @@ COLUMN_LABELS = {
     "a_wrong_b_right": "A wrong, B right",
     "mcnemar_p": "McNemar p",
     "test_unit": "test unit",
+    "unit_note": "unit note",
+    "mcnemar_test": "McNemar test",
+    "delong_test": "DeLong test",
     "mcnemar_chi2_cc_p": "McNemar p (χ², corrected)",
     "auc_diff": "AUC A − B",
     "delong_z": "DeLong z",
@@ -67,3 +71,30 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         if str(column).endswith("_p"):
             shown[column] = [format_p(p) for p in shown[column]]
     return shown.rename(columns=lambda c: column_label(str(c)))
+
+
+UNIT_PLURAL = {"patch": "patches", "patient": "patients"}
+
+
+def p_text(test: str, p: float | None) -> str:
+    """A p-value with the test that gave it: "DeLong, patches p=0.012"."""
+    return f"{test} p={format_p(p)}"
+
+
+def interval_text(ci: dict | None, digits: int = 3) -> str:
+    """An AUC interval from its JSON form (``core.metrics.AucCI.to_dict``) with what it rests
+    on: "0.812–0.871 (95% percentile bootstrap over patients, stratified by …)"; "n/a"."""
+    if not ci:
+        return "n/a"
+    rests_on = [
+        f"{ci['level']:.0%} {ci['method']} over {UNIT_PLURAL[ci['unit']]}, "
+        f"stratified by {ci['stratified_by']}"
+    ]
+    if ci["unusable_resamples"]:
+        rests_on.append(
+            f"{ci['unusable_resamples']:,} of {ci['n_boot']:,} resamples held one class "
+            "and were left out"
+        )
+    if ci["note"]:
+        rests_on.append(ci["note"])
+    return f"{ci['low']:.{digits}f}–{ci['high']:.{digits}f} ({'; '.join(rests_on)})"

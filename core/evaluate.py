@@ -37,6 +37,7 @@ from core.errors import InputError, is_out_of_memory
 from core.files import file_sha256, write_atomic
 
 CACHE_VERSION = 3  # 2: the split's data files in the key; 3: device and precision
+INTERVALS_VERSION = 1  # of the cached AUC intervals (cached_auc_ci)
 LOG = logging.getLogger("histolens")
 _UNWRITABLE: set[str] = set()  # cache folders already reported (one notice each per process)
 SPLITS = (*reversed(SPLIT_NAMES), "all")  # evaluation choices, test (the default) first
@@ -129,8 +130,12 @@ def _read_cached(cache: Path) -> pd.DataFrame | None:
 
 def store_cached(frame: pd.DataFrame, cache: Path) -> None:
     """Write a cache file atomically; an unwritable cache folder is one logged notice, no error."""
+    _store(cache, lambda fh: frame.to_parquet(fh, index=False))
+
+
+def _store(cache: Path, write) -> None:
     try:
-        write_atomic(cache, lambda fh: frame.to_parquet(fh, index=False))
+        write_atomic(cache, write)
     except OSError as err:
         folder = str(cache.parent)
         if folder not in _UNWRITABLE:
@@ -140,6 +145,36 @@ def store_cached(frame: pd.DataFrame, cache: Path) -> None:
                 folder,
                 err.strerror or type(err).__name__,
             )
+
+
+def cached_auc_ci(y, prob, groups=None, n_boot: int = 1000, seed: int = 0):
+    """``core.metrics.bootstrap_auc_ci`` kept beside the predictions it is computed from
+    (``predictions/intervals/<key>.json``, the key hashing the labels, P(tumour), patients,
+    resamples, seed and the rules the interval depends on): a comparison opened again does no
+    bootstrap. Same cache conventions as the predictions (atomic, unwritable = not cached)."""
+    from dataclasses import asdict
+
+    from core import metrics
+
+    if n_boot < 1:
+        return None
+    digest = hashlib.sha256()
+    for part in (np.asarray(y, dtype=np.int64), np.asarray(prob, dtype=np.float64)):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    if groups is not None:
+        digest.update("\0".join(map(str, groups)).encode())
+    rules = (metrics.MIN_PATIENTS, metrics.MIN_PATIENTS_PER_SIDE, metrics.RESAMPLES_PER_BLOCK)
+    digest.update(json.dumps([n_boot, seed, rules, INTERVALS_VERSION]).encode())
+    cache = config.cache_dir() / "predictions" / "intervals" / f"{digest.hexdigest()[:24]}.json"
+    try:
+        stored = json.loads(cache.read_text())
+        return None if stored is None else metrics.AucCI(**stored)
+    except (OSError, ValueError, TypeError):  # absent or damaged: compute (and store) it
+        pass
+    ci = metrics.bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=groups)
+    text = json.dumps(None if ci is None else asdict(ci))
+    _store(cache, lambda fh: fh.write(text.encode()))
+    return ci
 
 
 def open_dataset_for(data_path, checkpoint_paths, opener=None) -> tuple:
@@ -455,7 +490,7 @@ def evaluate_checkpoint(
     ``threshold`` None: the checkpoint card's operating point (``threshold_source`` "card";
     0.5 for checkpoints without one), else the given value ("cli")."""
     from core.checkpoints import read_card
-    from core.metrics import binary_metrics, bootstrap_auc_ci, ci_unit, known_groups
+    from core.metrics import binary_metrics, known_groups
 
     source = "card" if threshold is None else "cli"
     if threshold is None:
@@ -465,8 +500,7 @@ def evaluate_checkpoint(
     if known.empty:
         raise ValueError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
     y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
-    groups = known_groups(known)
-    ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=groups) if n_boot else None
+    ci = cached_auc_ci(y, prob, known_groups(known), n_boot=n_boot, seed=seed)
     return {
         "checkpoint": str(checkpoint_path),
         "data": str(ds.root),
@@ -477,7 +511,20 @@ def evaluate_checkpoint(
         "computed_with": dict(preds.attrs),  # device and precision of the probabilities
         **binary_metrics(y, prob, threshold),
         "threshold_source": source,
-        "auc_ci95": list(ci) if ci else None,
-        "ci_unit": ci_unit(groups),
+        **interval_fields(ci, known),
         "patients": patient_summary(known, threshold),
+    }
+
+
+def interval_fields(ci, known: pd.DataFrame) -> dict:
+    """The JSON keys of an AUC interval (evaluate and compare): ``auc_ci95`` [low, high],
+    ``ci_unit`` (what was resampled), ``ci_note`` (why patches although patients are known)
+    and ``auc_ci``, the interval with everything it rests on (``AucCI.to_dict``)."""
+    from core.metrics import ci_unit, known_groups
+
+    return {
+        "auc_ci95": list(ci.bounds) if ci else None,
+        "ci_unit": ci.unit if ci else ci_unit(known_groups(known)),
+        "ci_note": ci.note if ci else "",
+        "auc_ci": ci.to_dict() if ci else None,
     }

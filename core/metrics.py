@@ -5,8 +5,10 @@ tumour when ``prob >= threshold`` (the same rule as ``sklearn.metrics.roc_curve`
 definition of a call is ``core.calls``).
 
 What is not in scikit-learn, and how it is done here:
-- AUC 95% CI: seeded percentile bootstrap over patches, or over patients (a cluster bootstrap:
-  a patient's patches are resampled together) where patients are known (``bootstrap_auc_ci``).
+- AUC 95% CI: seeded percentile bootstrap over patches within each class, or over patients
+  (a cluster bootstrap: a patient's patches are resampled together) within patients with and
+  without tumour patches, where patients are known and numerous enough (``patch_or_patient``).
+  Each resample's AUC comes from one sort (``Resampler``), equal to ``roc_auc_score``.
 - ECE: the bins of ``sklearn.calibration.calibration_curve`` (uniform), weighted by bin size.
 - McNemar: exact two-sided binomial test on the discordant pairs (``scipy.stats.binomtest``),
   which is valid for any count (statsmodels' default); the chi-square statistic with Edwards'
@@ -15,11 +17,16 @@ What is not in scikit-learn, and how it is done here:
   of Sun & Xu (2014); the AUCs themselves come from ``roc_auc_score``.
 - With patients known, the paired tests treat each patient as a cluster: DeLong as generalised
   by Obuchowski (1997) and McNemar as by Durkalski et al. (2003) (``*_clustered``).
+- Every test result carries ``test``, its name as shown to people (``TEST_NAMES``).
+Reference values for all of these (pROC, Obuchowski's R code, statsmodels, scikit-learn,
+torchmetrics) are fixtures in tests/fixtures/stats, with the scripts that made them.
 - Patient-level metrics: a patient is tumour when any of its patches is, scored by the max
   P(tumour) of its patches (``patient_level``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -41,6 +48,14 @@ from sklearn.metrics import (
 
 from core.calls import DECISION_THRESHOLD, predict_labels
 from core.config import CLASS_NAMES
+
+# Each test's name wherever its p-value is shown (JSON ``*_test`` keys, CLI, Compare page).
+TEST_NAMES = {
+    "mcnemar": "McNemar exact binomial, patches",
+    "mcnemar_clustered": "McNemar clustered χ² (Durkalski), patients",
+    "delong": "DeLong, patches",
+    "delong_clustered": "DeLong clustered (Obuchowski), patients",
+}
 
 
 def _arrays(y, prob) -> tuple[np.ndarray, np.ndarray]:
@@ -120,41 +135,164 @@ def pr(y, prob) -> dict:
     return {"precision": precision, "recall": recall, "thresholds": thresholds}
 
 
+@dataclass(frozen=True)
+class AucCI:
+    """A percentile bootstrap interval of the ROC AUC and what it rests on."""
+
+    low: float
+    high: float
+    unit: str  # what was resampled: "patch" or "patient" (whole patients with their patches)
+    n_boot: int
+    unusable: int = 0  # resamples holding one class only (AUC undefined), left out
+    note: str = ""  # why patches are the unit although patients are known
+    level: float = 0.95
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
+
+    def to_dict(self) -> dict:
+        """The JSON form (``auc_ci`` in evaluate and compare)."""
+        return {
+            "low": self.low,
+            "high": self.high,
+            "level": self.level,
+            "method": "percentile bootstrap",
+            "unit": self.unit,
+            "stratified_by": STRATA[self.unit],
+            "n_boot": self.n_boot,
+            "unusable_resamples": self.unusable,
+            "note": self.note,
+        }
+
+
+# What the bootstrap keeps in proportion in every resample, by unit.
+STRATA = {"patch": "class", "patient": "whether a patient has tumour patches"}
+
+
 def bootstrap_auc_ci(
     y, prob, n_boot: int = 1000, seed: int = 0, level: float = 0.95, groups=None
-) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of the ROC AUC with a seeded generator. Resamples patches, or,
-    with ``groups`` (patient of each patch), whole patients with all their patches: a cluster
-    bootstrap, since patches of one patient are not independent (``ci_unit`` names the unit).
+) -> AucCI | None:
+    """Seeded, stratified percentile bootstrap interval of the ROC AUC.
 
-    Resamples with a single class are skipped (AUC undefined). None if ``y`` has one class
-    or ``n_boot`` is 0 (no CI asked for).
+    Resamples patches within each class (as pROC's ``ci.auc(method = "bootstrap")`` does), or,
+    with ``groups`` (the patient of each patch), whole patients with all their patches, within
+    two strata: patients with tumour patches and patients without (a cluster bootstrap, since
+    patches of one patient are not independent). Too few patients for that (``patch_or_patient``)
+    means patches are resampled and ``note`` says why. Resamples with one class only (possible
+    when every patient has a tumour patch) are left out and counted in ``unusable``.
+    None when ``y`` has one class, ``n_boot`` is 0 (no CI asked for) or no resample is usable.
+
+    Each resample's AUC is computed from the patches sorted once (``Resampler``); it equals
+    ``roc_auc_score`` on the resampled patches (tests/test_metrics.py checks it).
     """
     y, prob = _arrays(y, prob)
     if n_boot < 1 or not _has_both_classes(y):
         return None
-    rng = np.random.default_rng(seed)
-    members = None if groups is None else _members(groups)
-    aucs = []
-    for _ in range(n_boot):
-        if members is None:
-            idx = rng.integers(0, y.size, y.size)
-        else:
-            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
-        if _has_both_classes(y[idx]):
-            aucs.append(roc_auc_score(y[idx], prob[idx]))
-    if not aucs:
+    unit = patch_or_patient(y, groups)
+    resampler = Resampler.of(y, prob, unit.groups)
+    aucs = np.concatenate([resampler.aucs(block) for block in resampler.draws(n_boot, seed)])
+    usable = aucs[~np.isnan(aucs)]
+    if not usable.size:
         return None
     tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(aucs, [tail, 100 - tail])
-    return float(lo), float(hi)
+    lo, hi = np.percentile(usable, [tail, 100 - tail])
+    return AucCI(
+        float(lo), float(hi), unit.name, n_boot, int(aucs.size - usable.size), unit.note, level
+    )
+
+
+RESAMPLES_PER_BLOCK = 16  # draws of 16 resamples × 32,768 patches: 4 MB per array
+
+
+@dataclass(frozen=True)
+class Resampler:
+    """The stratified bootstrap of ``bootstrap_auc_ci`` with the patches sorted once.
+
+    Items are patches (strata: tumour patches, normal patches) or patients (strata: patients
+    with tumour patches, patients without). A resample's AUC needs only how many tumour and
+    normal patches it holds at each distinct P(tumour), ascending: one ``bincount`` per stratum
+    (patches) or one sparse product (patients), then a cumulative sum."""
+
+    strata: tuple[np.ndarray, ...]  # the items of each stratum
+    tie_group: np.ndarray  # per patch: rank of its P(tumour) among the distinct values
+    n_groups: int
+    members: tuple[np.ndarray, ...] | None  # each patient's patch positions; None: patch unit
+    tumour_in: object = None  # patient unit: patients × tie groups, tumour patch counts (sparse)
+    normal_in: object = None  # ... normal patch counts
+
+    @classmethod
+    def of(cls, y, prob, groups=None) -> Resampler:
+        y, prob = _arrays(y, prob)
+        _, tie_group = np.unique(prob, return_inverse=True)
+        tie_group = tie_group.ravel()
+        n_groups = int(tie_group.max()) + 1
+        if groups is None:
+            strata = (np.flatnonzero(y == 1), np.flatnonzero(y == 0))
+            return cls(strata, tie_group, n_groups, None)
+        from scipy import sparse
+
+        members = tuple(_members(groups))
+        patient = np.empty(y.size, dtype=int)
+        for k, rows in enumerate(members):
+            patient[rows] = k
+        has_tumour = np.bincount(patient, weights=y, minlength=len(members)) > 0
+        shape = (len(members), n_groups)
+
+        def counts(mask):
+            ones = np.ones(int(mask.sum()))
+            return sparse.csr_matrix((ones, (patient[mask], tie_group[mask])), shape=shape)
+
+        strata = (np.flatnonzero(has_tumour), np.flatnonzero(~has_tumour))
+        return cls(strata, tie_group, n_groups, members, counts(y == 1), counts(y == 0))
+
+    def draws(self, n_boot: int, seed: int):
+        """Blocks of ≤ RESAMPLES_PER_BLOCK resamples: per stratum, a resamples × stratum-size
+        array of the items drawn (with replacement, each stratum to its own size). Seeded."""
+        rng = np.random.default_rng(seed)
+        for first in range(0, n_boot, RESAMPLES_PER_BLOCK):
+            rows = min(RESAMPLES_PER_BLOCK, n_boot - first)
+            yield tuple(s[rng.integers(0, s.size, (rows, s.size))] for s in self.strata)
+
+    def aucs(self, block) -> np.ndarray:
+        """The AUC (Mann-Whitney, ties count ½) of each resample of a block of ``draws``;
+        NaN where a resample holds one class only."""
+        if self.members is None:  # the strata are the tumour and the normal patches
+            tumour, normal = (_row_counts(self.tie_group[d], self.n_groups) for d in block)
+        else:
+            drawn = sum(_row_counts(d, len(self.members)) for d in block if d.size)
+            tumour = (self.tumour_in.T @ drawn.T).T
+            normal = (self.normal_in.T @ drawn.T).T
+        # twice the wins, in integers: a tumour patch beats the normal ones below it and ties
+        # with the normal ones beside it, 2·below + beside = 2·(normal up to here) − beside
+        twice_wins = 2 * _row_dots(tumour, np.cumsum(normal, axis=1)) - _row_dots(tumour, normal)
+        pairs = tumour.sum(axis=1) * normal.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(pairs > 0, twice_wins / (2 * pairs), np.nan)
+
+    def patch_indices(self, block, row: int) -> np.ndarray:
+        """The patch positions of one resample of a block, repeats included: what the
+        resample is, for checking its AUC against ``roc_auc_score``."""
+        drawn = np.concatenate([d[row] for d in block])
+        return drawn if self.members is None else np.concatenate([self.members[k] for k in drawn])
+
+
+def _row_counts(index: np.ndarray, size: int) -> np.ndarray:
+    """Row-wise counts (int64) of ``index`` (resamples × draws) into ``size`` bins."""
+    rows = index.shape[0]
+    offsets = np.arange(rows)[:, None] * size
+    return np.bincount((index + offsets).ravel(), minlength=rows * size).reshape(rows, size)
+
+
+def _row_dots(a, b) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
 
 
 def format_ci(ci, digits: int = 3) -> str:
-    """ "0.812–0.871" for a (low, high) interval, "n/a" when there is none."""
+    """ "0.812–0.871" for an ``AucCI`` or a (low, high) pair, "n/a" when there is none."""
     if ci is None:
         return "n/a"
-    lo, hi = ci
+    lo, hi = ci.bounds if isinstance(ci, AucCI) else ci
     return f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
@@ -223,9 +361,17 @@ def mcnemar(y, pred_a, pred_b) -> dict:
 
 def mcnemar_from_counts(b: int, c: int) -> dict:
     if b + c == 0:
-        return {"b": b, "c": c, "p_value": 1.0, "chi2_cc": 0.0, "p_chi2_cc": 1.0}
+        return {
+            "test": TEST_NAMES["mcnemar"],
+            "b": b,
+            "c": c,
+            "p_value": 1.0,
+            "chi2_cc": 0.0,
+            "p_chi2_cc": 1.0,
+        }
     chi2_cc = (abs(b - c) - 1) ** 2 / (b + c)
     return {
+        "test": TEST_NAMES["mcnemar"],
         "b": b,
         "c": c,
         "p_value": float(stats.binomtest(b, b + c, 0.5).pvalue),
@@ -259,6 +405,7 @@ def delong(y, prob_a, prob_b) -> dict:
     var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     z = (auc_a - auc_b) / np.sqrt(var_diff) if var_diff > 0 else 0.0
     return {
+        "test": TEST_NAMES["delong"],
         "auc_a": float(auc_a),
         "auc_b": float(auc_b),
         "auc_diff": float(auc_a - auc_b),
@@ -284,6 +431,44 @@ def known_groups(frame) -> np.ndarray | None:
     return frame["patient"].astype(str).to_numpy()
 
 
+# Below these counts a patient-resampled interval or a patient-clustered test rests on too few
+# independent draws to mean anything (two patients give three distinct resamples, one gives a
+# zero-width interval): patches are then the unit, and the result says so.
+MIN_PATIENTS = 10
+MIN_PATIENTS_PER_SIDE = 2  # patients with tumour patches, and patients with normal patches
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a bootstrap or a paired test treats as independent draws."""
+
+    groups: np.ndarray | None  # the patient of each patch when patients are the unit
+    note: str = ""  # why patches are the unit although patients are known
+
+    @property
+    def name(self) -> str:
+        return ci_unit(self.groups)
+
+
+def patch_or_patient(y, groups) -> Unit:
+    """Patients as the unit when they are known and there are at least MIN_PATIENTS of them,
+    MIN_PATIENTS_PER_SIDE with tumour patches and as many with normal patches; else patches,
+    with a note saying why."""
+    if groups is None:
+        return Unit(None)
+    y, groups = np.asarray(y).astype(int), np.asarray(groups)
+    n_patients = np.unique(groups).size
+    with_tumour, with_normal = (np.unique(groups[y == label]).size for label in (1, 0))
+    if n_patients >= MIN_PATIENTS and min(with_tumour, with_normal) >= MIN_PATIENTS_PER_SIDE:
+        return Unit(groups)
+    return Unit(
+        None,
+        f"patches, not patients: {n_patients} patient(s), {with_tumour} with tumour and "
+        f"{with_normal} with normal patches; resampling or clustering by patient needs "
+        f"≥ {MIN_PATIENTS} patients, ≥ {MIN_PATIENTS_PER_SIDE} with each kind of patch",
+    )
+
+
 def _members(groups) -> list[np.ndarray]:
     """Positions of each group's patches, one array per group."""
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
@@ -294,7 +479,8 @@ def _members(groups) -> list[np.ndarray]:
 def delong_clustered(y, prob_a, prob_b, groups) -> dict:
     """DeLong's test with patients as clusters (Obuchowski 1997): the structural components
     are summed per patient and their (co)variances taken over patients, so correlated patches
-    of one patient count as one draw. With one patch per patient it is DeLong's test."""
+    of one patient count as one draw. With one patch per patient it is DeLong's test (checked
+    against Obuchowski's published R code and pROC in tests/fixtures/stats)."""
     y, prob_a = _arrays(y, prob_a)
     prob_b = np.asarray(prob_b, dtype=float).ravel()
     if not _has_both_classes(y):
@@ -317,17 +503,24 @@ def delong_clustered(y, prob_a, prob_b, groups) -> dict:
     n_i = np.array([neg[i].sum() for i in members])
     dx = [vx[r] - m_i * aucs[r] for r in range(2)]
     dy = [vy[r] - n_i * aucs[r] for r in range(2)]
-    scale = k / (k - 1)
+    # Obuchowski's small-sample factors: the tumour term is spread over the patients that have
+    # tumour patches, the normal term over those with normal patches, the cross term over all.
+    k10, k01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    if min(k10, k01) < 2:
+        raise ValueError(
+            "a clustered DeLong test needs two patients with tumour patches and two with normal ones"
+        )
 
     def cov(r, s):
-        s10 = scale / m * np.sum(dx[r] * dx[s])
-        s01 = scale / n * np.sum(dy[r] * dy[s])
-        s11 = scale * (np.sum(dx[r] * dy[s]) + np.sum(dx[s] * dy[r]))
+        s10 = k10 / (k10 - 1) / m * np.sum(dx[r] * dx[s])
+        s01 = k01 / (k01 - 1) / n * np.sum(dy[r] * dy[s])
+        s11 = k / (k - 1) * (np.sum(dx[r] * dy[s]) + np.sum(dx[s] * dy[r]))
         return s10 / m + s01 / n + s11 / (m * n)
 
     var_diff = cov(0, 0) + cov(1, 1) - 2 * cov(0, 1)
     z = (aucs[0] - aucs[1]) / np.sqrt(var_diff) if var_diff > 0 else 0.0
     return {
+        "test": TEST_NAMES["delong_clustered"],
         "auc_a": aucs[0],
         "auc_b": aucs[1],
         "auc_diff": aucs[0] - aucs[1],
@@ -350,6 +543,7 @@ def mcnemar_clustered(y, pred_a, pred_b, groups) -> dict:
     denominator = float(np.sum(per_patient**2))
     chi2 = float(per_patient.sum() ** 2 / denominator) if denominator else 0.0
     return {
+        "test": TEST_NAMES["mcnemar_clustered"],
         "b": int(np.sum(d == 1)),
         "c": int(np.sum(d == -1)),
         "p_value": float(stats.chi2.sf(chi2, df=1)) if denominator else 1.0,

@@ -92,7 +92,7 @@ def test_threshold_free_curves_and_legend_show_auc_with_ci():
     pytest.importorskip("plotly", reason="needs plotly")
     preds = _preds()
     free = compare.threshold_free(preds, n_boot=100, seed=0)
-    lo, hi = free["good"].auc_ci
+    lo, hi = free["good"].auc_ci.bounds
     assert lo < free["good"].auc < hi
     fig = compare.roc_figure(free, at=compare.at_thresholds(preds, 0.5))
     names = [trace.name for trace in fig.data]
@@ -117,6 +117,45 @@ def test_metrics_json_keyed_by_model_with_paired_tests():
     assert set(out) == {"good", "weak"}
     assert set(out["good"]["paired"]) == {"weak"}
     json.dumps(out)  # JSON-able
+
+
+def test_each_models_paired_results_are_read_from_its_own_side():
+    """Under weak -> paired -> good, auc_diff carried good − weak and a_right_b_wrong counted
+    good's wins: the first model's row copied unchanged (issue 27, item 4)."""
+    preds = _preds()
+    out = compare.metrics_json(preds, 0.5, n_boot=0)
+    known = {n: f[f["label"] >= 0] for n, f in preds.items()}
+    auc = {n: roc_auc_score(f["label"], f["prob"]) for n, f in known.items()}
+    right = {n: ((f["prob"] >= 0.5).astype(int) == f["label"]).to_numpy() for n, f in known.items()}
+    for this, other in (("good", "weak"), ("weak", "good")):
+        row = out[this]["paired"][other]
+        assert (row["model_a"], row["model_b"]) == (this, other)
+        assert row["auc_diff"] == pytest.approx(auc[this] - auc[other])
+        assert row["a_right_b_wrong"] == np.sum(right[this] & ~right[other])
+        assert row["a_wrong_b_right"] == np.sum(~right[this] & right[other])
+        assert np.sign(row["delong_z"]) == np.sign(row["auc_diff"])
+    assert out["good"]["paired"]["weak"]["delong_p"] == out["weak"]["paired"]["good"]["delong_p"]
+
+
+def test_every_p_value_and_interval_names_its_test_and_unit():
+    preds = _preds()
+    out = compare.metrics_json(preds, 0.5, n_boot=50)
+    row = out["good"]["paired"]["weak"]
+    assert row["mcnemar_test"] == "McNemar exact binomial, patches"
+    assert row["delong_test"] == "DeLong, patches" and row["test_unit"] == "patch"
+    assert out["good"]["auc_ci"]["unit"] == "patch" and out["good"]["auc_ci"]["n_boot"] == 50
+    # 12 patients, 2 models: clustered tests, named so
+    patients = [f"pt{i % 12}" for i in range(200)]
+    clustered = {n: f.assign(patient=patients) for n, f in preds.items()}
+    row = compare.metrics_json(clustered, 0.5, n_boot=50)["good"]["paired"]["weak"]
+    assert row["mcnemar_test"] == "McNemar clustered χ² (Durkalski), patients"
+    assert row["delong_test"] == "DeLong clustered (Obuchowski), patients"
+    assert row["test_unit"] == "patient" and row["unit_note"] == ""
+    # 3 patients: patches, and the row says why
+    few = {n: f.assign(patient=[f"pt{i % 3}" for i in range(200)]) for n, f in preds.items()}
+    row = compare.metrics_json(few, 0.5, n_boot=50)["good"]["paired"]["weak"]
+    assert row["test_unit"] == "patch" and row["unit_note"].startswith("patches, not patients")
+    assert row["mcnemar_test"] == "McNemar exact binomial, patches"
 
 
 def test_dataset_preselected_from_the_checkpoint_card(demo_root, tmp_path):
@@ -155,7 +194,9 @@ def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
     assert table[str(a)]["auc"] == pytest.approx(result["auc"])  # same cached predictions
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "McNemar exact p=" in text and "DeLong" in text
+    # the demo PCam test split has two slides: patches are the unit, and the text says why
+    assert "McNemar exact binomial, patches p=" in text and "DeLong, patches p=" in text
+    assert "percentile bootstrap over patches" in text and "patches, not patients" in text
 
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", data]) == 2
     err = capsys.readouterr().err.strip()

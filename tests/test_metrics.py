@@ -75,7 +75,8 @@ def test_bootstrap_ci_is_seeded_and_contains_point_estimate():
     ci = metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=7)
     assert ci == metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=7)
     assert ci != metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=8)
-    lo, hi = ci
+    lo, hi = ci.bounds
+    assert (ci.unit, ci.n_boot, ci.unusable, ci.note) == ("patch", 300, 0, "")
     assert lo < auc < hi
     assert 0.01 < hi - lo < 0.3
 
@@ -209,9 +210,10 @@ def test_cluster_bootstrap_resamples_patients_and_is_wider_when_patches_correlat
     by_patch = metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1)
     by_patient = metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1, groups=patients)
     assert by_patient == metrics.bootstrap_auc_ci(y, prob, n_boot=300, seed=1, groups=patients)
+    assert by_patient.unit == "patient" and by_patch.unit == "patch"
     auc = skm.roc_auc_score(y, prob)
-    assert by_patient[0] < auc < by_patient[1]
-    assert by_patient[1] - by_patient[0] > 1.3 * (by_patch[1] - by_patch[0])
+    assert by_patient.low < auc < by_patient.high
+    assert by_patient.high - by_patient.low > 1.3 * (by_patch.high - by_patch.low)
     assert metrics.ci_unit(patients) == "patient" and metrics.ci_unit(None) == "patch"
 
 
@@ -221,7 +223,10 @@ def test_clustered_delong_is_delong_with_one_patch_per_patient_and_wider_with_cl
     plain = metrics.delong(y, prob_a, prob_b)
     single = metrics.delong_clustered(y, prob_a, prob_b, np.arange(y.size))
     assert single["auc_diff"] == pytest.approx(plain["auc_diff"])
-    assert single["se_diff"] == pytest.approx(plain["se_diff"], rel=0.02)
+    # Obuchowski's counts (patients with tumour / with normal patches) make it DeLong exactly;
+    # k/(k-1) over all patients made it 0.72098 against 0.71031 (issue 27)
+    assert single["z"] == pytest.approx(plain["z"], rel=1e-12)
+    assert single["se_diff"] == pytest.approx(plain["se_diff"], rel=1e-12)
     y, prob, patients = _clustered()
     other = np.clip(prob + np.random.default_rng(2).normal(0, 0.15, y.size), 0, 1)
     assert (
@@ -258,3 +263,74 @@ def test_patient_level_uses_the_max_patch_probability():
     assert level["sensitivity"] == 1.0 and level["specificity"] == 0.5  # b is called (0.6)
     assert level["auc"] == 1.0
     assert metrics.patient_level(frame.drop(columns="patient")) is None
+
+
+@pytest.mark.parametrize("patients", [False, True])
+@pytest.mark.parametrize("rounding", [None, 2])  # 2 decimals: many tied probabilities
+def test_each_resample_auc_is_roc_auc_score_on_the_resampled_patches(patients, rounding):
+    """The one-sort AUC of every bootstrap resample equals scikit-learn's on the same draws
+    (issue 27, item 6: same seed and resamples, intervals equal to 1e-6)."""
+    y, prob, groups = _clustered(n_patients=25, per_patient=12, seed=4)
+    prob = prob if rounding is None else np.round(prob, rounding)
+    resampler = metrics.Resampler.of(y, prob, groups if patients else None)
+    aucs, expected = [], []
+    for block in resampler.draws(60, seed=3):
+        aucs.extend(resampler.aucs(block))
+        for row in range(block[0].shape[0]):
+            drawn = resampler.patch_indices(block, row)
+            both = np.unique(y[drawn]).size == 2
+            expected.append(skm.roc_auc_score(y[drawn], prob[drawn]) if both else np.nan)
+    np.testing.assert_allclose(aucs, expected, rtol=0, atol=1e-12)
+    ci = metrics.bootstrap_auc_ci(y, prob, 60, seed=3, groups=groups if patients else None)
+    usable = np.array(expected)[~np.isnan(expected)]
+    assert ci.bounds == pytest.approx(tuple(np.percentile(usable, [2.5, 97.5])), abs=1e-6)
+
+
+def test_the_bootstrap_keeps_each_stratum_at_its_size():
+    """Patches: each class keeps its count. Patients: each resample holds as many patients with
+    tumour patches as the split has (and as many without)."""
+    y, prob, groups = _clustered(n_patients=20, per_patient=5, seed=6)
+    plain = metrics.Resampler.of(y, prob)
+    by_patient = metrics.Resampler.of(y, prob, groups)
+    has_tumour = np.array([y[groups == g].max() for g in np.unique(groups)]) == 1
+    for resampler in (plain, by_patient):
+        for block in resampler.draws(10, seed=0):
+            for row in range(block[0].shape[0]):
+                drawn = resampler.patch_indices(block, row)
+                if resampler is plain:
+                    assert np.bincount(y[drawn]).tolist() == np.bincount(y).tolist()
+                else:
+                    patients = np.concatenate([d[row] for d in block])
+                    assert has_tumour[patients].sum() == has_tumour.sum()
+                    assert len(patients) == has_tumour.size
+
+
+def test_too_few_patients_give_the_patch_interval_with_a_note_never_a_degenerate_one():
+    """One patient gave 0.9909–0.9909; two gave a lower end equal to the AUC (issue 27)."""
+    y, prob, _ = _clustered(n_patients=1, per_patient=300, seed=2)
+    for groups in (np.zeros(y.size, dtype=int), np.arange(y.size) % 2):
+        ci = metrics.bootstrap_auc_ci(y, prob, n_boot=200, seed=0, groups=groups)
+        assert ci.unit == "patch" and "patches, not patients" in ci.note
+        assert ci.high - ci.low > 0.01
+        assert ci.low < skm.roc_auc_score(y, prob) < ci.high
+    y, prob, groups = _clustered(n_patients=12, per_patient=10, seed=1)
+    assert metrics.patch_or_patient(y, groups).name == "patient"
+    assert metrics.patch_or_patient(y, None).note == ""
+
+
+def test_unusable_patient_resamples_are_counted_not_hidden():
+    """Every patient has a tumour patch, so a resample that misses the three patients with a
+    normal patch holds one class: it is left out and counted (300 of 1,000 went unsaid)."""
+    groups = np.repeat(np.arange(12), 4)
+    y = np.ones(groups.size, dtype=int)
+    y[[0, 5, 9]] = 0  # patients 0, 1, 2 have one normal patch each
+    prob = np.linspace(0, 1, y.size)
+    ci = metrics.bootstrap_auc_ci(y, prob, n_boot=400, seed=0, groups=groups)
+    resampler = metrics.Resampler.of(y, prob, groups)
+    misses = sum(
+        int(not np.isin(block[0][row], [0, 1, 2]).any())
+        for block in resampler.draws(400, seed=0)
+        for row in range(block[0].shape[0])
+    )
+    assert ci.unit == "patient" and ci.unusable == misses > 0
+    assert ci.to_dict()["unusable_resamples"] == misses

@@ -67,6 +67,7 @@ def run(args) -> int:
 def format_table(by_name: dict, args) -> str:
     import pandas as pd
 
+    from core.display import interval_text, p_text
     from core.metrics import format_ci
 
     table = pd.DataFrame({name: row for name, row in by_name.items()}).T[TABLE_COLUMNS]
@@ -76,6 +77,10 @@ def format_table(by_name: dict, args) -> str:
         f"{args.data} [{args.split}] threshold "
         + ("from each card" if args.threshold is None else str(args.threshold)),
         table.to_string(float_format="{:.4f}".format),
+        "AUC 95% CI:",
+        *(f"  {name}: {interval_text(row['auc_ci'])}" for name, row in by_name.items()),
+        "Paired tests, A vs B: b = patches A gets right and B wrong, c = the reverse; "
+        "AUC diff = AUC A − AUC B:",
     ]
     seen = set()
     for name, row in by_name.items():
@@ -83,10 +88,16 @@ def format_table(by_name: dict, args) -> str:
             if (other, name) in seen:
                 continue
             seen.add((name, other))
-            delong = test.get("delong_p")
-            lines.append(
-                f"{name} vs {other}: McNemar exact p={test['mcnemar_p']:.4g} "
+            parts = [
+                f"{p_text(test['mcnemar_test'], test['mcnemar_p'])} "
                 f"(b={test['a_right_b_wrong']}, c={test['a_wrong_b_right']})"
-                + ("" if delong is None else f", DeLong AUC p={delong:.4g}")
-            )
+            ]
+            if test.get("delong_p") is not None:
+                parts.append(
+                    f"{p_text(test['delong_test'], test['delong_p'])} "
+                    f"(AUC diff {test['auc_diff']:+.4f}, z={test['delong_z']:+.3f})"
+                )
+            lines.append(f"  {name} vs {other}: " + "; ".join(parts))
+            if test["unit_note"]:
+                lines.append(f"    ({test['unit_note']})")
     return "\n".join(lines)

@@ -156,7 +156,7 @@ def write_predictions(args, ds, threshold: float) -> None:
 
 
 def format_result(result: dict) -> str:
-    from core.metrics import format_ci
+    from core.display import interval_text
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
@@ -168,8 +168,8 @@ def format_result(result: dict) -> str:
     how = result["computed_with"]
     lines.append(f"  {'computed with':18} {how['precision']} on {how['device']}")
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
-    if result.get("auc_ci95"):
-        lines.append(f"  {'auc 95% CI':18} {format_ci(result['auc_ci95'], digits=4)}")
+    if result.get("auc_ci"):
+        lines.append(f"  {'auc 95% CI':18} {interval_text(result['auc_ci'], digits=4)}")
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines.append(f"  confusion (rows true normal/tumour): [[{tn} {fp}] [{fn} {tp}]]")
     if result.get("patients"):
