@@ -9,7 +9,10 @@ z is the difference of the two logits) and returns sigmoid(a·z + b):
 - ``identity``: a = 1, b = 0 (checkpoints written before calibration existed).
 
 Both are fitted by minimising the binary log-loss with scipy (imported when fitting: the
-torch-free TrainConfig imports ``METHODS`` from here). ``cross_fitted_probs`` scores a
+torch-free TrainConfig imports ``METHODS`` from here). After training, ``guarded_calibration``
+guards the fit: a small or one-sided validation split keeps the identity, and an implausible
+Platt fit (a step function or a flat line, as near-constant validation probabilities give)
+falls back to temperature scaling, or to the identity; the card says which and why. ``cross_fitted_probs`` scores a
 method honestly on one split: fit on half the patients, apply to the other half, and swap.
 The operating point is the threshold of maximum balanced accuracy (Youden's J), and
 ``core.metrics.threshold_for_sensitivity`` gives the "sensitivity ≥ X" rule.
@@ -17,7 +20,7 @@ The operating point is the threshold of maximum balanced accuracy (Youden's J), 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -78,6 +81,48 @@ def fit_calibration(y, prob, method: str = "platt") -> Calibration:
     return Calibration(method, a, b)
 
 
+# The guard of the map written into a card. A plausible slope a (= 1/T) leaves the ranking's
+# spread within a factor of 10 either way; |b| > 10 multiplies the odds by more than 20,000.
+MIN_PER_CLASS = 20  # validation patches of each class below which no map is fitted
+SLOPE_RANGE = (0.1, 10.0)
+MAX_INTERCEPT = 10.0
+
+
+def guarded_calibration(y, prob, method: str = "platt") -> tuple[Calibration, str]:
+    """The map to keep, and why it is not ``method`` when it is not ("" when it is): the
+    identity when validation has fewer than MIN_PER_CLASS patches of either class; temperature
+    scaling when Platt's fit is implausible (a outside SLOPE_RANGE or |b| > MAX_INTERCEPT); the
+    identity when that is implausible too. A 2-epoch demo run got Platt a = 81.6, b = 194.7,
+    which turned raw probabilities of 0.083-0.087 into 0.51-0.92."""
+    y = np.asarray(y).astype(int)
+    if method == "identity":
+        return Calibration(), ""
+    counts = {"tumour": int(np.sum(y == 1)), "normal": int(np.sum(y == 0))}
+    if min(counts.values()) < MIN_PER_CLASS:
+        return Calibration(), (
+            f"identity instead of {method}: validation has {counts['tumour']} tumour and "
+            f"{counts['normal']} normal patches (a map needs {MIN_PER_CLASS} of each)"
+        )
+    fitted = fit_calibration(y, prob, method)
+    if _plausible(fitted):
+        return fitted, ""
+    why = f"{method}'s fit a={fitted.a:.3g}, b={fitted.b:.3g} is implausible"
+    if method == "platt":
+        fallback = fit_calibration(y, prob, "temperature")
+        if _plausible(fallback):
+            return fallback, f"temperature instead of platt: {why}"
+    return Calibration(), f"identity instead of {method}: {why}"
+
+
+def _plausible(calibration: Calibration) -> bool:
+    low, high = SLOPE_RANGE
+    return (
+        calibration.method != "identity"
+        and low <= calibration.a <= high
+        and abs(calibration.b) <= MAX_INTERCEPT
+    )
+
+
 def cross_fitted_probs(y, prob, groups, method: str, seed: int = 0) -> np.ndarray:
     """Calibrated probabilities where each half of the ``groups`` (patients; patches if none)
     is mapped by a calibration fitted on the other half: an out-of-sample view of the method."""
@@ -117,23 +162,30 @@ class Fitted:
     operating_points: dict
     ece_raw: float
     ece: float
+    calibration_note: str = ""  # why the map is not the one asked for (guarded_calibration)
+    conformal: dict = field(default_factory=dict)  # core.conformal.fit_conformal
 
     def card_fields(self) -> dict:
         return {
             "calibration": self.calibration.to_dict(),
+            "calibration_note": self.calibration_note,
             "threshold": self.threshold,
             "operating_points": self.operating_points,
+            "conformal": self.conformal,
         }
 
 
 def fit_operating_point(y, prob, method: str = "platt") -> Fitted:
-    """Calibration map (``method``) and thresholds fitted on validation labels and raw softmax
-    probabilities: the maximum-balanced-accuracy threshold is the default, and the highest
-    threshold reaching each sensitivity in SENSITIVITY_RULES is kept beside it."""
+    """Calibration map (``method``, guarded: ``guarded_calibration``) and thresholds fitted on
+    validation labels and raw softmax probabilities: the maximum-balanced-accuracy threshold is
+    the default, and the highest threshold reaching each sensitivity in SENSITIVITY_RULES is
+    kept beside it; the split-conformal quantiles of the calibrated probabilities
+    (``core.conformal``) go with them."""
+    from core.conformal import fit_conformal
     from core.metrics import expected_calibration_error, threshold_for_sensitivity
 
     y = np.asarray(y).astype(int)
-    calibration = fit_calibration(y, prob, method)
+    calibration, note = guarded_calibration(y, prob, method)
     calibrated = calibration.apply(prob)
     both = np.unique(y).size == 2
     points = {"max_balanced_accuracy": max_balanced_accuracy_threshold(y, calibrated)}
@@ -147,4 +199,6 @@ def fit_operating_point(y, prob, method: str = "platt") -> Fitted:
         operating_points=points,
         ece_raw=expected_calibration_error(y, prob),
         ece=expected_calibration_error(y, calibrated),
+        calibration_note=note,
+        conformal=fit_conformal(y, calibrated) if both else {},
     )

@@ -84,6 +84,12 @@ def card_thresholds(paths) -> dict[str, float]:
     return {name: read_card(p).threshold for name, p in zip(model_names(paths), paths, strict=True)}
 
 
+def card_conformal(paths) -> dict[str, dict]:
+    """``{model name: the card's split-conformal quantiles}`` ({} for checkpoints without)."""
+    paths = list(paths)
+    return {name: read_card(p).conformal for name, p in zip(model_names(paths), paths, strict=True)}
+
+
 def read_card(path: str | Path):
     """The checkpoint's ModelCard, read once per file version (validated like a full load;
     raises core.checkpoints.CheckpointError). Treat it as read-only: it is shared."""

@@ -99,8 +99,12 @@ class ModelCard:
     calibration: dict[str, Any] = field(
         default_factory=dict
     )  # Calibration.to_dict(); {} = identity
+    # why the map is not the method asked for ("" when it is; core.calibration's guard)
+    calibration_note: str = ""
     threshold: float = 0.5  # default operating point: maximum balanced accuracy on validation
     operating_points: dict[str, float] = field(default_factory=dict)  # rule -> threshold
+    # split-conformal quantiles fitted on validation (core.conformal); {} = no sets
+    conformal: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -177,6 +181,27 @@ def _is_calibration(value: Any) -> bool:
     )
 
 
+def _is_conformal(value: Any) -> bool:
+    quantiles = value.get("quantiles") if isinstance(value, dict) else None
+    return (
+        isinstance(value, dict)
+        and set(value) == {"score", "n_valid", "quantiles"}
+        and value["score"] == "lac"
+        and _is_int(value["n_valid"])
+        and value["n_valid"] >= 0
+        and isinstance(quantiles, dict)
+        and all(_is_probability_text(k) for k in quantiles)
+        and all(_is_number(q) and 0 <= q <= 1 for q in quantiles.values())
+    )
+
+
+def _is_probability_text(text: Any) -> bool:
+    try:
+        return isinstance(text, str) and 0 < float(text) < 1
+    except ValueError:
+        return False
+
+
 def _triple(low: float, high: float, what: str):
     def check(value):
         ok = isinstance(value, list | tuple) and len(value) == 3
@@ -223,10 +248,17 @@ CARD_CHECKS = {
     "calibration": _expect(
         lambda v: v == {} or _is_calibration(v), "{} or {method, a > 0, b} (core.calibration)"
     ),
+    "calibration_note": _expect(
+        lambda v: isinstance(v, str) and len(v) <= 300, "a text of at most 300 characters"
+    ),
     "threshold": _expect(lambda v: _is_number(v) and 0 <= v <= 1, "a probability 0..1"),
     "operating_points": _expect(
         lambda v: isinstance(v, dict) and all(_is_number(t) and 0 <= t <= 1 for t in v.values()),
         "a mapping of rule -> probability 0..1",
+    ),
+    "conformal": _expect(
+        lambda v: v == {} or _is_conformal(v),
+        '{} or {score: "lac", n_valid, quantiles: {alpha: q 0..1}} (core.conformal)',
     ),
     "versions": _expect(lambda v: isinstance(v, dict), "a mapping"),
     "created": _expect(lambda v: isinstance(v, str), "a text (a timestamp)"),

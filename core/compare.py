@@ -105,6 +105,10 @@ class Curves:
     ece: float
     ci_unit: str = "patch"  # what the AUC bootstrap resampled: "patient" where patients are known
 
+    def auc_ci_dict(self) -> dict | None:
+        """The interval's JSON form (``core.metrics.AucCI.to_dict``), None without one."""
+        return self.auc_ci.to_dict() if self.auc_ci else None
+
 
 def threshold_free(
     preds: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0, n_bins: int = 10
@@ -137,6 +141,7 @@ class AtThresholds:
     confusion: dict[str, np.ndarray]  # 2×2 counts per model
     reports: dict[str, dict]  # sklearn classification_report per model
     paired: pd.DataFrame  # one row per pair of models
+    risk_coverage: dict[str, dict]  # per model, core.metrics.risk_coverage at its threshold
 
 
 def _thresholds_for(preds, thresholds) -> dict[str, float]:
@@ -149,15 +154,17 @@ def _thresholds_for(preds, thresholds) -> dict[str, float]:
 def at_thresholds(preds: dict[str, pd.DataFrame], thresholds=None) -> AtThresholds:
     """Metrics of each model at its threshold (a dict by model name, one float, or None = DECISION_THRESHOLD)."""
     thresholds = _thresholds_for(preds, thresholds)
-    by_model, confusion, reports = {}, {}, {}
+    by_model, confusion, reports, selective = {}, {}, {}, {}
     for name, frame in preds.items():
         y, prob = (labelled(frame)[c].to_numpy() for c in ("label", "prob"))
         by_model[name] = metrics.binary_metrics(y, prob, thresholds[name])
         confusion[name] = np.asarray(by_model[name]["confusion_matrix"])
         reports[name] = metrics.report(y, prob, thresholds[name])
+        selective[name] = metrics.risk_coverage(y, prob, thresholds[name])
     table = pd.DataFrame.from_dict(by_model, orient="index").drop(columns="confusion_matrix")
     table.index.name = "model"
-    return AtThresholds(table, by_model, confusion, reports, paired_tests(preds, thresholds))
+    paired = paired_tests(preds, thresholds)
+    return AtThresholds(table, by_model, confusion, reports, paired, selective)
 
 
 def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFrame:
@@ -254,11 +261,12 @@ def threshold_for_sensitivity(preds: dict[str, pd.DataFrame], min_sensitivity: f
 
 
 def metrics_json(
-    preds, thresholds=None, n_boot: int = 1000, seed: int = 0, free=None, at=None
+    preds, thresholds=None, n_boot: int = 1000, seed: int = 0, free=None, at=None, conformal=None
 ) -> dict:
     """One JSON-able object keyed by model: metrics at the threshold, AUC CI (with what it rests
-    on), report, and the paired tests against every other model (``free``/``at`` reuse results
-    already computed).
+    on), conformal coverage (``conformal``: each model's card field, ``card_conformal``), report,
+    and the paired tests against every other model (``free``/``at`` reuse results already
+    computed).
 
     ``paired[other]`` is read from this model's side: A = this model, B = ``other`` (both named
     in ``model_a`` / ``model_b``), so ``auc_diff`` = AUC of this model − AUC of the other and
@@ -271,10 +279,20 @@ def metrics_json(
         row["computed_with"] = dict(preds[name].attrs)  # device and precision (predict_split)
         row.update(interval_fields(free[name].auc_ci, labelled(preds[name])))
         row["patients"] = metrics.patient_level(labelled(preds[name]), row["threshold"])
+        row["conformal"] = conformal_coverage(preds[name], (conformal or {}).get(name))
         row["report"] = at.reports[name]
         row["paired"] = _paired_for(at.paired, name)
         out[name] = row
     return out
+
+
+def conformal_coverage(frame: pd.DataFrame, card_conformal: dict | None) -> dict | None:
+    """``core.conformal.coverage`` of one model's predictions (None without card quantiles)."""
+    from core.conformal import coverage
+
+    known = labelled(frame)
+    y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
+    return coverage(y, prob, card_conformal or {}, metrics.known_groups(known))
 
 
 # What changes sign or swaps when a pair's row is read from model B's side.

@@ -98,3 +98,22 @@ def interval_text(ci: dict | None, digits: int = 3) -> str:
     if ci["note"]:
         rests_on.append(ci["note"])
     return f"{ci['low']:.{digits}f}–{ci['high']:.{digits}f} ({'; '.join(rests_on)})"
+
+
+def coverage_text(row: dict) -> str:
+    """One error rate of ``core.conformal.coverage``: "coverage 0.903 per patch (target 0.900);
+    sets: tumour 41%, normal 52%, both 7%, empty 0%"."""
+    text = f"coverage {row['coverage']:.3f} per {row['unit']} (target {row['target']:.3f}"
+    if row.get("patient_mean_coverage") is not None:
+        text += f"; mean over patients {row['patient_mean_coverage']:.3f}"
+    sets = ", ".join(f"{kind} {share:.0%}" for kind, share in row["sets"].items())
+    return f"{text}); sets: {sets}"
+
+
+def calibration_text(calibration: dict, note: str = "") -> str:
+    """A card's map: "platt a=0.52, b=-0.61", "identity", with the guard's reason if any."""
+    method = calibration.get("method", "identity")
+    text = method if method == "identity" else (
+        f"{method} a={calibration['a']:.3g}, b={calibration['b']:.3g}"
+    )
+    return f"{text} ({note})" if note else text

@@ -489,18 +489,22 @@ def evaluate_checkpoint(
 
     ``threshold`` None: the checkpoint card's operating point (``threshold_source`` "card";
     0.5 for checkpoints without one), else the given value ("cli")."""
+    from core.calibration import Calibration
     from core.checkpoints import read_card
+    from core.conformal import coverage
     from core.metrics import binary_metrics, known_groups
 
     source = "card" if threshold is None else "cli"
+    card = read_card(checkpoint_path)
     if threshold is None:
-        threshold = read_card(checkpoint_path).threshold
+        threshold = card.threshold
     preds = predict_split(checkpoint_path, ds, split=split, tta=tta, **predict_kwargs)
     known = labelled(preds)
     if known.empty:
         raise ValueError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
     y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
-    ci = cached_auc_ci(y, prob, known_groups(known), n_boot=n_boot, seed=seed)
+    groups = known_groups(known)
+    ci = cached_auc_ci(y, prob, groups, n_boot=n_boot, seed=seed)
     return {
         "checkpoint": str(checkpoint_path),
         "data": str(ds.root),
@@ -512,6 +516,12 @@ def evaluate_checkpoint(
         **binary_metrics(y, prob, threshold),
         "threshold_source": source,
         **interval_fields(ci, known),
+        # the card's map (identity for older cards) and why it is not the one asked for
+        "calibration": {
+            **Calibration.from_dict(card.calibration).to_dict(),
+            "note": card.calibration_note,
+        },
+        "conformal": coverage(y, prob, card.conformal, groups),  # None: no sets in the card
         "patients": patient_summary(known, threshold),
     }
 

@@ -61,7 +61,7 @@ def _ci_label(name: str, curves: Curves) -> str:
         return f"{name} (AUC {curves.auc:.3f})"
     from core.metrics import format_ci  # scikit-learn: only where a Compare figure is built
 
-    return f"{name} (AUC {curves.auc:.3f}, 95% CI {format_ci(curves.auc_ci)})"
+    return f"{name} (AUC {curves.auc:.3f}, 95% CI {format_ci(curves.auc_ci)} by {curves.ci_unit})"
 
 
 def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
@@ -140,6 +140,32 @@ def reliability_figure(free: dict[str, Curves]):
         title="Reliability",
         xaxis_title="mean P(tumour) in bin",
         yaxis_title="fraction tumour",
+        **CURVE_LAYOUT,
+    )
+    return fig
+
+
+def risk_coverage_figure(at: AtThresholds):
+    """Error among the patches each model is surest of, as the share it abstains on grows
+    (``core.metrics.risk_coverage`` at each model's threshold)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (name, curve) in enumerate(at.risk_coverage.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=curve["abstained"],
+                y=curve["risk"],
+                mode="lines",
+                line={"color": model_colour(i)},
+                name=name,
+                hovertemplate="abstains on %{x:.0%}<br>error among the rest %{y:.3f}",
+            )
+        )
+    fig.update_layout(
+        title="Risk–coverage",
+        xaxis_title="share abstained on (least sure first)",
+        yaxis_title="error rate among kept patches",
         **CURVE_LAYOUT,
     )
     return fig

@@ -318,6 +318,24 @@ def expected_calibration_error(y, prob, n_bins: int = 10) -> float:
     return float(np.sum(weights * np.abs(curve["frac_tumour"] - curve["mean_prob"])))
 
 
+RISK_COVERAGE_POINTS = 101
+
+
+def risk_coverage(y, prob, threshold: float = DECISION_THRESHOLD) -> dict:
+    """Selective classification: the model abstains on the patches it is least sure of
+    (smallest |P(tumour) − threshold|, as Compare ranks disagreements) and is scored on the rest.
+    ``abstained`` (share of patches, 0 → ~1) and ``risk`` (error rate among the kept patches),
+    at up to RISK_COVERAGE_POINTS evenly spaced shares."""
+    y, prob = _arrays(y, prob)
+    if not y.size:
+        return {"abstained": np.zeros(0), "risk": np.zeros(0)}
+    order = np.argsort(-np.abs(prob - threshold), kind="stable")  # surest first
+    wrong = predict_labels(prob[order], threshold) != y[order]
+    kept = np.arange(1, y.size + 1)
+    pick = np.unique(np.linspace(y.size - 1, 0, RISK_COVERAGE_POINTS).round().astype(int))[::-1]
+    return {"abstained": 1 - kept[pick] / y.size, "risk": (np.cumsum(wrong) / kept)[pick]}
+
+
 def threshold_for_sensitivity(y, prob, min_sensitivity: float) -> dict:
     """The highest threshold whose sensitivity is ≥ ``min_sensitivity`` (so specificity is
     as high as it can be there), with the sensitivity and specificity it achieves."""

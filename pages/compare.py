@@ -19,10 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.calls import describe_call
-from core.catalogue import card_thresholds, checkpoint_choices, model_names
+from core.catalogue import (
+    card_conformal,
+    card_thresholds,
+    checkpoint_choices,
+    model_names,
+    read_card,
+)
 from core.compare import (
     DISAGREEMENT_KINDS,
     at_thresholds,
+    conformal_coverage,
     content_keys,
     disagreements,
     evaluate_checkpoints,
@@ -33,8 +40,9 @@ from core.compare import (
     threshold_for_sensitivity,
     threshold_free,
 )
+from core.conformal import DEFAULT_ALPHA
 from core.data import list_datasets
-from core.display import display_table
+from core.display import calibration_text, coverage_text, display_table, interval_text
 from core.evaluate import (
     REPORTED_METRICS,
     labelled,
@@ -46,6 +54,7 @@ from core.figures import (
     figures_html,
     pr_figure,
     reliability_figure,
+    risk_coverage_figure,
     roc_figure,
 )
 from core.metrics import format_ci, patient_level
@@ -208,13 +217,33 @@ def confusion_section(names, thresholds, at) -> None:
 def curves_section(free, at) -> list:
     st.subheader("ROC, precision–recall and calibration")
     figures = [roc_figure(free, at=at), pr_figure(free), reliability_figure(free)]
+    figures.append(risk_coverage_figure(at))
     charts = st.container(horizontal=True)
     for fig in figures:
         charts.plotly_chart(fig, width=CHART_PX)
     return figures
 
 
-def metrics_section(names, free, at, preds) -> None:
+def calibration_section(names, preds, paths) -> None:
+    """Each card's calibration map (with the guard's reason when it changed it) and how often
+    its conformal sets hold the true label here."""
+    alpha = f"{DEFAULT_ALPHA:g}"
+    rows = []
+    for name in names:
+        card = read_card(paths[name])
+        cover = conformal_coverage(preds[name], card.conformal)
+        rows.append(
+            {
+                "model": name,
+                "calibration map": calibration_text(card.calibration, card.calibration_note),
+                f"conformal sets, α = {alpha}": coverage_text(cover[alpha]) if cover else "none",
+            }
+        )
+    st.markdown("**Calibration and conformal sets** (fitted on each model's validation split)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def metrics_section(names, free, at, preds, paths) -> None:
     st.subheader("Metrics")
     table = at.table[TABLE_COLUMNS].astype(float).round(3)
     table.insert(2, "auc_95ci", [format_ci(free[n].auc_ci) for n in names])
@@ -222,13 +251,19 @@ def metrics_section(names, free, at, preds) -> None:
     # width="stretch": a table wider than the page scrolls inside it instead of being cut off
     st.dataframe(display_table(table), width="stretch")
     st.caption(
-        "Paired tests on the same patches: McNemar = the patches one model gets right and the "
-        "other wrong (at the thresholds above); DeLong = difference of ROC AUCs. CI unit / test "
-        "unit: where patients are known, the AUC interval resamples whole patients and the tests "
-        "treat each patient as a cluster (patches of one patient are not independent); "
-        "otherwise patches, and McNemar is the exact binomial test."
+        "AUC 95% CI: "
+        + "; ".join(f"**{n}** {interval_text(free[n].auc_ci_dict())}" for n in names)
+    )
+    st.caption(
+        "Paired tests on the same patches, A vs B: McNemar counts the patches A gets right and B "
+        "wrong (and the reverse) at the thresholds above; DeLong tests AUC A − AUC B. Each row "
+        "names its tests: with 10 or more patients (2 or more with tumour and with normal "
+        "patches) they treat each patient as a cluster, as the AUC interval resamples whole "
+        "patients (patches of one patient are not independent); otherwise patches, and the unit "
+        "note says why."
     )
     st.dataframe(display_table(at.paired.round(3)), hide_index=True, width="stretch")
+    calibration_section(names, preds, paths)
     by_patient = {n: patient_level(labelled(preds[n]), at.metrics[n]["threshold"]) for n in names}
     if all(by_patient.values()):
         st.markdown(
@@ -314,7 +349,7 @@ def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
             card.image(picture, caption=f"{name} · Grad-CAM — {calls[name]}", width=PATCH_PX)
 
 
-def export_section(entry, split, preds, thresholds, free, at, figures) -> None:
+def export_section(entry, split, preds, paths, thresholds, free, at, figures) -> None:
     st.subheader("Export")
     stem = f"{entry.name.replace('/', '_')}_{split}"
     e1, e2, e3 = st.columns(3)
@@ -328,7 +363,11 @@ def export_section(entry, split, preds, thresholds, free, at, figures) -> None:
     e2.download_button(
         "Metrics JSON",
         lambda: json.dumps(
-            metrics_json(preds, thresholds, free=free, at=at), indent=2, default=float
+            metrics_json(
+                preds, thresholds, free=free, at=at, conformal=card_conformal(list(paths.values()))
+            ),
+            indent=2,
+            default=float,
         ),
         file_name=f"metrics_{stem}.json",
         mime="application/json",
@@ -377,7 +416,7 @@ free = curves(keys, preds)
 at = at_thresholds(preds, thresholds)
 confusion_section(list(paths), thresholds, at)
 figures = curves_section(free, at)
-metrics_section(list(paths), free, at, preds)
+metrics_section(list(paths), free, at, preds, paths)
 patients_section(ds, preds, list(paths), thresholds, keys)
 disagreements_section(ds, preds, paths, thresholds, keys)
-export_section(entry, split, preds, thresholds, free, at, figures)
+export_section(entry, split, preds, paths, thresholds, free, at, figures)

@@ -11,6 +11,7 @@ from core.calibration import (
     Calibration,
     cross_fitted_probs,
     fit_calibration,
+    guarded_calibration,
     logit,
     max_balanced_accuracy_threshold,
 )
@@ -66,3 +67,64 @@ def test_threshold_maximises_balanced_accuracy():
     for other in np.linspace(0.05, 0.95, 19):
         assert best >= balanced_accuracy_score(y, raw >= other) - 1e-12
     assert max_balanced_accuracy_threshold([1, 1], [0.2, 0.3]) == 0.5
+
+
+def test_the_guard_keeps_a_plausible_platt_fit_unchanged():
+    y, raw, _ = shifted_model()
+    chosen, note = guarded_calibration(y, raw, "platt")
+    assert chosen == fit_calibration(y, raw, "platt") and note == ""
+
+
+def test_near_constant_validation_gets_temperature_not_a_step_function():
+    """A 2-epoch demo run: 107 validation patches with raw P 0.083-0.087 got Platt a = 81.6,
+    b = 194.7, turning them into 0.51-0.92 (issue 27, item 4)."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.25).astype(int)
+    raw = 0.083 + 0.004 * rng.random(400) + 0.002 * y  # barely separates the classes
+    platt = fit_calibration(y, raw, "platt")
+    assert platt.a > 10  # the fit the guard refuses
+    chosen, note = guarded_calibration(y, raw, "platt")
+    assert chosen.method == "temperature" and 0.1 <= chosen.a <= 10
+    assert note.startswith("temperature instead of platt: platt's fit a=")
+    calibrated = chosen.apply(raw)
+    assert calibrated.max() - calibrated.min() < 0.05  # no step from 0.5 to 0.9
+
+
+def test_too_few_validation_patches_of_a_class_keep_the_identity_and_say_so():
+    y, raw, _ = shifted_model(n=4000)
+    few = np.concatenate([np.flatnonzero(y == 0)[:500], np.flatnonzero(y == 1)[:12]])
+    chosen, note = guarded_calibration(y[few], raw[few], "platt")
+    assert chosen == Calibration()
+    assert note == (
+        "identity instead of platt: validation has 12 tumour and 500 normal patches "
+        "(a map needs 20 of each)"
+    )
+
+
+def test_the_card_carries_the_guards_reason_and_the_conformal_quantiles():
+    from core.calibration import fit_operating_point
+    from core.checkpoints import ModelCard
+
+    y, raw, _ = shifted_model()
+    fields = fit_operating_point(y, raw, "platt").card_fields()
+    assert fields["calibration_note"] == "" and fields["conformal"]["n_valid"] == y.size
+    card = ModelCard.from_dict({**ModelCard.for_model("hcd_cnn").to_dict(), **fields})
+    assert card.conformal["quantiles"].keys() == {"0.05", "0.1", "0.2"}
+    older = ModelCard.for_model("hcd_cnn").to_dict()
+    del older["conformal"], older["calibration_note"]  # a card written before them
+    assert ModelCard.from_dict(older).conformal == {}
+
+
+def test_conformal_coverage_on_exchangeable_patches_is_near_its_target():
+    from core.conformal import coverage, fit_conformal
+
+    y, raw, patients = shifted_model(n=8000, seed=5)
+    calibrated = fit_calibration(y, raw, "platt").apply(raw)
+    fitted = fit_conformal(y[:3000], calibrated[:3000])
+    result = coverage(y[3000:], calibrated[3000:], fitted, patients[3000:])
+    for key, row in result.items():
+        assert row["unit"] == "patch" and row["target"] == pytest.approx(1 - float(key))
+        assert abs(row["coverage"] - row["target"]) < 0.02
+        assert sum(row["sets"].values()) == pytest.approx(1.0)
+        assert row["patient_mean_coverage"] is not None
+    assert coverage(y, raw, {}) is None

@@ -40,8 +40,18 @@ BAD_FIELDS = {
         {"method": "platt"},
         "platt",
     ],
+    "calibration_note": [5, None, "x" * 301],
     "threshold": [1.5, -0.1, math.nan, "0.5", None],
     "operating_points": [{"rule": 2.0}, [0.5]],
+    "conformal": [
+        {"score": "aps", "n_valid": 10, "quantiles": {"0.1": 0.4}},
+        {"score": "lac", "n_valid": -1, "quantiles": {"0.1": 0.4}},
+        {"score": "lac", "n_valid": 10, "quantiles": {"0.1": 1.5}},
+        {"score": "lac", "n_valid": 10, "quantiles": {"ten": 0.4}},
+        {"score": "lac", "n_valid": 10, "quantiles": {"0.1": math.nan}},
+        {"score": "lac", "quantiles": {"0.1": 0.4}},
+        [0.4],
+    ],
     "versions": [3],
     "created": [20260101],
 }

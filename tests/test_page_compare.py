@@ -229,3 +229,33 @@ def test_compare_skips_a_broken_checkpoint_by_default_and_names_it_when_chosen(a
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "0-broken" in at.error[0].value
     assert "unreadable" in box.format_func(broken)
+
+
+def test_the_page_names_each_test_its_unit_the_calibration_map_and_the_conformal_coverage(
+    app_env, tmp_path
+):
+    """Issue 27: p-values and intervals name their test and unit; the card's map (with the
+    guard's reason) and its conformal sets' coverage are shown per model."""
+    conformal = {"score": "lac", "n_valid": 200, "quantiles": {"0.05": 0.8, "0.1": 0.6, "0.2": 0.4}}
+    note = "temperature instead of platt: platt's fit a=81.6, b=195 is implausible"
+    make_checkpoint(
+        tmp_path / "checkpoints" / "alpha.pt",
+        seed=0,
+        calibration={"method": "temperature", "a": 0.6, "b": 0.0},
+        calibration_note=note,
+        conformal=conformal,
+    )
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "percentile bootstrap over" in captions
+    paired = next(d.value for d in at.dataframe if "McNemar test" in d.value.columns)
+    assert paired["McNemar test"].iloc[0].startswith("McNemar ")
+    assert paired["DeLong test"].iloc[0].startswith("DeLong")
+    calibration = next(d.value for d in at.dataframe if "calibration map" in d.value.columns)
+    rows = calibration.set_index("model")
+    assert rows.loc["alpha", "calibration map"] == f"temperature a=0.6, b=0 ({note})"
+    assert rows.loc["alpha", "conformal sets, α = 0.1"].startswith("coverage ")
+    assert rows.loc["beta", "conformal sets, α = 0.1"] == "none"  # an older card
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert "Risk–coverage" in titles

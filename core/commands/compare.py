@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.catalogue import card_thresholds, model_names
+    from core.catalogue import card_conformal, card_thresholds, model_names
     from core.checkpoints import CheckpointError
     from core.compare import evaluate_checkpoints, metrics_json
     from core.evaluate import labelled
@@ -50,7 +50,13 @@ def run(args) -> int:
             raise ValueError(f"{ds.root}: split {args.split!r} has no labelled patches to compare")
         from_card = args.threshold is None
         thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold
-        by_name = metrics_json(preds, thresholds, n_boot=args.bootstrap, seed=args.seed)
+        by_name = metrics_json(
+            preds,
+            thresholds,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            conformal=card_conformal(args.checkpoints),
+        )
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -79,6 +85,7 @@ def format_table(by_name: dict, args) -> str:
         table.to_string(float_format="{:.4f}".format),
         "AUC 95% CI:",
         *(f"  {name}: {interval_text(row['auc_ci'])}" for name, row in by_name.items()),
+        *conformal_lines(by_name),
         "Paired tests, A vs B: b = patches A gets right and B wrong, c = the reverse; "
         "AUC diff = AUC A − AUC B:",
     ]
@@ -101,3 +108,18 @@ def format_table(by_name: dict, args) -> str:
             if test["unit_note"]:
                 lines.append(f"    ({test['unit_note']})")
     return "\n".join(lines)
+
+
+def conformal_lines(by_name: dict) -> list[str]:
+    """Coverage of each card's conformal sets at the default error rate (none: no lines)."""
+    from core.conformal import DEFAULT_ALPHA
+    from core.display import coverage_text
+
+    key = f"{DEFAULT_ALPHA:g}"
+    rows = {n: row["conformal"][key] for n, row in by_name.items() if row.get("conformal")}
+    if not rows:
+        return []
+    return [
+        f"Conformal sets (α = {DEFAULT_ALPHA:g}):",
+        *(f"  {name}: {coverage_text(row)}" for name, row in rows.items()),
+    ]

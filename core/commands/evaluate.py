@@ -170,6 +170,12 @@ def format_result(result: dict) -> str:
     lines += [f"  {k:18} {fmt(result[k])}" for k in keys]
     if result.get("auc_ci"):
         lines.append(f"  {'auc 95% CI':18} {interval_text(result['auc_ci'], digits=4)}")
+    if result.get("conformal"):
+        from core.conformal import DEFAULT_ALPHA
+        from core.display import coverage_text
+
+        row = result["conformal"][f"{DEFAULT_ALPHA:g}"]
+        lines.append(f"  {f'conformal α={DEFAULT_ALPHA:g}':18} {coverage_text(row)}")
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines.append(f"  confusion (rows true normal/tumour): [[{tn} {fp}] [{fn} {tp}]]")
     if result.get("patients"):
