@@ -133,13 +133,15 @@ def write_pcam(root: Path) -> None:
     y, _ = synthetic_split()
     for split, n in (("train", 16), ("valid", 16), ("test", N_TEST)):
         with h5py.File(split_file(root, split, "x"), "w") as f:
-            f.create_dataset(
+            x = f.create_dataset(
                 "x",
                 shape=(n, 96, 96, 3),
                 dtype="u1",
                 chunks=(min(n, 64), 96, 96, 3),
                 compression="gzip",
             )
+            x[:] = 0
+            x[: min(n, 64)] = np.random.default_rng(0).integers(0, 256, (min(n, 64), 96, 96, 3))
         labels = y if split == "test" else np.arange(n) % 2
         with h5py.File(split_file(root, split, "y"), "w") as f:
             f.create_dataset("y", data=labels.astype("u1").reshape(-1, 1, 1, 1))

@@ -113,7 +113,9 @@ def coverage_text(row: dict) -> str:
 def calibration_text(calibration: dict, note: str = "") -> str:
     """A card's map: "platt a=0.52, b=-0.61", "identity", with the guard's reason if any."""
     method = calibration.get("method", "identity")
-    text = method if method == "identity" else (
-        f"{method} a={calibration['a']:.3g}, b={calibration['b']:.3g}"
+    text = (
+        method
+        if method == "identity"
+        else (f"{method} a={calibration['a']:.3g}, b={calibration['b']:.3g}")
     )
     return f"{text} ({note})" if note else text

@@ -251,8 +251,7 @@ def metrics_section(names, free, at, preds, paths) -> None:
     # width="stretch": a table wider than the page scrolls inside it instead of being cut off
     st.dataframe(display_table(table), width="stretch")
     st.caption(
-        "AUC 95% CI: "
-        + "; ".join(f"**{n}** {interval_text(free[n].auc_ci_dict())}" for n in names)
+        "AUC 95% CI: " + "; ".join(f"**{n}** {interval_text(free[n].auc_ci_dict())}" for n in names)
     )
     st.caption(
         "Paired tests on the same patches, A vs B: McNemar counts the patches A gets right and B "
