@@ -64,13 +64,23 @@ def format_p(p: float | None) -> str:
     return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
 
 
+MISSING = "n/a"  # an undefined figure (one patient's AUC with one class): Streamlit shows "None"
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy for the screen: p-value columns (``*_p``) as text, headers for people."""
+    """A copy for the screen: p-value columns (``*_p``) as text, undefined figures as "n/a"
+    (a column holding one keeps its numbers, as text), headers for people."""
     shown = table.copy()
     for column in shown.columns:
         if str(column).endswith("_p"):
             shown[column] = [format_p(p) for p in shown[column]]
+        elif shown[column].isna().any():
+            shown[column] = [MISSING if _missing(v) else v for v in shown[column]]
     return shown.rename(columns=lambda c: column_label(str(c)))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 UNIT_PLURAL = {"patch": "patches", "patient": "patients"}

@@ -56,12 +56,13 @@ def model_colour(i: int) -> str:
 
 def _ci_label(name: str, curves: Curves) -> str:
     if curves.auc is None:
-        return f"{name} (AUC n/a)"
+        return f"{name}<br>AUC n/a"
     if curves.auc_ci is None:
-        return f"{name} (AUC {curves.auc:.3f})"
+        return f"{name}<br>AUC {curves.auc:.3f}"
     from core.metrics import format_ci  # scikit-learn: only where a Compare figure is built
 
-    return f"{name} (AUC {curves.auc:.3f}, 95% CI {format_ci(curves.auc_ci)} by {curves.ci_unit})"
+    # two short lines: a legend entry wider than a narrow chart is cut off, never wrapped
+    return f"{name}<br>AUC {curves.auc:.3f} (95% CI {format_ci(curves.auc_ci)}, {curves.ci_unit})"
 
 
 def roc_figure(free: dict[str, Curves], thresholds=None, at: AtThresholds | None = None):
@@ -379,11 +380,12 @@ def embedding_figure(
     fig = go.Figure(traces)
     axis = {"showticklabels": False, "zeroline": False, "showgrid": False}
     fig.update_layout(
-        title=title,
+        # left-aligned and small: a centred title ran under the toolbar and off a narrow chart
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
         height=height,
         dragmode="lasso",
         uirevision=title,  # zoom survives a recolour
-        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        margin={"l": 10, "r": 10, "t": 64, "b": 40},
         # below the axis title (at y -0.05 the two overlapped on an 800 px wide window)
         legend={"orientation": "h", "y": -0.08, "yanchor": "top", "itemsizing": "constant"},
         showlegend=not colouring.continuous and len(traces) > 1,

@@ -297,7 +297,8 @@ def patients_section(ds, preds, names, thresholds, keys) -> None:
     with st.expander("Per-patient table"):
         for name in names:
             st.markdown(f"**{name}**")
-            st.dataframe(patient_table(preds[name], thresholds[name]), hide_index=True)
+            table = patient_table(preds[name], thresholds[name]).round(3)
+            st.dataframe(display_table(table), hide_index=True)
 
 
 def disagreements_section(ds, preds, paths, thresholds, keys) -> None:

@@ -144,7 +144,7 @@ colours = colourings(maps, by, thresholds)
 
 selected: set[int] = set()
 for column, (name, emap) in zip(st.columns(len(maps)), maps.items(), strict=True):
-    figure = embedding_figure(emap, colours[name], f"{name} · {len(emap.frame):,} patches")
+    figure = embedding_figure(emap, colours[name], f"{name}<br>{len(emap.frame):,} patches")
     event = column.plotly_chart(
         figure, key=f"embed_map::{name}", on_select="rerun", selection_mode=("box", "lasso")
     )

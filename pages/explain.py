@@ -291,6 +291,9 @@ def render_faithfulness(
     table = faithfulness(
         model_keys, sample.key, tuple(methods), target, models, sample.images, sample.masks
     )
+    # rank beside the model: the last columns of a wide table scroll out of sight
+    first = ["model", "rank", "method"]
+    table = table[first + [c for c in table.columns if c not in first]]
     st.dataframe(display_table(table.round(3)), hide_index=True, width="stretch")
     st.download_button(
         "⬇️ Faithfulness table (CSV)",
@@ -318,15 +321,15 @@ for key, default in DEFAULTS.items():
     st.session_state.setdefault(key, default)
 usable = readable(paths)
 keep_offered("explain_models", list(by_name), [n for n, p in by_name.items() if p in usable][:1])
-c_models, c_methods = st.columns(2)
-chosen = c_models.multiselect(
+# Full width: two long checkpoint labels in half a page pushed the first chip out of sight.
+chosen = st.multiselect(
     "Checkpoints",
     list(by_name),
     format_func=lambda n: checkpoint_label(by_name[n]),
     key="explain_models",
     persist_state=SESSION,
 )
-methods = c_methods.multiselect(
+methods = st.multiselect(
     "Methods",
     list(CAM_METHODS),
     format_func=lambda m: (

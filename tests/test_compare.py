@@ -96,7 +96,7 @@ def test_threshold_free_curves_and_legend_show_auc_with_ci():
     assert lo < free["good"].auc < hi
     fig = compare.roc_figure(free, at=compare.at_thresholds(preds, 0.5))
     names = [trace.name for trace in fig.data]
-    assert any("good (AUC" in n and "95% CI" in n for n in names)
+    assert any(n.startswith("good<br>AUC") and "95% CI" in n for n in names)
     assert any(n.startswith("weak @ 0.500") for n in names)
 
 

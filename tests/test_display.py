@@ -26,3 +26,11 @@ def test_headers_are_for_people_and_the_numbers_stay_numbers():
     assert list(shown.columns) == ["model A", "McNemar p", "AUC A − B"]
     assert shown.iloc[0].tolist() == ["a", "< 1e-10", 0.01]
     assert list(table.columns) == ["model_a", "mcnemar_p", "auc_diff"]  # exports keep theirs
+
+
+def test_undefined_figures_read_n_a_not_none():
+    """The per-patient table printed "None" where one patient's AUC is undefined (one class)."""
+    table = pd.DataFrame({"patient": ["p1", "p2"], "auc": [0.91, None], "n": [3, 4]})
+    shown = display_table(table)
+    assert shown["AUC"].tolist() == [0.91, "n/a"]
+    assert shown["patches"].tolist() == [3, 4]  # columns without a gap keep their numbers

@@ -43,7 +43,7 @@ def opened(at):
 def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
     at = opened(AppTest.from_file(PAGE, default_timeout=240))
     shown = maps(at)
-    assert sorted(shown) == ["alpha · 256 patches", "beta · 256 patches"]
+    assert sorted(shown) == ["alpha<br>256 patches", "beta<br>256 patches"]
     for traces in shown.values():
         assert all(t["type"] == "scattergl" for t in traces)
         assert sum(n_points(t) for t in traces) == 256
@@ -52,7 +52,7 @@ def test_two_maps_side_by_side_recolour_and_select_a_group(app_env):
 
     at.selectbox(key="embed_colour").set_value("outcome").run()
     assert not at.exception
-    names = {t["name"] for t in maps(at)["alpha · 256 patches"]}
+    names = {t["name"] for t in maps(at)["alpha<br>256 patches"]}
     assert names <= {"TP", "FP", "FN", "TN"} and len(names) >= 2
     at.selectbox(key="embed_colour").set_value("disagreement").run()
     assert not at.exception
