@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, settle, wait_healthy  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, settle, wait_healthy  # noqa: E402
 
 BUDGET_MB = {"one session": 900, "second session adds": 150}
-SETTLE_PAUSES_S = 1.15  # tests/test_browser.py settle(): 150 ms + 2 × 500 ms of fixed waits
+SETTLE_PAUSES_S = 1.15  # tests/helpers.py settle(): 150 ms + 2 × 500 ms of fixed waits
 BUDGET_S = {"first page interactive": 3, "Datasets": 3, "Explain first render": 5}
 
 

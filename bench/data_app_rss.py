@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy  # noqa: E402
 
 from core.data import list_datasets, open_dataset  # noqa: E402
 from core.data.demo import write_demo  # noqa: E402

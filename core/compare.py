@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
-from core.catalogue import model_names, trained_on_index  # noqa: F401 (tests use compare.*)
+from core.catalogue import model_names
 from core.evaluate import (
     cached_auc_ci,
     interval_fields,
@@ -29,7 +29,6 @@ from core.evaluate import (
     predict_split,
     split_fingerprint,
 )
-from core.figures import roc_figure  # noqa: F401 (tests build it through compare)
 
 DISAGREEMENT_KINDS = {
     "disagree": "models disagree",

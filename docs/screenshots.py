@@ -16,7 +16,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, serve, settle  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, serve, settle  # noqa: E402
 
 # page link -> text that shows once the page has drawn what the screenshot is for
 PAGES = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_checkpoint
 from PIL import Image
 
 
@@ -76,8 +77,6 @@ def app_env(demo_root, tmp_path, monkeypatch) -> Path:
     """What the page tests open: a data root linking the demo, and two untrained checkpoints
     ``alpha`` and ``beta`` (seeds 0 and 1) trained on its PCam set, in the checkpoints folder
     (``tmp_path / "checkpoints"``). Returns the data root."""
-    from test_evaluate import make_checkpoint  # imports torch: only the tests that need it
-
     data = tmp_path / "data"
     data.mkdir()
     (data / "demo").symlink_to(demo_root, target_is_directory=True)

@@ -6,128 +6,18 @@ missing and we are root; otherwise the test skips with the reason.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from helpers import browser_page, make_checkpoint, serve, settle
 
 pytestmark = pytest.mark.browser
-
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def ensure_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(f"{CHROMIUM} missing and not root with apt-get: install Debian's chromium")
-    subprocess.run(
-        "apt-get update && apt-get install -y chromium", shell=True, check=True, timeout=600
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early: {process.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health in {timeout}s")
-
-
-@contextlib.contextmanager
-def serve(data_root: Path, **env: str):
-    """`streamlit run streamlit_app.py` on a fresh port over ``data_root``; yields its URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-         "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false"],
-        cwd=REPO,
-        env=dict(os.environ, HISTOLENS_DATA=str(data_root), **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture
 def app_url(demo_data):
     with serve(demo_data) as url:
         yield url
-
-
-@contextlib.contextmanager
-def browser_page():
-    """A fresh Chromium page (Debian's chromium through Playwright)."""
-    ensure_chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.set_default_timeout(120_000)  # a loaded 2-core machine reruns pages slowly
-            yield page
-        finally:
-            browser.close()
-
-
-# True once Streamlit has finished a run: no running indicator, no stale (greyed) element.
-IDLE = """() => !document.querySelector(
-    "[data-testid^='stStatusWidgetRunning'], [data-stale='true'], [data-testid='stSpinner']")"""
-
-
-def settle(page, expect: str, timeout_s: float = 180) -> None:
-    """Wait until ``expect`` (a Playwright selector) shows and the app stays idle (two checks
-    half a second apart: a page may rerun itself right after a first render); no exception."""
-    page.wait_for_timeout(150)  # let the rerun an action triggered start
-    for _ in range(2):
-        page.locator(expect).first.wait_for(timeout=timeout_s * 1000)
-        page.wait_for_function(IDLE, timeout=timeout_s * 1000, polling=100)
-        page.wait_for_timeout(500)
-    page.locator(expect).first.wait_for(timeout=timeout_s * 1000)
-    errors = page.locator("[data-testid='stException']")
-    assert errors.count() == 0, errors.first.inner_text()
 
 
 def test_datasets_page_shows_gallery_images(app_url):
@@ -159,8 +49,6 @@ def test_a_deep_link_as_a_cold_servers_first_request_opens_inside_the_router(dem
 @pytest.fixture
 def compare_url(demo_data, tmp_path):
     """The app over the demo with two (untrained, seeded) checkpoints to compare."""
-    from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
-
     make_checkpoint(tmp_path / "ckpts" / "alpha.pt", seed=0)
     make_checkpoint(tmp_path / "ckpts" / "beta.pt", seed=1)
     with serve(demo_data, HISTOLENS_CHECKPOINTS=str(tmp_path / "ckpts")) as url:

@@ -8,8 +8,8 @@ page refuses to start runs, showing the command line instead.
 from __future__ import annotations
 
 import pytest
+from helpers import browser_page, serve, settle
 from PIL import Image
-from test_browser import browser_page, serve, settle
 
 from core.data import open_dataset
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 from conftest import FAKE_WRITERS
+from helpers import EXACT, make_checkpoint
 from PIL import Image
-from test_evaluate import EXACT, make_checkpoint
 
 from core import evaluate
 from core.__main__ import main

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+from helpers import make_checkpoint  # pytest puts tests/ on sys.path
 
 from core import catalogue, checkpoints
 from core.checkpoints import CheckpointError

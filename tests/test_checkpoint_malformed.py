@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_fake_pcam
+from helpers import make_checkpoint
 from PIL import Image
-from test_evaluate import make_checkpoint
 
 from core.__main__ import main
 from core.checkpoints import CheckpointError, load_checkpoint, read_card

@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_checkpoint
 from sklearn.metrics import roc_auc_score
 
 from core import compare, metrics
 from core.__main__ import main
+from core.catalogue import trained_on_index
+from core.figures import roc_figure
 
 
 def _preds(seed=0, n=200):
@@ -94,7 +97,7 @@ def test_threshold_free_curves_and_legend_show_auc_with_ci():
     free = compare.threshold_free(preds, n_boot=100, seed=0)
     lo, hi = free["good"].auc_ci.bounds
     assert lo < free["good"].auc < hi
-    fig = compare.roc_figure(free, at=compare.at_thresholds(preds, 0.5))
+    fig = roc_figure(free, at=compare.at_thresholds(preds, 0.5))
     names = [trace.name for trace in fig.data]
     assert any(n.startswith("good<br>AUC") and "95% CI" in n for n in names)
     assert any(n.startswith("weak @ 0.500") for n in names)
@@ -159,8 +162,6 @@ def test_every_p_value_and_interval_names_its_test_and_unit():
 
 
 def test_dataset_preselected_from_the_checkpoint_card(demo_root, tmp_path):
-    from test_evaluate import make_checkpoint
-
     from core.data import list_datasets
 
     entries = list_datasets(demo_root)
@@ -168,14 +169,12 @@ def test_dataset_preselected_from_the_checkpoint_card(demo_root, tmp_path):
     idc = next(k for k, e in enumerate(entries) if e.format == "idc")
     by_path = make_checkpoint(tmp_path / "a.pt", dataset=str(demo_root / "pcam"))
     by_format = make_checkpoint(tmp_path / "b.pt", dataset="elsewhere/x", dataset_format="idc")
-    assert compare.trained_on_index(entries, by_path) == pcam
-    assert compare.trained_on_index(entries, by_format) == idc
-    assert compare.trained_on_index(entries, tmp_path / "missing.pt") == 0
+    assert trained_on_index(entries, by_path) == pcam
+    assert trained_on_index(entries, by_format) == idc
+    assert trained_on_index(entries, tmp_path / "missing.pt") == 0
 
 
 def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
-    from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
-
     a = make_checkpoint(tmp_path / "a.pt", seed=0)
     b = make_checkpoint(tmp_path / "b.pt", seed=1, arch="hcd_cnn")
     data = str(demo_root / "pcam")
@@ -207,7 +206,6 @@ def test_a_split_without_labels_is_one_line_in_compare_as_in_evaluate(tmp_path, 
     """An empty test split: compare gave sklearn's 'Found empty input array'."""
     import h5py
     from conftest import write_fake_pcam
-    from test_evaluate import make_checkpoint
 
     fake = write_fake_pcam(tmp_path / "pcam")
     for key, shape in (("x", (0, 96, 96, 3)), ("y", (0, 1, 1, 1))):

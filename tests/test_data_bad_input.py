@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from conftest import write_fake_hcd, write_fake_idc, write_fake_pcam
+from helpers import rewrite_h5
 from PIL import Image
 
 from core.data import DatasetError, open_dataset, summarize
@@ -21,11 +21,6 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-def _rewrite_h5(path: Path, key: str, data) -> None:
-    with h5py.File(path, "w") as f:
-        f.create_dataset(key, data=data)
-
-
 # -- each case: writer, corruption, expected message fragment; the error must name the file ----
 def pcam_missing_y(fake):
     (fake.root / PCAM.format("valid", "y")).unlink()
@@ -33,17 +28,19 @@ def pcam_missing_y(fake):
 
 
 def pcam_length_mismatch(fake):
-    _rewrite_h5(fake.root / PCAM.format("test", "y"), "y", np.zeros((3, 1, 1, 1), np.uint8))
+    rewrite_h5(fake.root / PCAM.format("test", "y"), "y", data=np.zeros((3, 1, 1, 1), np.uint8))
     return PCAM.format("test", "y"), "3 labels but"
 
 
 def pcam_wrong_dtype(fake):
-    _rewrite_h5(fake.root / PCAM.format("train", "x"), "x", np.zeros((8, 96, 96, 3), np.float32))
+    rewrite_h5(
+        fake.root / PCAM.format("train", "x"), "x", data=np.zeros((8, 96, 96, 3), np.float32)
+    )
     return PCAM.format("train", "x"), "expected uint8"
 
 
 def pcam_wrong_shape(fake):
-    _rewrite_h5(fake.root / PCAM.format("train", "x"), "x", np.zeros((8, 96, 96), np.uint8))
+    rewrite_h5(fake.root / PCAM.format("train", "x"), "x", data=np.zeros((8, 96, 96), np.uint8))
     return PCAM.format("train", "x"), "expected N×H×W×3"
 
 
@@ -59,7 +56,7 @@ def pcam_gzipped(fake):
 
 
 def pcam_bad_labels(fake):
-    _rewrite_h5(fake.root / PCAM.format("train", "y"), "y", np.full((8, 1, 1, 1), 7, np.uint8))
+    rewrite_h5(fake.root / PCAM.format("train", "y"), "y", data=np.full((8, 1, 1, 1), 7, np.uint8))
     return PCAM.format("train", "y"), "0 or 1"
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from conftest import write_fake_hcd, write_fake_idc, write_fake_pcam
+from helpers import forged_png, forged_tiff, rewrite_h5
 from PIL import Image
 
 from core.__main__ import main
@@ -30,52 +28,6 @@ HUGE = 60000  # claimed side: 3.6 gigapixels, a decompression bomb
 LARGE = 2000  # claimed side: under Pillow's bomb limit, over the 1024 px patch limit
 NOT_UTF8 = b"\xff\xfe"
 pytestmark = pytest.mark.timeout(120)
-
-
-# -- forged files in the real formats --------------------------------------------------------
-def forged_png(h: int, w: int, depth: int = 8, colour: int = 2) -> bytes:
-    """A PNG whose header claims h×w (with valid CRCs) but holds one row of data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    idat = zlib.compress(b"\0" + b"\x80" * 3 * min(w, 64))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def forged_tiff(h: int, w: int, bits: int = 8, sample_format: int = 1) -> bytes:
-    """An uncompressed grey TIFF whose tags claim h×w but which holds 64 bytes
-    (``sample_format`` 3 with 32 bits: float32 pixels, Pillow's mode F)."""
-    tags = [  # (tag, type, value): SHORT = 3, LONG = 4
-        (256, 4, w),
-        (257, 4, h),
-        (258, 3, bits),
-        (259, 3, 1),
-        (262, 3, 1),
-        (273, 4, 0),  # strip offset, filled below
-        (277, 3, 1),
-        (278, 4, h),
-        (279, 4, h * w * bits // 8),
-        (339, 3, sample_format),
-    ]
-    data_offset = 8 + 2 + 12 * len(tags) + 4
-    ifd = struct.pack("<H", len(tags))
-    for tag, kind, value in tags:
-        value = data_offset if tag == 273 else value
-        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
-        ifd += struct.pack("<HHI", tag, kind, 1) + packed
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + b"\x80" * 64
-
-
-def _rewrite_h5(path: Path, key: str, **kwargs) -> None:
-    path.unlink()
-    with h5py.File(path, "w") as f:
-        if kwargs.pop("group", False):
-            f.create_group(key)
-        else:
-            f.create_dataset(key, **kwargs)
 
 
 def _fifo(path: Path) -> None:
@@ -107,30 +59,30 @@ def x_file(fake):
 
 
 PCAM_CONTENT = {
-    "y-scalar": (y_file, lambda p: _rewrite_h5(p, "y", data=np.uint8(1))),
-    "y-strings": (y_file, lambda p: _rewrite_h5(p, "y", data=np.array([b"tumour"] * 8))),
-    "y-group": (y_file, lambda p: _rewrite_h5(p, "y", group=True)),
-    "y-fractional": (y_file, lambda p: _rewrite_h5(p, "y", data=np.full(8, 0.3))),
-    "y-nan": (y_file, lambda p: _rewrite_h5(p, "y", data=np.full(8, np.nan))),
-    "y-two-per-patch": (y_file, lambda p: _rewrite_h5(p, "y", data=np.zeros((8, 2), np.uint8))),
+    "y-scalar": (y_file, lambda p: rewrite_h5(p, "y", data=np.uint8(1))),
+    "y-strings": (y_file, lambda p: rewrite_h5(p, "y", data=np.array([b"tumour"] * 8))),
+    "y-group": (y_file, lambda p: rewrite_h5(p, "y", group=True)),
+    "y-fractional": (y_file, lambda p: rewrite_h5(p, "y", data=np.full(8, 0.3))),
+    "y-nan": (y_file, lambda p: rewrite_h5(p, "y", data=np.full(8, np.nan))),
+    "y-two-per-patch": (y_file, lambda p: rewrite_h5(p, "y", data=np.zeros((8, 2), np.uint8))),
     "y-claims-2e9-rows": (
         y_file,
-        lambda p: _rewrite_h5(p, "y", shape=(2 * 10**9, 1, 1, 1), dtype="u1", chunks=True),
+        lambda p: rewrite_h5(p, "y", shape=(2 * 10**9, 1, 1, 1), dtype="u1", chunks=True),
     ),
-    "x-group": (x_file, lambda p: _rewrite_h5(p, "x", group=True)),
+    "x-group": (x_file, lambda p: rewrite_h5(p, "x", group=True)),
     "x-claims-2e9-rows": (
         x_file,
-        lambda p: _rewrite_h5(p, "x", shape=(2 * 10**9, 96, 96, 3), dtype="u1", chunks=True),
+        lambda p: rewrite_h5(p, "x", shape=(2 * 10**9, 96, 96, 3), dtype="u1", chunks=True),
     ),
     "x-claims-1e6-unwritten-rows": (
         x_file,
-        lambda p: _rewrite_h5(p, "x", shape=(10**6, 96, 96, 3), dtype="u1", chunks=True),
+        lambda p: rewrite_h5(p, "x", shape=(10**6, 96, 96, 3), dtype="u1", chunks=True),
     ),
     "x-claims-60000px": (
         x_file,
-        lambda p: _rewrite_h5(p, "x", shape=(8, HUGE, HUGE, 3), dtype="u1", chunks=True),
+        lambda p: rewrite_h5(p, "x", shape=(8, HUGE, HUGE, 3), dtype="u1", chunks=True),
     ),
-    "x-zero-px": (x_file, lambda p: _rewrite_h5(p, "x", data=np.zeros((8, 0, 96, 3), np.uint8))),
+    "x-zero-px": (x_file, lambda p: rewrite_h5(p, "x", data=np.zeros((8, 0, 96, 3), np.uint8))),
     "x-fifo": (x_file, _fifo),
     "y-is-a-folder": (y_file, lambda p: (p.unlink(), p.mkdir())),
     "meta-not-utf8": (

@@ -91,11 +91,11 @@ def test_datasets_page_marks_a_broken_first_dataset_and_goes_on(root):
     """A broken set that sorts first is marked in the select box with one error, never a crash;
     the next one opens."""
     from conftest import write_fake_idc, write_fake_pcam
-    from test_data_malformed import _rewrite_h5
+    from helpers import rewrite_h5
 
     at_cls = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
     write_fake_pcam(root / "a-broken")
-    _rewrite_h5(root / "a-broken" / "camelyonpatch_level_2_split_train_y.h5", "y", data=1)
+    rewrite_h5(root / "a-broken" / "camelyonpatch_level_2_split_train_y.h5", "y", data=1)
     write_fake_idc(root / "b-good")
     page = str(Path(__file__).resolve().parent.parent / "pages" / "datasets.py")
     at = at_cls.from_file(page, default_timeout=120).run()

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import make_checkpoint
 
 from core import embed, evaluate
 from core.__main__ import main
 from core.checkpoints import load_checkpoint
 from core.data import open_dataset
 from core.preprocess import to_model_input
-from tests.test_evaluate import make_checkpoint
 
 
 @pytest.fixture

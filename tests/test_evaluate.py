@@ -7,23 +7,15 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import EXACT, make_checkpoint
 from sklearn.metrics import roc_auc_score
 
 from core import evaluate
-from core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from core.checkpoints import load_checkpoint
 from core.config import REPO_ROOT
 from core.d4 import D4_GROUP
 from core.data import open_dataset
-from core.models import build_model
 from core.preprocess import predict_proba
-
-
-def make_checkpoint(path, seed=0, arch="idc_cnn", **card_fields):
-    """An untrained (randomly initialised, seeded) model saved as a real checkpoint."""
-    torch.manual_seed(seed)
-    model, _ = build_model(arch)
-    return save_checkpoint(path, model, ModelCard.for_model(arch, **card_fields))
 
 
 @pytest.fixture
@@ -52,12 +44,6 @@ def forward_counter(monkeypatch):
 
     monkeypatch.setattr("core.checkpoints.load_checkpoint", counting_load)
     return calls
-
-
-# Exact comparisons of two computations run both on the CPU in fp32: on a GPU, "auto" means bf16
-# autocast (probabilities move by up to ~1e-4 on these untrained models) and fp32 convolutions
-# use TF32, each differing between memory formats.
-EXACT = {"device": "cpu", "precision": "fp32"}
 
 
 def test_predictions_cover_the_split_and_match_direct_inference(pcam, ckpt):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import train_demo_checkpoint
 
-from core.checkpoints import load_checkpoint, read_card
-from core.config import REPO_ROOT
+from core.checkpoints import load_checkpoint
 from core.data import open_dataset
 
 pytest.importorskip("pytorch_grad_cam", reason="needs grad-cam")
@@ -20,32 +18,6 @@ from core.explain import (
     select_patches,
     tumour_sample,
 )
-
-SHIPPED_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo_pcam_hcd_cnn.pt"
-
-
-def train_demo_checkpoint(demo_root: Path, out_dir: Path) -> Path:
-    """A checkpoint trained on the demo PCam train split: the one shipped in checkpoints/ when
-    present (the demo generator is deterministic, so its test split is this session's), else
-    hcd_cnn trained 3 epochs at 64 px here (≈15–60 s on 2 CPU cores), once per session."""
-    from core.train import TrainConfig, fit
-
-    if SHIPPED_DEMO_CHECKPOINT.exists():
-        card = read_card(SHIPPED_DEMO_CHECKPOINT)
-        if card.synthetic_data and card.dataset_format == "pcam":
-            return SHIPPED_DEMO_CHECKPOINT
-    best = out_dir / "best.pt"
-    if not best.exists():
-        cfg = TrainConfig(
-            data=str(demo_root / "pcam"),
-            model="hcd_cnn",
-            epochs=3,
-            img_size=64,
-            device="cpu",
-            seed=0,
-        )
-        fit(cfg, out_dir)
-    return best
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_checkpoint
 from PIL import Image
-from test_evaluate import make_checkpoint
 
 from core.__main__ import main
 from core.checkpoints import card_of, load_payload, save_checkpoint

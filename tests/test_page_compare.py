@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+from helpers import make_checkpoint  # pytest puts tests/ on sys.path
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 from drawn import drawn, ok, widget  # noqa: E402 (after the skip)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import train_demo_checkpoint
 from PIL import Image
-from test_explain_demo import train_demo_checkpoint
 
 from core.checkpoints import read_card
 

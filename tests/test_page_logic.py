@@ -76,7 +76,7 @@ def test_patient_groups_are_the_predicted_patients_with_coordinates(demo_root):
 
 
 def test_pages_can_share_one_dataset_cache_through_the_opener(demo_root, tmp_path):
-    from test_evaluate import make_checkpoint
+    from helpers import make_checkpoint
 
     from core.evaluate import open_dataset_for
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import quick, write_idc_tree
+from helpers import quick, write_idc_tree
 
 from core import jobs
 from core.__main__ import main

@@ -9,7 +9,7 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import quick, write_idc_tree
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -33,28 +33,6 @@ from core.train import (
     resolve_device,
     seed_everything,
 )
-
-
-def write_idc_tree(root, patients: int, per_class: int = 4, size: int = 50):
-    """A tiny IDC tree (<patient>/<0|1>/<patient>_idx5_x.._y.._classC.png): tumour patches dark,
-    normal patches bright, so a model that reads brightness separates them perfectly."""
-    rng = np.random.default_rng(0)
-    for p in range(patients):
-        patient = str(9000 + p)
-        for label in (0, 1):
-            folder = root / patient / str(label)
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(per_class):
-                base = 60 if label else 200
-                pixels = rng.integers(base - 20, base + 20, (size, size, 3), dtype=np.uint8)
-                name = f"{patient}_idx5_x{50 * k}_y{50 * label}_class{label}.png"
-                Image.fromarray(pixels).save(folder / name)
-    return root
-
-
-def quick(data, **overrides) -> TrainConfig:
-    settings = dict(data=str(data), epochs=1, batch_size=16, limit_batches=3, log_every=2)
-    return TrainConfig(**{**settings, **overrides})
 
 
 @pytest.mark.parametrize(

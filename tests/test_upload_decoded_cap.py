@@ -7,8 +7,8 @@ import io
 
 import numpy as np
 import pytest
+from helpers import forged_png, forged_tiff
 from PIL import Image
-from test_data_malformed import forged_png, forged_tiff
 
 from core.uploads import UploadError, load_upload
 
