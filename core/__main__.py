@@ -3,6 +3,10 @@
 Each command lives in ``core/commands/<name>.py`` and exposes ``register(subparsers)``, which
 adds its sub-parser and sets ``func`` (returns the exit code). Heavy imports (torch) happen
 inside ``func`` so ``python -m core data summary`` stays fast.
+
+Errors leave through one door, here: a command raises ``InputError`` (or a subclass) for bad
+input, and ``main`` prints it (or an ``OSError``) as one ``error: ...`` line on stderr and returns
+2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from core.errors import InputError, one_line
 
 COMMANDS = ("demo", "data", "train", "evaluate", "explain", "compare", "embed", "import", "export")
 
@@ -24,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -537,7 +537,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     check_finite_weights(payload["state_dict"], path)
     try:
         get_target_layer(model, card.target_layer)
-    except ValueError as err:
+    except InputError as err:
         raise CheckpointError(f"{path}: model card field 'target_layer': {err}") from None
     model.to(device).eval()
     return LoadedModel(model=model, card=card, path=path, sha256=file_sha256(path))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.errors import InputError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = ("normal", "tumour")  # class index 1 is tumour everywhere
 # Which class a CAM explains: a fixed class index, or None for each patch's own prediction.
@@ -71,21 +73,21 @@ def leaves_its_entry(path: Path, root: Path) -> bool:
 def folder_in_data_root(typed: str) -> Path:
     """A folder typed by a visitor: relative to the data root (or absolute inside it), opened by
     the same rule as the dataset list (``leaves_its_entry``). Too long, control characters,
-    ``..``, or a link below a root entry that leads elsewhere: a ValueError of one line."""
+    ``..``, or a link below a root entry that leads elsewhere: an InputError of one line."""
     root, text = data_root(), typed.strip()
     path = Path(text)
     if len(text) > MAX_TYPED_CHARS or any(len(part.encode()) > 255 for part in path.parts):
-        raise ValueError(f"that folder name is too long ({len(text)} characters); check it.")
+        raise InputError(f"that folder name is too long ({len(text)} characters); check it.")
     if not text.isprintable():
-        raise ValueError("that folder name holds control characters; type a plain path.")
+        raise InputError("that folder name holds control characters; type a plain path.")
     if path.is_absolute():
         if not path.is_relative_to(root):
-            raise ValueError(f"{path} is outside the data root {root}; move or link it there.")
+            raise InputError(f"{path} is outside the data root {root}; move or link it there.")
         path = path.relative_to(root)
     if ".." in path.parts:
-        raise ValueError(f"{text} is outside the data root {root} ('..' is not allowed).")
+        raise InputError(f"{text} is outside the data root {root} ('..' is not allowed).")
     if leaves_its_entry(root / path, root):
-        raise ValueError(
+        raise InputError(
             f"{text} is outside the data root {root}: a link inside it leads elsewhere; "
             "link the dataset itself into the data root instead."
         )

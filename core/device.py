@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.errors import InputError
 from core.train_config import PRECISIONS
 
 
@@ -35,9 +36,9 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device
         else:
             kind = "cpu"
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+        raise InputError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: Apple MPS is not available; use --device cpu or auto")
+        raise InputError("--device mps: Apple MPS is not available; use --device cpu or auto")
     if kind == "cuda":
         index = int(requested.split(":")[1]) if ":" in requested else local_rank
         return torch.device("cuda", index)

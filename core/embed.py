@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from core import config
+from core.errors import InputError
 from core.evaluate import (
     Progress,
     prediction_cache_path,
@@ -145,7 +146,7 @@ def reduce_2d(features: np.ndarray, method: str = "umap", seed: int = 0) -> np.n
         raise ValueError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}")
     n, width = features.shape
     if n < 3:
-        raise ValueError(f"a map needs at least 3 patches, got {n}")
+        raise InputError(f"a map needs at least 3 patches, got {n}")
     if method == "pca":
         return PCA(2, random_state=seed).fit_transform(features).astype(np.float32)
     if width > UMAP_PCA_DIMS and n > UMAP_PCA_DIMS:

@@ -501,7 +501,7 @@ def evaluate_checkpoint(
     preds = predict_split(checkpoint_path, ds, split=split, tta=tta, **predict_kwargs)
     known = labelled(preds)
     if known.empty:
-        raise ValueError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
+        raise InputError(f"{ds.root}: split {split!r} has no labelled patches to evaluate")
     y, prob = known["label"].to_numpy(), known["prob"].to_numpy()
     groups = known_groups(known)
     ci = cached_auc_ci(y, prob, groups, n_boot=n_boot, seed=seed)

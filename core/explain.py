@@ -51,6 +51,7 @@ from core.calls import DECISION_THRESHOLD, predict_labels
 from core.checkpoints import LoadedModel, check_finite_probabilities, model_lock
 from core.config import TARGETS
 from core.d4 import D4_GROUP
+from core.errors import InputError
 from core.models import get_target_layer
 from core.preprocess import to_model_input
 from core.uploads import UploadedPatch, UploadError, load_upload
@@ -118,7 +119,7 @@ def compute_cams(
     at once.
     """
     if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+        raise InputError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
     threshold = float(loaded.card.threshold if threshold is None else threshold)
@@ -193,7 +194,7 @@ def _calibrated_probs(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
 
 
 def _check_feature_map(model, layer, x) -> None:
-    """A ValueError when ``layer``'s output is not an N×C×H×W feature map (a card or
+    """An InputError when ``layer``'s output is not an N×C×H×W feature map (a card or
     --target-layer naming e.g. the Linear head): pytorch-grad-cam then fails with messages
     such as 'Invalid grads shape' that do not name the layer."""
     shapes = []
@@ -204,7 +205,7 @@ def _check_feature_map(model, layer, x) -> None:
     finally:
         handle.remove()
     if shapes and len(shapes[0]) != 4:
-        raise ValueError(
+        raise InputError(
             f"target layer {type(layer).__name__} gives {'×'.join(map(str, shapes[0]))}, not "
             "a feature map (N×C×H×W): CAMs need a convolutional layer; pass --target-layer"
         )
@@ -273,9 +274,9 @@ def overlay(
 ) -> np.ndarray:
     """uint8 H×W×3 image with the CAM drawn over it; ``alpha`` is the heatmap's opacity."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     if colormap not in COLORMAPS:
-        raise ValueError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
+        raise InputError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
     if cam.shape != image.shape[:2]:
         cam = to_unit_maps(cam[None], image.shape[:2])[0]
     return show_cam_on_image(

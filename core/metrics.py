@@ -48,6 +48,7 @@ from sklearn.metrics import (
 
 from core.calls import DECISION_THRESHOLD, predict_labels
 from core.config import CLASS_NAMES
+from core.errors import InputError
 
 # Each test's name wherever its p-value is shown (JSON ``*_test`` keys, CLI, Compare page).
 TEST_NAMES = {
@@ -341,7 +342,7 @@ def threshold_for_sensitivity(y, prob, min_sensitivity: float) -> dict:
     as high as it can be there), with the sensitivity and specificity it achieves."""
     y, prob = _arrays(y, prob)
     if not _has_both_classes(y):
-        raise ValueError("need both tumour and normal patches to choose a threshold")
+        raise InputError("need both tumour and normal patches to choose a threshold")
     _, tpr, thresholds = roc_curve(y, prob, drop_intermediate=False)
     first = int(np.argmax(tpr >= min_sensitivity))  # tpr rises as thresholds fall
     threshold = float(min(thresholds[first], 1.0))  # roc_curve's first threshold is inf
@@ -508,7 +509,7 @@ def delong_clustered(y, prob_a, prob_b, groups) -> dict:
     members = _members(groups)
     k = len(members)
     if k < 2:
-        raise ValueError("a clustered DeLong test needs at least two patients")
+        raise InputError("a clustered DeLong test needs at least two patients")
     aucs, vx, vy = [], [], []
     for prob in (prob_a, prob_b):
         v10, v01 = _midrank_components(prob[pos], prob[neg])

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.errors import InputError
+
 if TYPE_CHECKING:  # importing this registry stays torch-free (the Training page lists it)
     from torch import nn
 
@@ -236,7 +238,7 @@ def get_target_layer(model: nn.Module, dotted: str) -> nn.Module:
         try:
             module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
         except (AttributeError, IndexError, TypeError):
-            raise ValueError(
+            raise InputError(
                 f"Target layer {dotted!r} not found in {type(model).__name__} (at {part!r})"
             ) from None
     return module

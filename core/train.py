@@ -58,7 +58,7 @@ from core.device import (
     resolve_precision,
     seed_everything,
 )
-from core.errors import is_disk_full, one_line
+from core.errors import InputError, is_disk_full, one_line
 from core.files import link_atomic
 from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
@@ -561,7 +561,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     train_reader = BatchReader(ds, ds.indices(split="train"))
     classes = np.unique(train_reader.labels)
     if len(classes) == 1:  # nothing to learn: the "best" model would call everything one class
-        raise ValueError(
+        raise InputError(
             f"{cfg.data}: the train split holds only {CLASS_NAMES[int(classes[0])]} patches; a "
             "tumour-vs-normal classifier needs both (check the labels, or another --split-seed)."
         )

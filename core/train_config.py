@@ -12,6 +12,7 @@ from typing import Any
 
 from core.calibration import METHODS as CALIBRATIONS
 from core.data.registry import MAX_SEED
+from core.errors import InputError
 
 SCHEDULERS = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -73,7 +74,7 @@ class TrainConfig:
         if self.img_size is not None and self.img_size < MIN_INPUT_SIZE:
             problems.append(f"img_size must be >= {MIN_INPUT_SIZE}")
         if problems:
-            raise ValueError("Invalid training config: " + "; ".join(problems))
+            raise InputError("Invalid training config: " + "; ".join(problems))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core import config
+from core.errors import InputError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a patch is KBs; a 20 MB cap still admits large tiles
@@ -39,7 +40,7 @@ WORK_BYTES_PER_PIXEL |= dict.fromkeys(SIXTEEN_BIT_MODES[:4], 21)
 OTHER_MODE_WORK_BYTES = 23  # "I", "F" and anything rarer: 4-byte pixels + float64 copies
 
 
-class UploadError(ValueError):
+class UploadError(InputError):
     """An upload we cannot use; the message names the file and what to do instead."""
 
 

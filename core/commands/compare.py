@@ -7,7 +7,6 @@ object keyed by checkpoint path). Predictions are read from the cache when prese
 from __future__ import annotations
 
 import json
-import sys
 
 from core.commands.evaluate import add_evaluation_arguments, open_inputs, tqdm_progress
 from core.evaluate import REPORTED_METRICS
@@ -24,42 +23,34 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from core.catalogue import card_conformal, card_thresholds, model_names
-    from core.checkpoints import CheckpointError
     from core.compare import evaluate_checkpoints, metrics_json
+    from core.errors import InputError
     from core.evaluate import labelled
 
     if len(args.checkpoints) < 2:
-        print("error: give at least two --checkpoints to compare", file=sys.stderr)
-        return 2
-    ds, error = open_inputs(args, args.checkpoints)
-    if error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        preds = evaluate_checkpoints(
-            args.checkpoints,
-            ds,
-            split=args.split,
-            tta=args.tta,
-            progress=tqdm_progress("compare"),
-            batch_size=args.batch_size,
-            device=args.device,
-            precision=args.precision,
-        )
-        if all(labelled(p).empty for p in preds.values()):  # as evaluate says it
-            raise ValueError(f"{ds.root}: split {args.split!r} has no labelled patches to compare")
-        from_card = args.threshold is None
-        thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold
-        by_name = metrics_json(
-            preds,
-            thresholds,
-            n_boot=args.bootstrap,
-            seed=args.seed,
-            conformal=card_conformal(args.checkpoints),
-        )
-    except (CheckpointError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise InputError("give at least two --checkpoints to compare")
+    ds = open_inputs(args, args.checkpoints)
+    preds = evaluate_checkpoints(
+        args.checkpoints,
+        ds,
+        split=args.split,
+        tta=args.tta,
+        progress=tqdm_progress("compare"),
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    if all(labelled(p).empty for p in preds.values()):  # as evaluate says it
+        raise InputError(f"{ds.root}: split {args.split!r} has no labelled patches to compare")
+    from_card = args.threshold is None
+    thresholds = card_thresholds(args.checkpoints) if from_card else args.threshold
+    by_name = metrics_json(
+        preds,
+        thresholds,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        conformal=card_conformal(args.checkpoints),
+    )
     for row in by_name.values():
         row["threshold_source"] = "card" if from_card else "cli"
     names = dict(zip(model_names(args.checkpoints), args.checkpoints, strict=True))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def _print_text(summary: dict) -> None:
@@ -27,13 +26,9 @@ def _print_text(summary: dict) -> None:
 
 
 def summary_command(args) -> int:
-    from core.data import DatasetError, open_dataset, summarize
+    from core.data import open_dataset, summarize
 
-    try:
-        ds = open_dataset(args.path, seed=args.seed)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ds = open_dataset(args.path, seed=args.seed)
     if args.json:
         print(json.dumps(summarize(ds)))
     else:

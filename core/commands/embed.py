@@ -29,35 +29,29 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.checkpoints import CheckpointError
     from core.commands.evaluate import tqdm_progress
-    from core.data import DatasetError
     from core.embed import embedding_map, export_frame
+    from core.errors import InputError
     from core.evaluate import open_dataset_for
     from core.files import check_output, write_atomic
 
     if (args.batch_size is not None and args.batch_size < 1) or args.cap < 3:
-        print("error: --batch-size must be 1 or more and --cap 3 or more", file=sys.stderr)
-        return 2
-    try:
-        check_output(args.out, args.checkpoint)
-        ds, warnings = open_dataset_for(args.data, [args.checkpoint])
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        emap = embedding_map(
-            args.checkpoint,
-            ds,
-            split=args.split,
-            method=args.method,
-            seed=args.seed,
-            cap=args.cap,
-            progress=tqdm_progress("features"),
-            batch_size=args.batch_size,
-            device=args.device,
-        )
-    except (CheckpointError, DatasetError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise InputError("--batch-size must be 1 or more and --cap 3 or more")
+    check_output(args.out, args.checkpoint)
+    ds, warnings = open_dataset_for(args.data, [args.checkpoint])
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    emap = embedding_map(
+        args.checkpoint,
+        ds,
+        split=args.split,
+        method=args.method,
+        seed=args.seed,
+        cap=args.cap,
+        progress=tqdm_progress("features"),
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     if emap.note:
         print(f"note: {emap.note}", file=sys.stderr)
     table = export_frame(emap)

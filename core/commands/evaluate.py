@@ -67,6 +67,21 @@ def tqdm_progress(desc: str):
     return update
 
 
+def open_inputs(args, checkpoints):
+    """The dataset, opened with the split the checkpoints were trained on (split mismatches are
+    printed as warnings); an out-of-range option is an InputError."""
+    from core.errors import InputError
+    from core.evaluate import open_dataset_for
+
+    problem = option_problem(args)
+    if problem:
+        raise InputError(problem)
+    ds, warnings = open_dataset_for(args.data, checkpoints)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return ds
+
+
 def option_problem(args) -> str | None:
     """One line when a numeric option is out of range (argparse checks only the type)."""
     if args.batch_size < 1:
@@ -80,55 +95,28 @@ def option_problem(args) -> str | None:
     return None
 
 
-def open_inputs(args, checkpoints):
-    """(dataset, None) or (None, one-line error). The dataset is opened with the split the
-    checkpoints were trained on; split mismatches are printed as warnings."""
-    from core.checkpoints import CheckpointError
-    from core.data import DatasetError
-    from core.evaluate import open_dataset_for
-
-    problem = option_problem(args)
-    if problem:
-        return None, problem
-    try:
-        ds, warnings = open_dataset_for(args.data, checkpoints)
-    except (DatasetError, CheckpointError, FileNotFoundError) as err:
-        return None, str(err)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return ds, None
-
-
 def run(args) -> int:
-    from core.checkpoints import CheckpointError
     from core.evaluate import evaluate_checkpoint
     from core.files import check_output
 
-    ds, error = open_inputs(args, [args.checkpoint])
-    if error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        if args.predictions:
-            check_output(Path(args.predictions), args.checkpoint)
-        result = evaluate_checkpoint(
-            args.checkpoint,
-            ds,
-            split=args.split,
-            tta=args.tta,
-            threshold=args.threshold,
-            n_boot=args.bootstrap,
-            seed=args.seed,
-            progress=tqdm_progress("evaluate"),
-            batch_size=args.batch_size,
-            device=args.device,
-            precision=args.precision,
-        )
-        if args.predictions:
-            write_predictions(args, ds, result["threshold"])
-    except (CheckpointError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ds = open_inputs(args, [args.checkpoint])
+    if args.predictions:
+        check_output(Path(args.predictions), args.checkpoint)
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        ds,
+        split=args.split,
+        tta=args.tta,
+        threshold=args.threshold,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        progress=tqdm_progress("evaluate"),
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    if args.predictions:
+        write_predictions(args, ds, result["threshold"])
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 

@@ -38,38 +38,34 @@ def run(args) -> int:
     from PIL import Image
 
     from core.calls import describe_call, threshold_of
-    from core.checkpoints import CheckpointError, load_checkpoint
+    from core.checkpoints import load_checkpoint
     from core.config import CLASS_NAMES
     from core.data.base import read_regular_bytes
     from core.errors import InputError
     from core.explain import compute_cams, overlay
     from core.files import check_output
-    from core.uploads import MAX_UPLOAD_BYTES, UploadError, load_upload
+    from core.uploads import MAX_UPLOAD_BYTES, load_upload
 
     image_path, out = Path(args.image), Path(args.out)
-    try:
-        check_output(out, args.checkpoint, image_path)
-        loaded = load_checkpoint(args.checkpoint)
-        if not image_path.exists():
-            raise InputError(f"{image_path}: no such file; give a patch image (PNG, TIFF, JPEG).")
-        # non-blocking open, size checked before reading: a FIFO or a 3 GB file never hangs
-        data = read_regular_bytes(image_path, MAX_UPLOAD_BYTES)
-        patch = load_upload(image_path.name, data, size=loaded.card.input_size)
-        result = compute_cams(
-            loaded,
-            patch.image,
-            args.method,
-            args.target,
-            tta=args.tta,
-            target_layer=args.target_layer,
-            threshold=args.threshold,
-        )
-        picture = overlay(patch.image, result.cams[0], args.alpha, args.colormap)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(out, format="PNG")
-    except (CheckpointError, UploadError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_output(out, args.checkpoint, image_path)
+    loaded = load_checkpoint(args.checkpoint)
+    if not image_path.exists():
+        raise InputError(f"{image_path}: no such file; give a patch image (PNG, TIFF, JPEG).")
+    # non-blocking open, size checked before reading: a FIFO or a 3 GB file never hangs
+    data = read_regular_bytes(image_path, MAX_UPLOAD_BYTES)
+    patch = load_upload(image_path.name, data, size=loaded.card.input_size)
+    result = compute_cams(
+        loaded,
+        patch.image,
+        args.method,
+        args.target,
+        tta=args.tta,
+        target_layer=args.target_layer,
+        threshold=args.threshold,
+    )
+    picture = overlay(patch.image, result.cams[0], args.alpha, args.colormap)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(out, format="PNG")
     if patch.notice:
         print(f"note: {patch.notice}", file=sys.stderr)
     threshold = threshold_of(loaded.card, args.threshold)

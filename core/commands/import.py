@@ -8,8 +8,6 @@ P(second class named). Bad input: one line on stderr, exit code 2, nothing writt
 
 from __future__ import annotations
 
-import sys
-
 
 def register(sub) -> None:
     p = sub.add_parser("import", help="carded checkpoint from a notebook state_dict or TorchScript")
@@ -25,24 +23,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.checkpoints import CheckpointError
-    from core.data import DatasetError
     from core.interop import import_weights, parse_classes
 
-    try:
-        path, card = import_weights(
-            args.weights,
-            args.arch,
-            args.out,
-            input_size=args.input_size,
-            mean=args.mean,
-            std=args.std,
-            classes=parse_classes(args.classes),
-            dataset=args.dataset,
-        )
-    except (CheckpointError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path, card = import_weights(
+        args.weights,
+        args.arch,
+        args.out,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        classes=parse_classes(args.classes),
+        dataset=args.dataset,
+    )
     print(
         f"{path}: {card.arch} ({card.train_config['head']} head), input {card.input_size} px, "
         f"mean {list(card.mean)}, std {list(card.std)}"

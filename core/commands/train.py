@@ -151,27 +151,33 @@ def config_from_args(args, saved: dict | None = None) -> TrainConfig:
 
 def _config_and_dir(args):
     from core import jobs
+    from core.errors import InputError
 
     if "resume" in args:
         saved = jobs.read_config(args.resume)
+        config_file = args.resume / jobs.CONFIG_FILE
         if not saved:
-            config_file = args.resume / jobs.CONFIG_FILE
             what = "is not a run config (damaged?)" if config_file.exists() else "not found"
-            raise ValueError(
+            raise InputError(
                 f"{config_file} {what}; --resume needs a run directory written by "
                 "`python -m core train`"
             )
         if not (args.resume / "last.pt").is_file() and (args.resume / "best.pt").is_file():
-            raise ValueError(
+            raise InputError(
                 f"{args.resume}: has best.pt but no last.pt, so --resume would start over and "
                 "replace best.pt; move best.pt aside first, or train into a new --out"
             )
-        return config_from_args(args, saved), args.resume, True
+        try:
+            return config_from_args(args, saved), args.resume, True
+        except TypeError as exc:  # a hand-edited config.json: e.g. "epochs": "3"
+            raise InputError(
+                f"{config_file}: {exc}; fix the value or train into a new --out"
+            ) from exc
     if "data" not in args or "out" not in args:
-        raise ValueError("--data PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
+        raise InputError("--data PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
     trained = [name for name in ("last.pt", "best.pt") if (args.out / name).is_file()]
     if trained:
-        raise ValueError(
+        raise InputError(
             f"{args.out}: already holds a trained run ({', '.join(trained)}); continue it with "
             f"--resume {args.out}, or give a new --out"
         )
@@ -191,11 +197,7 @@ def _stop_on_sigterm() -> list[bool]:
 
 
 def run(args) -> int:
-    try:
-        cfg, run_dir, resume = _config_and_dir(args)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg, run_dir, resume = _config_and_dir(args)
     stop = _stop_on_sigterm()
 
     from core.run_lock import RunInUse
@@ -212,9 +214,8 @@ def run(args) -> int:
     except (TrainingCancelled, KeyboardInterrupt):
         print(f"cancelled: {run_dir}", file=sys.stderr)
         return 130
-    except RunInUse as exc:  # another live process owns the folder: nothing was written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except RunInUse:  # another live process owns the folder, nothing was written: exit 2
+        raise
     except Exception as exc:  # the traceback is in status.json; the terminal gets one line
         print(f"error: {failure_line(exc, run_dir)}", file=sys.stderr)
         return 1
