@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError
+from core.processes import process_alive, process_start
+from core.run_folder import now_iso
 
 LOCK_FILE = "run.lock"
 
@@ -56,8 +58,6 @@ def _describe(owner: dict) -> str:
 
 def acquire(run_dir: Path) -> RunLock:
     """Own ``run_dir`` (created if needed) or raise RunInUse naming the owner."""
-    from core import jobs
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
@@ -79,9 +79,9 @@ def acquire(run_dir: Path) -> RunLock:
         )
     me = {
         "pid": os.getpid(),
-        "pid_start": jobs.process_start(os.getpid()),
+        "pid_start": process_start(os.getpid()),
         "host": socket.gethostname(),
-        "since": jobs.now_iso(),
+        "since": now_iso(),
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
@@ -91,10 +91,8 @@ def acquire(run_dir: Path) -> RunLock:
 
 def _writer_alive(name: str) -> bool:
     """Whether a temp file's writer (the pid in its name) is another live process."""
-    from core import jobs
-
     pids = [int(part) for part in name.split(".") if part.isdigit()]
-    return any(pid != os.getpid() and jobs.process_alive(pid) for pid in pids)
+    return any(pid != os.getpid() and process_alive(pid) for pid in pids)
 
 
 def _remove_leftovers(run_dir: Path) -> list[str]:

@@ -1,11 +1,12 @@
 """Training as plain functions: ``train_one_epoch``, ``evaluate`` and ``fit``.
 
-``fit(cfg, run_dir)`` trains one model and writes one run directory (layout in core/jobs.py):
-``config.json``, ``metrics.jsonl``, ``status.json``, ``last.pt`` (every epoch, with optimizer,
-scheduler and loop state for ``resume``) and ``best.pt`` (best validation score). Both .pt files
-are full checkpoints with a model card (core/checkpoints.py), written atomically. After the last
-epoch, best.pt's card gets a calibration map and operating points fitted on the validation split
-(core.calibration): consumers report calibrated P(tumour) and call tumour at the card's threshold.
+``fit(cfg, run_dir)`` trains one model and writes one run directory (layout in
+core/run_folder.py): ``config.json``, ``metrics.jsonl``, ``status.json``, ``last.pt`` (every
+epoch, with optimizer, scheduler and loop state for ``resume``) and ``best.pt`` (best validation
+score). Both .pt files are full checkpoints with a model card (core/checkpoints.py), written
+atomically. After the last epoch, best.pt's card gets a calibration map and operating points
+fitted on the validation split (core.calibration): consumers report calibrated P(tumour) and
+call tumour at the card's threshold.
 
 The data path keeps the model, not the loader, the bottleneck: a worker reads a whole batch with
 one ``read_batch`` call as uint8 N×H×W×3 (core.loaders), the uint8 batch goes to the device, and
@@ -43,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import jobs, run_lock
+from core import run_folder, run_lock
 from core.augment import Augmentation, epoch_generator, epoch_seed
 from core.checkpoints import CheckpointError, ModelCard, load_payload, save_checkpoint
 from core.config import CLASS_NAMES
@@ -63,9 +64,12 @@ from core.files import link_atomic
 from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
+from core.processes import process_start
 from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
 
-DROPOUT_STREAM = 2**40  # offsets the global RNG's epoch seed from the augmentation generator's
+DROPOUT_STREAM = (
+    2**40
+)  # offsets the global RNG's epoch seed from the augmentation generator's
 
 
 class TrainingCancelled(Exception):
@@ -88,7 +92,9 @@ class Runtime:
         return autocast_for(self.device, self.precision)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(images, self.card, self.device, channels_last=self.channels_last)
+        return to_model_input(
+            images, self.card, self.device, channels_last=self.channels_last
+        )
 
     def prepare(
         self,
@@ -110,7 +116,9 @@ class Runtime:
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     """ROC AUC from scikit-learn; None when only one class is present."""
-    from sklearn.metrics import roc_auc_score  # here: ~1 s of import off the way to step one
+    from sklearn.metrics import (
+        roc_auc_score,
+    )  # here: ~1 s of import off the way to step one
 
     if len(np.unique(labels)) < 2:
         return None
@@ -185,7 +193,13 @@ def train_one_epoch(
             if on_log is not None:
                 lr = optimizer.param_groups[0]["lr"]
                 on_log(
-                    {"epoch": epoch, "step_in_epoch": step, "split": "train", **record, "lr": lr}
+                    {
+                        "epoch": epoch,
+                        "step_in_epoch": step,
+                        "split": "train",
+                        **record,
+                        "lr": lr,
+                    }
                 )
     return {
         "loss": epoch_loss / max(epoch_n, 1),
@@ -204,7 +218,9 @@ class _Window:
         self.losses, self.probs, self.labels = [], [], []
         self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         self.losses.append(loss.detach() * len(labels))
         self.probs.append(torch.softmax(logits.detach().float(), dim=1)[:, 1])
         self.labels.append(labels)
@@ -273,8 +289,16 @@ def predictions(
         losses.append(criterion(logits.float(), labels) * len(labels))
         probs_all.append(torch.softmax(logits.float(), dim=1)[:, 1])
         labels_all.append(labels)
-    y = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
-    p = torch.cat(probs_all).float().cpu().numpy() if probs_all else np.zeros(0, np.float32)
+    y = (
+        torch.cat(labels_all).cpu().numpy()
+        if labels_all
+        else np.zeros(0, dtype=np.int64)
+    )
+    p = (
+        torch.cat(probs_all).float().cpu().numpy()
+        if probs_all
+        else np.zeros(0, np.float32)
+    )
     loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
     if dist_info.enabled:
         gathered: list = [None] * dist_info.world
@@ -306,10 +330,16 @@ def validation_indices(ds, cfg: TrainConfig, world: int) -> np.ndarray:
     """The validation split; with ``limit_batches``, a fixed seeded random subset of it (the
     same every epoch, both classes in proportion) rather than its first rows."""
     indices = ds.indices(split="valid")
-    budget = cfg.limit_batches * cfg.batch_size * world if cfg.limit_batches else len(indices)
+    budget = (
+        cfg.limit_batches * cfg.batch_size * world
+        if cfg.limit_batches
+        else len(indices)
+    )
     if budget >= len(indices):
         return indices
-    return np.sort(np.random.default_rng(cfg.seed).choice(indices, budget, replace=False))
+    return np.sort(
+        np.random.default_rng(cfg.seed).choice(indices, budget, replace=False)
+    )
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -331,7 +361,9 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
             return cosine
         ramp = lrs.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
         return lrs.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=1
+    )
 
 
 @dataclass
@@ -427,20 +459,22 @@ class _RunWriter:
         self.first_step = 0  # global step this process started from (after a resume)
         self.stepped = False  # first_step_at written
         self.startup: dict[str, float] = {}
-        self.images_per_s: float | None = None  # last training pace, kept through validation
+        self.images_per_s: float | None = (
+            None  # last training pace, kept through validation
+        )
 
     def start(self, notices: list[str]) -> None:
         for notice in notices:  # a stale lock taken over, leftover temp files removed
             print(f"note: {notice}", flush=True)
-        status = jobs.read_json(self.run_dir / jobs.STATUS_FILE)
-        jobs.write_status(
+        status = run_folder.read_json(self.run_dir / run_folder.STATUS_FILE)
+        run_folder.write_status(
             self.run_dir,
             state="running",
             pid=os.getpid(),
-            pid_start=jobs.process_start(os.getpid()),
+            pid_start=process_start(os.getpid()),
             host=socket.gethostname(),
-            created=status.get("created", jobs.now_iso()),
-            started=jobs.now_iso(),
+            created=status.get("created", run_folder.now_iso()),
+            started=run_folder.now_iso(),
             ended=None,
             error=None,
             traceback=None,
@@ -451,17 +485,20 @@ class _RunWriter:
         finished epochs only."""
         if s.notice:
             print(s.notice, flush=True)
-        jobs.write_status(
-            self.run_dir, notice=s.notice, device=str(s.rt.device), precision=s.rt.precision
+        run_folder.write_status(
+            self.run_dir,
+            notice=s.notice,
+            device=str(s.rt.device),
+            precision=s.rt.precision,
         )
-        jobs.write_config(self.run_dir, asdict(s.cfg))
-        jobs.keep_metrics(self.run_dir, before_epoch=state.epoch)
+        run_folder.write_config(self.run_dir, asdict(s.cfg))
+        run_folder.keep_metrics(self.run_dir, before_epoch=state.epoch)
         self.first_step = state.global_step
         self.startup = s.startup
 
     def phase(self, name: str) -> None:
         """What the run does now, "train" or "valid" (an event tests and pages can wait on)."""
-        jobs.write_status(self.run_dir, phase=name)
+        run_folder.write_status(self.run_dir, phase=name)
 
     def step_done(self, step: int) -> None:
         """Once per process: when the first optimizer step has run on the device (launch to
@@ -471,17 +508,23 @@ class _RunWriter:
         self.stepped = True
         if torch.cuda.is_initialized():
             torch.cuda.synchronize()  # once per run: the time the step ran, not was queued
-        jobs.write_status(self.run_dir, first_step_at=time.time(), startup=self.startup)
+        run_folder.write_status(
+            self.run_dir, first_step_at=time.time(), startup=self.startup
+        )
 
     def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any]) -> None:
         """The validation line and the best epoch so far."""
         record = {"epoch": state.epoch - 1, "split": "valid", **val}
         record["lr"] = s.optimizer.param_groups[0]["lr"]
         self.log(record, s.cfg, state.global_step, s.steps)
-        jobs.write_status(self.run_dir, best={"epoch": state.best_epoch, "score": state.best_score})
+        run_folder.write_status(
+            self.run_dir, best={"epoch": state.best_epoch, "score": state.best_score}
+        )
 
     def finish(self, cfg: TrainConfig, state: LoopState) -> dict[str, Any]:
-        progress = jobs.read_json(self.run_dir / jobs.STATUS_FILE).get("progress", {})
+        progress = run_folder.read_json(self.run_dir / run_folder.STATUS_FILE).get(
+            "progress", {}
+        )
         return self.end(
             "finished",
             epochs_run=state.epoch,
@@ -490,15 +533,21 @@ class _RunWriter:
         )
 
     def end(self, state: str, **fields: Any) -> dict[str, Any]:
-        return jobs.write_status(self.run_dir, state=state, ended=jobs.now_iso(), **fields)
+        return run_folder.write_status(
+            self.run_dir, state=state, ended=run_folder.now_iso(), **fields
+        )
 
-    def log(self, record: dict[str, Any], cfg: TrainConfig, global_step: int, steps: int) -> None:
+    def log(
+        self, record: dict[str, Any], cfg: TrainConfig, global_step: int, steps: int
+    ) -> None:
         """Append one metrics line and refresh progress (ETA from this process's pace)."""
-        jobs.append_metrics(self.run_dir, [{**record, "step": global_step, "time": time.time()}])
+        run_folder.append_metrics(
+            self.run_dir, [{**record, "step": global_step, "time": time.time()}]
+        )
         total = cfg.epochs * steps
         self.images_per_s = record.get("images_per_s", self.images_per_s)
         pace = (time.perf_counter() - self.t0) / max(global_step - self.first_step, 1)
-        jobs.write_status(
+        run_folder.write_status(
             self.run_dir,
             progress={
                 "epoch": record["epoch"] + 1,
@@ -525,7 +574,9 @@ class _Setup:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None
-    notice: str | None  # e.g. "no ImageNet weights in the local cache: training from scratch"
+    notice: (
+        str | None
+    )  # e.g. "no ImageNet weights in the local cache: training from scratch"
     startup: dict[str, float]  # unix times set-up stages ended (where launch time goes)
 
 
@@ -555,7 +606,10 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     )
     precision = resolve_precision(cfg.precision, device)
     rt = Runtime(device, card, channels_last=channels_last, precision=precision)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.to(
+        device,
+        memory_format=torch.channels_last if channels_last else torch.preserve_format,
+    )
     startup["model"] = time.time()
 
     train_reader = BatchReader(ds, ds.indices(split="train"))
@@ -567,12 +621,20 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         )
     valid_reader = BatchReader(ds, validation_indices(ds, cfg, dist_info.world))
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    loader_args = dict(seed=cfg.seed, dist_info=dist_info, workers=workers, pin_memory=on_cuda)
-    train_loader = make_loader(train_reader, cfg.batch_size, shuffle=True, **loader_args)
-    valid_loader = make_loader(valid_reader, cfg.batch_size, shuffle=False, **loader_args)
+    loader_args = dict(
+        seed=cfg.seed, dist_info=dist_info, workers=workers, pin_memory=on_cuda
+    )
+    train_loader = make_loader(
+        train_reader, cfg.batch_size, shuffle=True, **loader_args
+    )
+    valid_loader = make_loader(
+        valid_reader, cfg.batch_size, shuffle=False, **loader_args
+    )
     steps = steps_in(train_loader, cfg.limit_batches)
 
-    weight = class_weights(train_reader.labels).to(device) if cfg.class_weighting else None
+    weight = (
+        class_weights(train_reader.labels).to(device) if cfg.class_weighting else None
+    )
     # CPU: one fused kernel per parameter, not ~10 small multi-threaded ops each (on busy cores
     # every OpenMP region waits for a time slice: 0.1-0.6 s of AdamW per bn_cnn step measured)
     fused = device.type == "cpu" or None  # None: torch's own choice (foreach on CUDA)
@@ -588,7 +650,9 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         train_loader=train_loader,
         valid_loader=valid_loader,
         steps=steps,
-        criterion=nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+        criterion=nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=cfg.label_smoothing
+        ),
         optimizer=optimizer,
         scheduler=build_scheduler(cfg, optimizer, steps),
         scaler=torch.amp.GradScaler("cuda") if fp16 else None,
@@ -614,11 +678,15 @@ def _restore(s: _Setup, run_dir: Path, writer) -> LoopState:
         s.scaler.load_state_dict(payload["scaler"])
     state = LoopState(**payload["loop"])
     if writer and state.best_epoch == state.epoch - 1 and not s.cfg.best_fp16:
-        link_atomic(last, run_dir / "best.pt")  # killed between last.pt and its best.pt link
+        link_atomic(
+            last, run_dir / "best.pt"
+        )  # killed between last.pt and its best.pt link
     return state
 
 
-def _save_epoch(s: _Setup, run_dir: Path, state: LoopState, val: dict, improved: bool) -> None:
+def _save_epoch(
+    s: _Setup, run_dir: Path, state: LoopState, val: dict, improved: bool
+) -> None:
     """last.pt every epoch; on an improving epoch best.pt becomes a hard link to it, so the
     weights are serialised once (timm's CheckpointSaver; bench/checkpoint_saver.py: 0.54-0.62x
     the time of two saves). A finished run's calibration then rewrites best.pt with weights
@@ -647,7 +715,9 @@ def _fit(cfg, run_dir, dist_info, writer, resume, should_stop, show_progress):
         print(f"note: {busy}", flush=True)
     try:
         with one_thread() if busy else contextlib.nullcontext():
-            return _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress)
+            return _epochs(
+                s, run_dir, dist_info, writer, resume, should_stop, show_progress
+            )
     finally:
         shutdown_workers(s.train_loader, s.valid_loader)
 
@@ -673,7 +743,12 @@ def _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress):
         # The unwrapped model: DDP's forward syncs buffers across ranks, which would deadlock
         # when validation shards have different batch counts.
         val = evaluate(
-            s.model, s.valid_loader, s.criterion, s.rt, dist_info=dist_info, should_stop=valid_stop
+            s.model,
+            s.valid_loader,
+            s.criterion,
+            s.rt,
+            dist_info=dist_info,
+            should_stop=valid_stop,
         )
         improved = _advance(s, state, val)
         if writer:
@@ -683,7 +758,9 @@ def _epochs(s, run_dir, dist_info, writer, resume, should_stop, show_progress):
             _save_epoch(s, run_dir, state, val, improved)
     if writer is None:
         return {}
-    jobs.write_status(run_dir, calibration=_calibrate_best(s, run_dir / "best.pt"))
+    run_folder.write_status(
+        run_dir, calibration=_calibrate_best(s, run_dir / "best.pt")
+    )
     return writer.finish(s.cfg, state)
 
 
@@ -714,7 +791,9 @@ def _calibrate_best(s: _Setup, best_path: Path) -> dict[str, Any]:
 
     payload = load_payload(best_path)
     model = copy.deepcopy(s.model)
-    model.load_state_dict(payload["state_dict"])  # fp16 weights are cast into the fp32 model
+    model.load_state_dict(
+        payload["state_dict"]
+    )  # fp16 weights are cast into the fp32 model
     loader = make_loader(
         s.valid_loader.dataset,
         s.cfg.batch_size,
@@ -746,7 +825,9 @@ def _for_training(model: nn.Module, device: torch.device, dist_info: Dist) -> nn
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop, show) -> None:
+def _train_epoch(
+    s, train_model, epoch, dist_info, writer, augment, should_stop, show
+) -> None:
     """One training epoch with a progress bar (terminal) and metrics lines (rank 0)."""
     from tqdm.auto import tqdm
 
@@ -762,7 +843,9 @@ def _train_epoch(s, train_model, epoch, dist_info, writer, augment, should_stop,
         done = record.pop("step_in_epoch")
         record.pop("n")
         bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+        bar.set_postfix(
+            loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}"
+        )
         record["images_per_s"] *= dist_info.world  # every rank runs at rank 0's pace
         if writer:
             writer.log(record, cfg, epoch * steps + done, steps)

@@ -1,7 +1,8 @@
 """Training: start runs as background processes, watch their live curves, cancel them.
 
-UI only. core.jobs starts `python -m core train` in its own process and reads run directories
-from disk, so runs survive an app restart and runs started from the command line show up too.
+UI only. core.jobs starts `python -m core train` in its own process; core.run_folder reads run
+directories from disk, so runs survive an app restart and runs started from the command line
+show up too.
 Each browser session keeps its own choices in st.session_state; runs never share a directory.
 """
 
@@ -15,7 +16,7 @@ import streamlit as st
 # `streamlit run pages/<page>.py` puts only pages/ on sys.path; make `core` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import jobs
+from core import jobs, run_folder
 from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
 from core.data.registry import MAX_SEED
@@ -158,14 +159,14 @@ def training_refused() -> None:
     st.code("python -m core train --data data/demo/pcam --out runs/my-run", language="bash")
 
 
-def run_panel(run: jobs.RunInfo) -> None:
+def run_panel(run: run_folder.RunInfo) -> None:
     status = run.status
     progress = status.get("progress") or {}
     with st.container(border=True):
         head, button = st.columns([5, 1])
         head.markdown(f"**{run.name}** · `{run.state}` · {run.config.get('model') or 'auto'}")
         if (
-            run.state in jobs.ACTIVE_STATES
+            run.state in run_folder.ACTIVE_STATES
             and not public_mode()
             and button.button("Cancel", key=f"training_cancel::{run.name}")
         ):
@@ -179,7 +180,7 @@ def run_panel(run: jobs.RunInfo) -> None:
                 f"ETA {jobs.format_seconds(progress.get('eta_s'))}"
             )
             st.progress(min(float(progress["fraction"]), 1.0), text=text)
-        elif run.state in jobs.ACTIVE_STATES:
+        elif run.state in run_folder.ACTIVE_STATES:
             st.caption("Starting: opening the dataset and building the model…")
         if status.get("notice"):
             st.info(status["notice"])
@@ -194,7 +195,7 @@ def run_panel(run: jobs.RunInfo) -> None:
 
 @st.fragment(run_every=REFRESH)
 def runs_section() -> None:
-    runs = jobs.list_runs()
+    runs = run_folder.list_runs()
     st.subheader("Runs")
     if not runs:
         st.info(
@@ -221,7 +222,7 @@ def runs_section() -> None:
     )
     for name in chosen:
         run_panel(by_name[name])
-    curves = {name: jobs.read_metrics(by_name[name].path) for name in chosen}
+    curves = {name: run_folder.read_metrics(by_name[name].path) for name in chosen}
     curves = {name: frame for name, frame in curves.items() if not frame.empty}
     if curves:
         st.plotly_chart(curves_figure(curves), key="training_curves")

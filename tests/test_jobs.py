@@ -1,4 +1,4 @@
-"""core.jobs: run directories on disk, status merging, torn metrics lines, dead-process
+"""core.jobs and core.run_folder: run directories on disk, status merging, torn metrics lines, dead-process
 detection, the config -> command-line mapping, and real background runs started and cancelled."""
 
 from __future__ import annotations
@@ -14,30 +14,31 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs
+from core import jobs, processes, run_folder
+from core.files import write_json_atomic
 
 
 def test_run_dirs_are_unique_and_listed_newest_first(tmp_path):
-    a = jobs.make_run_dir("resnet18", tmp_path)
-    b = jobs.make_run_dir("resnet18", tmp_path)
+    a = run_folder.make_run_dir("resnet18", tmp_path)
+    b = run_folder.make_run_dir("resnet18", tmp_path)
     assert a != b and a.parent == b.parent == tmp_path
-    jobs.write_status(a, state="finished", created="2026-01-01T00:00:00+00:00")
-    jobs.write_status(b, state="finished", created="2026-01-02T00:00:00+00:00")
+    run_folder.write_status(a, state="finished", created="2026-01-01T00:00:00+00:00")
+    run_folder.write_status(b, state="finished", created="2026-01-02T00:00:00+00:00")
     (tmp_path / "not-a-run").mkdir()
-    assert [r.path for r in jobs.list_runs(tmp_path)] == [b, a]
+    assert [r.path for r in run_folder.list_runs(tmp_path)] == [b, a]
 
 
 def test_list_runs_reads_the_runs_folder_from_config(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOLENS_RUNS", str(tmp_path / "elsewhere"))
-    assert jobs.list_runs() == []
-    run = jobs.make_run_dir("x")
-    jobs.write_config(run, {"data": "d", "model": "idc_cnn"})
-    assert [(r.path, r.config["model"]) for r in jobs.list_runs()] == [(run, "idc_cnn")]
+    assert run_folder.list_runs() == []
+    run = run_folder.make_run_dir("x")
+    run_folder.write_config(run, {"data": "d", "model": "idc_cnn"})
+    assert [(r.path, r.config["model"]) for r in run_folder.list_runs()] == [(run, "idc_cnn")]
 
 
 def test_write_status_merges_fields_and_leaves_no_temp_files(tmp_path):
-    jobs.write_status(tmp_path, state="running", pid=1)
-    status = jobs.write_status(tmp_path, progress={"fraction": 0.5})
+    run_folder.write_status(tmp_path, state="running", pid=1)
+    status = run_folder.write_status(tmp_path, progress={"fraction": 0.5})
     assert (
         status["state"] == "running"
         and status["pid"] == 1
@@ -48,39 +49,39 @@ def test_write_status_merges_fields_and_leaves_no_temp_files(tmp_path):
 
 
 def test_read_metrics_skips_a_torn_last_line_and_has_all_columns(tmp_path):
-    assert list(jobs.read_metrics(tmp_path).columns) == list(jobs.METRIC_COLUMNS)
-    jobs.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
+    assert list(run_folder.read_metrics(tmp_path).columns) == list(run_folder.METRIC_COLUMNS)
+    run_folder.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 0, "step": 2, "spl')  # killed mid-write
-    frame = jobs.read_metrics(tmp_path)
+    frame = run_folder.read_metrics(tmp_path)
     assert len(frame) == 1 and frame.loc[0, "loss"] == 0.7
-    assert set(jobs.METRIC_COLUMNS) <= set(frame.columns)
+    assert set(run_folder.METRIC_COLUMNS) <= set(frame.columns)
 
 
 def test_a_line_torn_inside_a_character_or_not_a_record_is_skipped(tmp_path):
     """A byte that is not UTF-8 made the history unreadable: the runs table, the curves and
     --resume all failed with a bare codec error."""
-    jobs.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
+    run_folder.append_metrics(tmp_path, [{"epoch": 0, "step": 1, "split": "train", "loss": 0.7}])
     with open(tmp_path / "metrics.jsonl", "ab") as fh:
         fh.write(b'{"epoch": 0, "note": "\xc3\n5\n[1, 2]\n')  # torn in a character; non-records
-    jobs.append_metrics(tmp_path, [{"epoch": 1, "step": 2, "split": "train", "loss": 0.5}])
-    assert list(jobs.read_metrics(tmp_path)["loss"]) == [0.7, 0.5]
-    jobs.keep_metrics(tmp_path, before_epoch=1)
-    assert list(jobs.read_metrics(tmp_path)["loss"]) == [0.7]
+    run_folder.append_metrics(tmp_path, [{"epoch": 1, "step": 2, "split": "train", "loss": 0.5}])
+    assert list(run_folder.read_metrics(tmp_path)["loss"]) == [0.7, 0.5]
+    run_folder.keep_metrics(tmp_path, before_epoch=1)
+    assert list(run_folder.read_metrics(tmp_path)["loss"]) == [0.7]
 
 
 def test_keep_metrics_drops_unfinished_epochs(tmp_path):
-    jobs.append_metrics(tmp_path, [{"epoch": e, "step": e} for e in (0, 0, 1, 2)])
-    jobs.keep_metrics(tmp_path, before_epoch=1)
-    assert list(jobs.read_metrics(tmp_path)["epoch"]) == [0, 0]
+    run_folder.append_metrics(tmp_path, [{"epoch": e, "step": e} for e in (0, 0, 1, 2)])
+    run_folder.keep_metrics(tmp_path, before_epoch=1)
+    assert list(run_folder.read_metrics(tmp_path)["epoch"]) == [0, 0]
 
 
 def test_a_dead_pid_shows_as_failed_killed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    jobs.write_status(tmp_path, state="running", pid=proc.pid, host=os.uname().nodename)
+    run_folder.write_status(tmp_path, state="running", pid=proc.pid, host=os.uname().nodename)
     (tmp_path / "train.log").write_text("epoch 1/3 ...\n")
-    status = jobs.read_status(tmp_path)
+    status = run_folder.read_status(tmp_path)
     assert status["state"] == "failed" and status["killed"]
     assert "--resume" in status["error"] and "epoch 1/3" in status["traceback"]
 
@@ -103,9 +104,9 @@ def test_a_run_caught_before_its_command_line_shows_is_alive(tmp_path, monkeypat
     monkeypatch.setattr(jobs.subprocess, "Popen", popen_mid_exec)
     run = jobs.start_run({"data": "d", "model": "idc_cnn"}, runs_dir=tmp_path)
     try:
-        status = jobs.read_status(run)
+        status = run_folder.read_status(run)
         assert status["state"] == "queued" and not status.get("killed"), status
-        assert [r.state for r in jobs.list_runs(tmp_path)] == ["queued"]
+        assert [r.state for r in run_folder.list_runs(tmp_path)] == ["queued"]
     finally:
         started[0].kill(), started[0].wait()
 
@@ -115,11 +116,11 @@ def test_a_reused_pid_counts_as_dead_whatever_its_command_line(tmp_path):
     """Another process now holding the run's pid started later than the run's process did."""
     other = subprocess.Popen([*SLEEPER, "core"])
     try:
-        start = jobs.process_start(other.pid)
-        assert jobs.process_alive(other.pid, start)
-        assert not jobs.process_alive(other.pid, start - 1)  # the pid's earlier owner
-        jobs.write_status(tmp_path, state="running", pid=other.pid, pid_start=start - 1)
-        assert jobs.read_status(tmp_path)["state"] == "failed"
+        start = processes.process_start(other.pid)
+        assert processes.process_alive(other.pid, start)
+        assert not processes.process_alive(other.pid, start - 1)  # the pid's earlier owner
+        run_folder.write_status(tmp_path, state="running", pid=other.pid, pid_start=start - 1)
+        assert run_folder.read_status(tmp_path)["state"] == "failed"
     finally:
         other.kill(), other.wait()
 
@@ -130,12 +131,12 @@ def test_a_status_without_a_start_time_counts_a_younger_process_as_a_reused_pid(
     other = subprocess.Popen(SLEEPER)
     try:
         old = "2020-01-01T00:00:00+00:00"
-        jobs.write_json_atomic(
+        write_json_atomic(
             tmp_path / "status.json", {"state": "running", "pid": other.pid, "updated": old}
         )
-        assert jobs.read_status(tmp_path)["state"] == "failed"
-        jobs.write_status(tmp_path, state="running")  # updated now: the process is older
-        assert jobs.read_status(tmp_path)["state"] == "running"
+        assert run_folder.read_status(tmp_path)["state"] == "failed"
+        run_folder.write_status(tmp_path, state="running")  # updated now: the process is older
+        assert run_folder.read_status(tmp_path)["state"] == "running"
     finally:
         other.kill(), other.wait()
 
@@ -145,27 +146,27 @@ def test_a_run_that_ends_while_being_read_shows_its_own_final_status(tmp_path, m
     the run's own status wins over a guess."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    jobs.write_status(tmp_path, state="running", pid=proc.pid)
-    real_alive = jobs.process_alive
+    run_folder.write_status(tmp_path, state="running", pid=proc.pid)
+    real_alive = processes.process_alive
 
     def finishes_first(pid, start=None, updated=None):
-        jobs.write_status(tmp_path, state="finished")
+        run_folder.write_status(tmp_path, state="finished")
         return real_alive(pid, start, updated)
 
-    monkeypatch.setattr(jobs, "process_alive", finishes_first)
-    status = jobs.read_status(tmp_path)
+    monkeypatch.setattr(run_folder, "process_alive", finishes_first)
+    status = run_folder.read_status(tmp_path)
     assert status["state"] == "finished" and not status.get("killed")
 
 
 def test_a_run_from_another_host_is_never_declared_dead(tmp_path):
-    jobs.write_status(tmp_path, state="running", pid=2**22 + 7, host="some-gpu-node")
-    assert jobs.read_status(tmp_path)["state"] == "running"
+    run_folder.write_status(tmp_path, state="running", pid=2**22 + 7, host="some-gpu-node")
+    assert run_folder.read_status(tmp_path)["state"] == "running"
 
 
 def test_cancel_of_a_run_whose_process_is_gone_marks_it_cancelled(tmp_path):
-    jobs.write_status(tmp_path, state="queued")
+    run_folder.write_status(tmp_path, state="queued")
     assert jobs.cancel_run(tmp_path)
-    assert jobs.read_status(tmp_path)["state"] == "cancelled"
+    assert run_folder.read_status(tmp_path)["state"] == "cancelled"
     assert not jobs.cancel_run(tmp_path)  # already over
 
 
@@ -193,12 +194,12 @@ def test_every_config_field_round_trips_through_the_command_line(tmp_path):
 def wait_for_state(run, states, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = jobs.read_status(run)
+        status = run_folder.read_status(run)
         if status.get("state") in states:
             return status
         time.sleep(0.25)
     raise AssertionError(
-        f"{run}: still {jobs.read_status(run).get('state')} after {timeout}s; log:\n{jobs.tail_log(run)}"
+        f"{run}: still {run_folder.read_status(run).get('state')} after {timeout}s; log:\n{run_folder.tail_log(run)}"
     )
 
 
@@ -206,11 +207,11 @@ def wait_for_status(run, predicate, what: str, timeout=120.0) -> dict:
     """Poll status.json (written by the trainer) until ``predicate(status)`` holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = jobs.read_status(run)
+        status = run_folder.read_status(run)
         if predicate(status):
             return status
         time.sleep(0.1)
-    raise AssertionError(f"{run}: no {what} after {timeout}s; log:\n{jobs.tail_log(run)}")
+    raise AssertionError(f"{run}: no {what} after {timeout}s; log:\n{run_folder.tail_log(run)}")
 
 
 def child_pids(pid: int) -> set[int]:
@@ -233,8 +234,8 @@ def test_start_run_with_loader_workers_then_cancel_ends_cancelled(demo_root, tmp
         "device": "cpu", "workers": 2,
     }  # fmt: skip
     run = jobs.start_run(cfg, runs_dir=tmp_path)
-    assert jobs.read_status(run)["state"] in ("queued", "running")
-    assert [r.path for r in jobs.list_runs(tmp_path)] == [run]
+    assert run_folder.read_status(run)["state"] in ("queued", "running")
+    assert [r.path for r in run_folder.list_runs(tmp_path)] == [run]
     status = wait_for_status(
         run, lambda s: (s.get("progress") or {}).get("step", 0) >= 1, "first logged step"
     )
@@ -244,14 +245,14 @@ def test_start_run_with_loader_workers_then_cancel_ends_cancelled(demo_root, tmp
     status = wait_for_state(run, ("cancelled", "failed", "finished"), timeout=60)
     assert status["state"] == "cancelled", status
     assert wait_for_exit(status["pid"])
-    assert not [pid for pid in workers if jobs.process_alive(pid)]  # none outlives the trainer
+    assert not [pid for pid in workers if processes.process_alive(pid)]  # none outlives the trainer
 
 
 def wait_for_exit(pid: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
-    while jobs.process_alive(pid) and time.monotonic() < deadline:
+    while processes.process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not jobs.process_alive(pid)
+    return not processes.process_alive(pid)
 
 
 @pytest.fixture
@@ -284,16 +285,16 @@ def test_the_runs_table_names_datasets_not_formats(fake_idc, tmp_path, monkeypat
     monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path))
     runs = []
     for data in (tmp_path / "demo" / "idc", tmp_path.parent / "elsewhere" / "real" / "idc"):
-        run = jobs.make_run_dir("x", tmp_path / "runs")
-        jobs.write_config(run, {"data": str(data), "model": "idc_cnn"})
+        run = run_folder.make_run_dir("x", tmp_path / "runs")
+        run_folder.write_config(run, {"data": str(data), "model": "idc_cnn"})
         runs.append(run)
-    table = jobs.runs_table(jobs.list_runs(tmp_path / "runs"))
+    table = jobs.runs_table(run_folder.list_runs(tmp_path / "runs"))
     assert sorted(table["dataset"]) == ["demo/idc", "real/idc"]
 
 
 def test_the_runs_table_says_each_runs_seed_and_split_seed(tmp_path):
     runs = tmp_path / "runs"
     for config in ({"seed": 2, "split_seed": 0}, {"seed": 3}):  # the second from before split_seed
-        jobs.write_config(jobs.make_run_dir("x", runs), {"data": "d", **config})
-    table = jobs.runs_table(jobs.list_runs(runs))
+        run_folder.write_config(run_folder.make_run_dir("x", runs), {"data": "d", **config})
+    table = jobs.runs_table(run_folder.list_runs(runs))
     assert sorted(table["seed / split"]) == ["2 / 0", "3 / 3"]

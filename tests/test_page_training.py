@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs
+from core import run_folder
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
@@ -45,20 +45,22 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     at.number_input(key="training_split_seed").set_value(3)
     at.button[0].click().run()
     assert not at.exception, at.exception
-    runs = jobs.list_runs()
+    runs = run_folder.list_runs()
     assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
     assert "-bn_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
     assert (runs[0].config["seed"], runs[0].config["split_seed"]) == (2, 3)
     deadline = time.monotonic() + 150
     while (
-        jobs.read_status(runs[0].path)["state"] in jobs.ACTIVE_STATES
+        run_folder.read_status(runs[0].path)["state"] in run_folder.ACTIVE_STATES
         and time.monotonic() < deadline
     ):
         time.sleep(1)
         at.run()  # AppTest advances the run_every fragment on run()
         assert not at.exception, at.exception
     at.run()
-    assert jobs.read_status(runs[0].path)["state"] == "finished", jobs.tail_log(runs[0].path)
+    assert run_folder.read_status(runs[0].path)["state"] == "finished", run_folder.tail_log(
+        runs[0].path
+    )
     assert "`finished`" in " ".join(m.value for m in at.markdown)
     assert at.multiselect(key="training_selected").value == [runs[0].name]
     assert len(at.get("plotly_chart")) == 1
@@ -67,14 +69,14 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
 
 
 def test_a_failed_and_a_killed_run_show_their_errors(data_root, tmp_path):
-    failed = jobs.make_run_dir("resnet18")
-    jobs.write_config(failed, {"data": "x", "model": "resnet18"})
-    jobs.write_status(
+    failed = run_folder.make_run_dir("resnet18")
+    run_folder.write_config(failed, {"data": "x", "model": "resnet18"})
+    run_folder.write_status(
         failed, state="failed", error="boom: out of memory", traceback="Traceback ..."
     )
-    killed = jobs.make_run_dir("idc_cnn")
-    jobs.write_config(killed, {"data": "x", "model": "idc_cnn"})
-    jobs.write_status(killed, state="running", pid=2**22 + 11, host=os.uname().nodename)
+    killed = run_folder.make_run_dir("idc_cnn")
+    run_folder.write_config(killed, {"data": "x", "model": "idc_cnn"})
+    run_folder.write_status(killed, state="running", pid=2**22 + 11, host=os.uname().nodename)
     at = page()
     at.multiselect(key="training_selected").set_value([failed.name, killed.name]).run()
     assert not at.exception, at.exception

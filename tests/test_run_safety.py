@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import quick, write_idc_tree
 
-from core import jobs
+from core import jobs, run_folder
 from core.__main__ import main
 from core.checkpoints import load_checkpoint, load_payload
 from core.errors import is_disk_full
@@ -137,7 +137,7 @@ def test_kills_during_checkpoint_writes_never_lose_a_checkpoint_or_a_validation_
         assert list(run.glob(".*.tmp")), "the kill should land inside a checkpoint write"
         assert load_payload(run / "last.pt")["loop"]["epoch"] == k + 1  # the previous epoch
         load_checkpoint(run / "best.pt")
-        assert jobs.read_status(run)["killed"]
+        assert run_folder.read_status(run)["killed"]
     result = subprocess.run(
         [sys.executable, "-m", "core", "train", "--resume", str(run)],
         cwd=REPO,
@@ -147,7 +147,7 @@ def test_kills_during_checkpoint_writes_never_lose_a_checkpoint_or_a_validation_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "took over the lock" in result.stdout and "temp file(s)" in result.stdout
     assert not list(run.glob(".*.tmp"))
-    metrics = jobs.read_metrics(run)
+    metrics = run_folder.read_metrics(run)
     valid = metrics[metrics["split"] == "valid"]
     assert sorted(valid["epoch"]) == list(range(epochs))  # each epoch's validation exactly once
     assert load_payload(run / "last.pt")["loop"]["epoch"] == epochs
@@ -161,7 +161,7 @@ def test_full_disk_says_disk_full(data, tmp_path, capsys, monkeypatch):
     assert main(["train", *_train_argv(data, run, epochs=1)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: disk full") and "--resume" in err[0]
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "failed" and status["error"].startswith("disk full")
 
 
@@ -208,20 +208,20 @@ def test_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 def test_status_with_a_bad_pid_never_crashes_or_signals(pid, tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
-    (run / jobs.STATUS_FILE).write_text(json.dumps({"state": "running", "pid": pid}))
+    (run / run_folder.STATUS_FILE).write_text(json.dumps({"state": "running", "pid": pid}))
     sent = []
     monkeypatch.setattr(os, "kill", lambda *a: sent.append(a))
     monkeypatch.setattr(os, "killpg", lambda *a: sent.append(a))
-    assert jobs.read_status(run)["state"] == "running"
-    assert jobs.list_runs(tmp_path)[0].status["pid"] == pid
+    assert run_folder.read_status(run)["state"] == "running"
+    assert run_folder.list_runs(tmp_path)[0].status["pid"] == pid
     jobs.cancel_run(run)
     assert not [a for a in sent if a[1] != 0]  # never a real signal to a made-up pid
 
 
 @pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe", b"", b"{", b'"text"'])
 def test_damaged_status_files_read_as_empty(content, tmp_path):
-    (tmp_path / jobs.STATUS_FILE).write_bytes(content)
-    assert jobs.read_status(tmp_path)["state"] == "unknown"
+    (tmp_path / run_folder.STATUS_FILE).write_bytes(content)
+    assert run_folder.read_status(tmp_path)["state"] == "unknown"
 
 
 DAMAGED_STATUSES = [
@@ -246,9 +246,11 @@ def test_damaged_status_fields_never_crash_the_runs_table_or_the_training_page(t
     runs = tmp_path / "runs"  # HISTOLENS_RUNS (conftest)
     for k, status in enumerate([{"state": "finished", "created": "2026-01-01"}, *DAMAGED_STATUSES]):
         (runs / f"run{k}").mkdir(parents=True)
-        (runs / f"run{k}" / jobs.STATUS_FILE).write_text(json.dumps(status))
-        (runs / f"run{k}" / jobs.CONFIG_FILE).write_text(json.dumps({"data": k or 5, "model": 3}))
-    listed = jobs.list_runs(runs)
+        (runs / f"run{k}" / run_folder.STATUS_FILE).write_text(json.dumps(status))
+        (runs / f"run{k}" / run_folder.CONFIG_FILE).write_text(
+            json.dumps({"data": k or 5, "model": 3})
+        )
+    listed = run_folder.list_runs(runs)
     assert len(jobs.runs_table(listed)) == len(DAMAGED_STATUSES) + 1
     app_test = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
     at = app_test.from_file(str(REPO / "pages" / "training.py"), default_timeout=120).run()

@@ -13,7 +13,7 @@ from helpers import quick, write_idc_tree
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from core import jobs
+from core import run_folder
 from core.checkpoints import ModelCard, load_checkpoint, load_payload
 from core.d4 import D4_GROUP
 from core.data import DatasetError, open_dataset
@@ -72,10 +72,10 @@ def test_a_run_written_before_split_seed_keeps_the_split_its_seed_drew(tmp_path)
         return config_from_args(build_parser().parse_args(["train", *argv]), saved)
 
     old, new = tmp_path / "old", tmp_path / "new"
-    jobs.write_config(old, {"data": "x", "seed": 3})
-    jobs.write_config(new, {"data": "x", "seed": 3, "split_seed": 0})
-    assert parsed("--resume", str(old), saved=jobs.read_config(old)).split_seed == 3
-    assert parsed("--resume", str(new), saved=jobs.read_config(new)).split_seed == 0
+    run_folder.write_config(old, {"data": "x", "seed": 3})
+    run_folder.write_config(new, {"data": "x", "seed": 3, "split_seed": 0})
+    assert parsed("--resume", str(old), saved=run_folder.read_config(old)).split_seed == 3
+    assert parsed("--resume", str(new), saved=run_folder.read_config(new)).split_seed == 0
     assert parsed("--data", "x", "--out", "o", "--seed", "3").split_seed == 0
     assert parsed("--data", "x", "--out", "o", "--seed", "3", "--split-seed", "2").split_seed == 2
     assert TrainConfig.from_dict({"data": "x", "seed": 3}).split_seed == 0  # the page's path
@@ -239,7 +239,7 @@ def test_fit_writes_the_run_directory_with_full_checkpoints(demo_root, tmp_path)
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "bn_cnn" and config["img_size"] == 50  # resolved from the data
-    metrics = jobs.read_metrics(run)
+    metrics = run_folder.read_metrics(run)
     assert set(metrics["split"]) == {"train", "valid"}
     assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
     assert metrics["step"].is_monotonic_increasing
@@ -269,12 +269,12 @@ def test_fit_learns_calibration_and_operating_point_on_validation(demo_root, tmp
 def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
     run = tmp_path / "run"
     fit(quick(demo_root / "idc", epochs=1), run)
-    first_epoch = jobs.read_metrics(run)
+    first_epoch = run_folder.read_metrics(run)
     # a torn run: lines of an unfinished epoch 1 that resume must drop and redo
-    jobs.append_metrics(run, [{"epoch": 1, "split": "train", "loss": 9.9, "step": 99}])
+    run_folder.append_metrics(run, [{"epoch": 1, "split": "train", "loss": 9.9, "step": 99}])
     status = fit(quick(demo_root / "idc", epochs=2), run, resume=True)
     assert status["state"] == "finished" and status["epochs_run"] == 2
-    metrics = jobs.read_metrics(run)
+    metrics = run_folder.read_metrics(run)
     assert 9.9 not in set(metrics["loss"])
     assert list(metrics.loc[metrics.split == "valid", "epoch"]) == [0, 1]
     assert metrics[metrics.epoch == 0].reset_index(drop=True).equals(first_epoch)
@@ -291,7 +291,7 @@ def test_a_train_split_of_one_class_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="holds only normal patches; a tumour-vs-normal"):
         fit(quick(fake.root), tmp_path / "run")
     assert not (tmp_path / "run" / "best.pt").exists()
-    assert jobs.read_status(tmp_path / "run")["state"] == "failed"
+    assert run_folder.read_status(tmp_path / "run")["state"] == "failed"
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -386,7 +386,7 @@ def test_a_failing_run_records_its_error_and_traceback(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(DatasetError):
         fit(quick(data), run)
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "failed"
     assert "valid split is empty" in status["error"] and "Traceback" in status["traceback"]
 
@@ -395,4 +395,4 @@ def test_should_stop_cancels_cleanly(demo_root, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingCancelled):
         fit(quick(demo_root / "idc"), run, should_stop=lambda: True)
-    assert jobs.read_status(run)["state"] == "cancelled"
+    assert run_folder.read_status(run)["state"] == "cancelled"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import jobs
+from core import run_folder
 from core.checkpoints import load_checkpoint, load_payload
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,12 @@ def core_cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def assert_run_dir(run, epochs: int) -> None:
     for name in RUN_FILES:
         assert (run / name).is_file(), name
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "finished" and status["epochs_run"] == epochs
     assert status["progress"]["fraction"] == 1.0
-    metrics = jobs.read_metrics(run)
+    metrics = run_folder.read_metrics(run)
     assert list(metrics.loc[metrics.split == "valid", "epoch"]) == list(range(epochs))
-    assert set(jobs.METRIC_COLUMNS) <= set(metrics.columns)
+    assert set(run_folder.METRIC_COLUMNS) <= set(metrics.columns)
     assert (
         load_checkpoint(run / "best.pt").card.arch
         == json.loads((run / "config.json").read_text())["model"]
@@ -61,7 +61,7 @@ def test_a_trained_run_is_never_started_over(demo_root, tmp_path, capsys):
     from core.train_config import TrainConfig
 
     run = tmp_path / "run"
-    jobs.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"))))
+    run_folder.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"))))
     (run / "best.pt").write_bytes(b"the best weights")
     (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
     before = {p.name: p.read_bytes() for p in run.iterdir()}
@@ -92,12 +92,12 @@ def test_resume_of_a_damaged_config_or_a_weights_only_last_pt_says_which(
     assert (
         "config.json is not a run config (damaged?)" in capsys.readouterr().err
     )  # not "not found"
-    jobs.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"), model="bn_cnn")))
+    run_folder.write_config(run, asdict(TrainConfig(data=str(demo_root / "idc"), model="bn_cnn")))
     save_checkpoint(run / "last.pt", build_model("bn_cnn")[0], ModelCard.for_model("bn_cnn"))
     assert main(["train", "--resume", str(run)]) == 1  # was: error: 'optimizer'
     err = capsys.readouterr().err.strip().splitlines()
     assert "no loop, optimizer, scheduler state" in err[-1] and "cannot resume" in err[-1]
-    assert jobs.read_status(run)["state"] == "failed"
+    assert run_folder.read_status(run)["state"] == "failed"
 
 
 def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
@@ -106,7 +106,7 @@ def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error:") and "missing" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert jobs.read_status(run)["state"] == "failed"
+    assert run_folder.read_status(run)["state"] == "failed"
 
 
 # `python -m core train` in a process that signals itself the moment its trainer writes a chosen
@@ -115,12 +115,12 @@ def test_bad_data_fails_with_one_line_and_a_failed_status(tmp_path):
 # fast GPU that finishes short epochs between two polls.
 SIGNAL_AT_EVENT = """
 import os, signal, sys
-from core import jobs
+from core import run_folder
 from core.__main__ import main
 
 sig, (kind, n), argv = getattr(signal, sys.argv[1]), sys.argv[2].split(":"), sys.argv[3:]
 seen = {"step": 0, "valid": 0}
-real_append, real_status = jobs.append_metrics, jobs.write_status
+real_append, real_status = run_folder.append_metrics, run_folder.write_status
 
 def event(name):
     seen[name] += 1
@@ -139,7 +139,7 @@ def write_status(run_dir, **fields):
         event("valid")
     return status
 
-jobs.append_metrics, jobs.write_status = append_metrics, write_status
+run_folder.append_metrics, run_folder.write_status = append_metrics, write_status
 sys.exit(main(["train", *argv]))
 """
 
@@ -166,11 +166,11 @@ def test_sigterm_with_loader_workers_ends_cancelled(
     args += ["--limit-batches", "6", "--log-every", "1", "--workers", "2", "--out", run]
     result = train_until("SIGTERM", event, *args)
     assert result.returncode == 130, result.stderr[-3000:]
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "cancelled", status
     if finished_epochs:
         assert load_payload(run / "last.pt")["loop"]["epoch"] == finished_epochs
-        assert load_checkpoint(run / "last.pt").card.arch == jobs.read_config(run)["model"]
+        assert load_checkpoint(run / "last.pt").card.arch == run_folder.read_config(run)["model"]
     else:
         assert not (run / "last.pt").exists()
 
@@ -181,7 +181,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(demo_root, tmp_path):
     # killed at step 2 of epoch 2 (4 steps per epoch), after last.pt of epoch 1 was written
     result = train_until("SIGKILL", "step:6", *args, "--limit-batches", "4", "--out", run)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "failed" and status["killed"]  # dead pid detected
     assert load_payload(run / "last.pt")["loop"]["epoch"] == 1
 
@@ -202,7 +202,7 @@ def test_torchrun_two_process_gloo_run_on_cpu(demo_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_run_dir(run, epochs=2)
-    metrics = jobs.read_metrics(run)
+    metrics = run_folder.read_metrics(run)
     # rank 0 logged its 2 steps per epoch; validation gathered both ranks' shards
     assert metrics.query("split == 'train'")["step"].max() == 2 * 2
     assert (metrics.query("split == 'valid'")["n"] == 2 * 16 * 2).all()
@@ -224,7 +224,7 @@ def test_torchrun_cancel_of_rank_0_stops_every_rank_at_the_same_step(demo_root, 
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert result.returncode != 0  # torchrun reports ranks that exit 130 as failed
-    status = jobs.read_status(run)
+    status = run_folder.read_status(run)
     assert status["state"] == "cancelled", result.stderr[-3000:]
-    train_steps = jobs.read_metrics(run).query("split == 'train'")["step"]
+    train_steps = run_folder.read_metrics(run).query("split == 'train'")["step"]
     assert train_steps.max() <= 3  # stopped at the step after the signal, not at the end

@@ -1,4 +1,4 @@
-"""`python -m core train`: train one model into a run directory (layout in core/jobs.py).
+"""`python -m core train`: train one model into a run directory (layout in core/run_folder.py).
 
     python -m core train --data PATH [--model NAME] [--epochs N] [--batch-size B] [--lr LR]
         [--img-size S] [--device D] [--seed S] [--split-seed S] [--pretrained] --out RUN_DIR
@@ -150,12 +150,12 @@ def config_from_args(args, saved: dict | None = None) -> TrainConfig:
 
 
 def _config_and_dir(args):
-    from core import jobs
+    from core import run_folder
     from core.errors import InputError
 
     if "resume" in args:
-        saved = jobs.read_config(args.resume)
-        config_file = args.resume / jobs.CONFIG_FILE
+        saved = run_folder.read_config(args.resume)
+        config_file = args.resume / run_folder.CONFIG_FILE
         if not saved:
             what = "is not a run config (damaged?)" if config_file.exists() else "not found"
             raise InputError(

@@ -33,6 +33,7 @@ from core.data.base import MASKS_FILE, SYNTHETIC_MARKER
 from core.data.pcam import split_file
 from core.data.synth import render_slide
 from core.memory import release_free_memory
+from core.processes import process_alive
 
 PATCH = 96
 CENTRE = 32
@@ -257,11 +258,9 @@ def _publish_set(target: Path, name: str, sizes: DemoSizes | None) -> None:
 def _remove_dead_staging(target: Path) -> None:
     """Delete the staging folders (``.demo-<pid>-*``) of writers that were killed mid-set: a
     live writer in another process (its pid alive) keeps its folder."""
-    from core import jobs
-
     for folder in target.glob(".demo-*"):
         pid = folder.name.split("-")[1]
-        if not (pid.isdigit() and int(pid) != os.getpid() and jobs.process_alive(int(pid))):
+        if not (pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
 
 
