@@ -135,6 +135,24 @@ class ModelCard:
 
         return Calibration.from_dict(self.calibration).apply(prob)
 
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether validation taught this card its calibration map and operating points: true of
+        every best.pt training writes, and of an exported checkpoint imported back (core.interop
+        folds the map into the weights and keeps the operating points)."""
+        return bool(self.calibration or self.operating_points)
+
+    @property
+    def not_calibrated_why(self) -> str | None:
+        """None when calibrated; else why not, and what that means for its numbers."""
+        if self.is_calibrated:
+            return None
+        return (
+            "its card holds no calibration map or operating point learnt on validation (saved "
+            "before HistoLens calibrated checkpoints, imported weights, or a run's last.pt), so "
+            f"P(tumour) is the model's raw softmax, called at {self.threshold:g}"
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         """The card, every field type- and range-checked (a CheckpointError names the field)."""

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,24 +48,6 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def link_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Make ``dst`` hold ``src``'s current bytes without writing them again: a hard link, or a
-    copy where the filesystem has none; swapped in with ``os.replace`` either way. Replacing
-    ``src`` later (os.replace) leaves ``dst`` with the old content."""
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        os.link(src, tmp)
-    except OSError:  # no hard links here (some network or FAT filesystems)
-        with open(src, "rb") as fh:
-            return write_atomic(dst, lambda out: shutil.copyfileobj(fh, out))
-    try:
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

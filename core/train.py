@@ -2,11 +2,14 @@
 
 ``fit(cfg, run_dir)`` trains one model and writes one run directory (layout in
 core/run_folder.py): ``config.json``, ``metrics.jsonl``, ``status.json``, ``last.pt`` (every
-epoch, with optimizer, scheduler and loop state for ``resume``) and ``best.pt`` (best validation
-score). Both .pt files are full checkpoints with a model card (core/checkpoints.py), written
-atomically. After the last epoch, best.pt's card gets a calibration map and operating points
-fitted on the validation split (core.calibration): consumers report calibrated P(tumour) and
-call tumour at the card's threshold.
+epoch: weights, model card, optimizer, scheduler and loop state for ``resume``) and ``best.pt``
+(weights and card only, rewritten on each improving epoch), both written atomically
+(core/checkpoints.py). Every best.pt is calibrated: its card carries a calibration map and
+operating points (core.calibration) fitted on the validation predictions of its own epoch, so a
+run that is cancelled, fails or is killed leaves a model used exactly as a finished one. After
+the last epoch, best.pt is calibrated again on the whole validation split (``--limit-batches``
+validates on a subset). Consumers report calibrated P(tumour) and call tumour at the card's
+threshold.
 
 Reading order: ``fit`` sets up one ``_Run`` (the set-up, loop state, run folder, torchrun place,
 writer and stop flag) and calls ``_Run.train``; the set-up (``_setup``), the writer (rank 0's
@@ -65,7 +68,6 @@ from core.device import (
     seed_everything,
 )
 from core.errors import InputError, is_disk_full, one_line
-from core.files import link_atomic
 from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
@@ -211,8 +213,9 @@ class _Run:
             dist_info=self.dist_info,
             should_stop=self.valid_stop,
         )
+        scored = val.pop("labels"), val.pop("probs")  # what best.pt is calibrated on
         improved = self._advance(val)
-        self.writer.end_epoch(s, self.state, val, improved)
+        self.writer.end_epoch(s, self.state, val, scored if improved else None)
 
     def _train_epoch(self, train_model: nn.Module) -> None:
         """One training epoch with a progress bar (terminal) and metrics lines (rank 0)."""
@@ -511,9 +514,6 @@ class _RunWriter:
         run_folder.keep_metrics(self.run_dir, before_epoch=state.epoch)
         self.first_step = state.global_step
         self.startup = s.startup
-        last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        if state.epoch and state.best_epoch == state.epoch - 1 and not s.cfg.best_fp16:
-            link_atomic(last, best)  # killed between last.pt and its best.pt link
 
     def phase(self, name: str) -> None:
         """What the run does now, "train" or "valid" (an event tests and pages can wait on)."""
@@ -550,14 +550,18 @@ class _RunWriter:
             },
         )
 
-    def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any], improved: bool) -> None:
-        """The validation line and the best epoch so far, then last.pt every epoch; on an
-        improving epoch best.pt becomes a hard link to it, so the weights are serialised once
-        (timm's CheckpointSaver; bench/checkpoint_saver.py: 0.54-0.62x the time of two saves).
-        A finished run's calibration then rewrites best.pt with weights only. With ``best_fp16``
-        best.pt is its own float16 file. The validation line first: last.pt claims the epoch
-        done, so a kill between the two must leave the epoch unclaimed (redone on --resume),
-        never unrecorded."""
+    def end_epoch(
+        self,
+        s: _Setup,
+        state: LoopState,
+        val: dict[str, Any],
+        best_predictions: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        """The validation line and the best epoch so far, then the checkpoints: best.pt when the
+        epoch improved (``best_predictions``: its validation labels and P(tumour), which best.pt
+        is calibrated on), then last.pt. In that order because last.pt claims the epoch done: a
+        kill between two writes leaves the epoch unclaimed (redone on --resume), never its
+        validation line unrecorded or its best.pt unwritten."""
         record = {"epoch": state.epoch - 1, "split": "valid", **val}
         record["lr"] = s.optimizer.param_groups[0]["lr"]
         self.log(record, s.cfg, state.global_step, s.steps)
@@ -565,9 +569,8 @@ class _RunWriter:
             self.run_dir, best={"epoch": state.best_epoch, "score": state.best_score}
         )
         card = replace(s.rt.card, metrics={f"valid_{k}": v for k, v in val.items()})
-        if improved and s.cfg.best_fp16:
-            # .half() converts floating-point tensors only (BatchNorm counters stay int64).
-            save_checkpoint(self.run_dir / "best.pt", copy.deepcopy(s.model).half(), card)
+        if best_predictions is not None:
+            _save_best(self.run_dir / "best.pt", s.model, card, *best_predictions, s.cfg)
         save_checkpoint(
             self.run_dir / "last.pt",
             s.model,
@@ -577,8 +580,6 @@ class _RunWriter:
             scaler=s.scaler.state_dict() if s.scaler is not None else {},
             loop=asdict(state),
         )
-        if improved and not s.cfg.best_fp16:
-            link_atomic(self.run_dir / "last.pt", self.run_dir / "best.pt")
 
     def finish(self, s: _Setup, state: LoopState) -> dict[str, Any]:
         """Calibrate best.pt on the whole validation split, then the final status."""
@@ -616,7 +617,7 @@ class _NullWriter:
     def log(self, record: dict[str, Any], cfg: TrainConfig, global_step: int, steps: int) -> None:
         pass
 
-    def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any], improved: bool) -> None:
+    def end_epoch(self, s: _Setup, state: LoopState, val: dict[str, Any], best_predictions) -> None:
         pass
 
     def finish(self, s: _Setup, state: LoopState) -> dict[str, Any]:
@@ -627,11 +628,8 @@ class _NullWriter:
 
 
 def _calibrate_best(s: _Setup, best_path: Path) -> dict[str, Any]:
-    """Fit the calibration map and operating points on the whole validation split (rank 0, one
-    process) with the best weights, and write them into best.pt's card (same weights).
-    Returns what the run's status reports: method, threshold, validation ECE before/after."""
-    from core.calibration import fit_operating_point
-
+    """Calibrate best.pt again with its own weights on the whole validation split (rank 0, one
+    process; training may validate on a subset). Returns what the run's status reports."""
     payload = load_payload(best_path)
     model = copy.deepcopy(s.model)
     model.load_state_dict(payload["state_dict"])  # fp16 weights are cast into the fp32 model
@@ -644,12 +642,23 @@ def _calibrate_best(s: _Setup, best_path: Path) -> dict[str, Any]:
         workers=0,
         pin_memory=False,
     )
-    y, p, _ = predictions(model, loader, s.criterion, s.rt)
-    fitted = fit_operating_point(y, p, s.cfg.calibration)
-    card = card_of(payload, best_path)
+    labels, probs, _ = predictions(model, loader, s.criterion, s.rt)
+    return _save_best(best_path, model, card_of(payload, best_path), labels, probs, s.cfg)
+
+
+def _save_best(
+    path: Path, model: nn.Module, card: ModelCard, labels, probs, cfg: TrainConfig
+) -> dict[str, Any]:
+    """Write best.pt: weights only (float16 with ``best_fp16``) and ``card`` with the calibration
+    map and operating points fitted on validation ``labels`` and raw ``probs`` (core.calibration).
+    Returns what the run's status reports: method, threshold, validation ECE before/after."""
+    from core.calibration import fit_operating_point
+
+    fitted = fit_operating_point(labels, probs, cfg.calibration)
     metrics = {**card.metrics, "valid_ece_raw": fitted.ece_raw, "valid_ece": fitted.ece}
     card = replace(card, metrics=metrics, **fitted.card_fields())
-    save_checkpoint(best_path, model.half() if s.cfg.best_fp16 else model, card)
+    # .half() converts floating-point tensors only (BatchNorm counters stay int64).
+    save_checkpoint(path, copy.deepcopy(model).half() if cfg.best_fp16 else model, card)
     return {
         "method": fitted.calibration.method,
         "threshold": fitted.threshold,
@@ -811,9 +820,11 @@ def evaluate(
     dist_info: Dist = Dist(),
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy and ROC AUC (scikit-learn) over ``loader``; shards are gathered across
-    ranks so every rank returns the same numbers. ``should_stop()`` is asked before each batch
-    (single process only: a rank leaving validation alone would strand the others)."""
+    """Loss, accuracy and ROC AUC (scikit-learn) over ``loader``, and the ``labels`` and raw
+    P(tumour) ``probs`` (numpy) they were computed from (fit pops them to calibrate best.pt);
+    shards are gathered across ranks so every rank returns the same. ``should_stop()`` is asked
+    before each batch (single process only: a rank leaving validation alone would strand the
+    others)."""
     y, p, loss_sum = predictions(
         model, loader, criterion, rt, dist_info=dist_info, should_stop=should_stop
     )
@@ -823,6 +834,8 @@ def evaluate(
         "accuracy": float(((p >= 0.5) == y).mean()) if n else float("nan"),
         "auc": _auc(y, p),
         "n": n,
+        "labels": y,
+        "probs": p,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,3 +397,73 @@ def test_should_stop_cancels_cleanly(demo_root, tmp_path):
     with pytest.raises(TrainingCancelled):
         fit(quick(demo_root / "idc"), run, should_stop=lambda: True)
     assert run_folder.read_status(run)["state"] == "cancelled"
+
+
+INFERENCE_KEYS = {"format", "format_version", "card", "state_dict"}  # what save_checkpoint writes
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+def test_a_run_that_ends_early_leaves_a_calibrated_weights_only_best_pt(
+    demo_root, tmp_path, monkeypatch, ending
+):
+    """Issue 22, item 3: best.pt of a run cancelled (the Training page's SIGTERM sets the same
+    flag) or failed after its first epoch held last.pt's optimizer and loop state and no
+    calibration. It is weights + card, calibrated on the validation predictions of its epoch."""
+    import core.train
+    from core.calibration import fit_operating_point
+    from core.device import resolve_precision
+    from core.train import predictions, validation_indices
+
+    run, cfg = tmp_path / "run", quick(demo_root / "idc", epochs=3)
+    if ending == "cancelled":
+        with pytest.raises(TrainingCancelled):
+            fit(cfg, run, should_stop=lambda: (run / "last.pt").exists())  # after epoch 1
+    else:
+        real_evaluate, calls = core.train.evaluate, []
+
+        def fails_second(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError("a validation patch became unreadable")
+            return real_evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(core.train, "evaluate", fails_second)
+        with pytest.raises(OSError):
+            fit(cfg, run)
+    assert run_folder.read_status(run)["state"] == ending
+    assert set(load_payload(run / "best.pt")) == INFERENCE_KEYS
+    best = load_checkpoint(run / "best.pt")
+    assert best.card.is_calibrated and best.card.calibration["method"] == "platt"
+    assert best.card.operating_points["max_balanced_accuracy"] == best.card.threshold
+    # the map and threshold are the ones epoch 1's validation predictions give
+    ds = open_dataset(demo_root / "idc")
+    reader = BatchReader(ds, validation_indices(ds, cfg, world=1))
+    loader = make_loader(reader, 16, shuffle=False, seed=0, dist_info=Dist(), workers=0,
+                         pin_memory=False)  # fmt: skip
+    precision = resolve_precision("auto", torch.device("cpu"))  # as training (--like-cuda: bf16)
+    rt = Runtime(torch.device("cpu"), best.card, channels_last=True, precision=precision)
+    labels, probs, _ = predictions(best.model, loader, nn.CrossEntropyLoss(), rt)
+    fitted = fit_operating_point(labels, probs, "platt")
+    assert best.card.threshold == pytest.approx(fitted.threshold, abs=1e-6)
+    for key in ("a", "b"):
+        assert best.card.calibration[key] == pytest.approx(
+            fitted.calibration.to_dict()[key], rel=1e-4
+        )
+
+
+def test_a_checkpoint_trained_at_the_app_defaults_fits_the_upload_cap(demo_root, tmp_path):
+    """The largest model the Training page picks at its defaults (hcd_cnn, 96 px PCam) leaves a
+    best.pt the checkpoint uploader and the server both accept, cancelled or finished."""
+    import tomllib
+
+    from core.checkpoints import MAX_UPLOADED_CHECKPOINT_BYTES
+
+    config_toml = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
+    server = tomllib.loads(config_toml.read_text())["server"]
+    cap = min(MAX_UPLOADED_CHECKPOINT_BYTES, server["maxUploadSize"] * 2**20)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingCancelled):
+        fit(TrainConfig(data=str(demo_root / "pcam"), limit_batches=1), run,
+            should_stop=lambda: (run / "last.pt").exists())  # fmt: skip
+    assert load_checkpoint(run / "best.pt").card.arch == "hcd_cnn"
+    assert (run / "best.pt").stat().st_size <= cap

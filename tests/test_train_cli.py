@@ -228,3 +228,16 @@ def test_torchrun_cancel_of_rank_0_stops_every_rank_at_the_same_step(demo_root, 
     assert status["state"] == "cancelled", result.stderr[-3000:]
     train_steps = run_folder.read_metrics(run).query("split == 'train'")["step"]
     assert train_steps.max() <= 3  # stopped at the step after the signal, not at the end
+
+
+def test_a_killed_run_leaves_a_calibrated_weights_only_best_pt(demo_root, tmp_path):
+    """Issue 22, item 3: a SIGKILL leaves no moment to tidy up, so best.pt must already be
+    what inference needs (weights + card, no optimizer or loop state) and calibrated."""
+    run = tmp_path / "run"
+    args = ["--data", demo_root / "idc", "--epochs", "3", "--batch-size", "16", "--log-every", "1"]
+    result = train_until("SIGKILL", "step:6", *args, "--limit-batches", "4", "--out", run)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert run_folder.read_status(run)["killed"]
+    assert set(load_payload(run / "best.pt")) == {"format", "format_version", "card", "state_dict"}
+    card = load_checkpoint(run / "best.pt").card
+    assert card.is_calibrated and card.operating_points["max_balanced_accuracy"] == card.threshold
