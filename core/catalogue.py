@@ -48,7 +48,8 @@ def _run_name(path: Path) -> str:
 
 def checkpoint_label(path) -> str:
     """How a checkpoint reads wherever one is chosen: model, the data it learned from, when,
-    and its short name: "idc_cnn · real/idc · 2026-11-23 00:20 · idc_cnn-smoke-95f921"."""
+    and its short name: "idc_cnn · real/idc · 2026-11-23 00:20 · idc_cnn-smoke-95f921", then
+    " · not calibrated" when its card has no calibration learnt on validation."""
     from core.checkpoints import CheckpointError
     from core.data import dataset_name
 
@@ -59,7 +60,19 @@ def checkpoint_label(path) -> str:
         return f"{short} (unreadable)"
     data = dataset_name(card.dataset) if card.dataset else card.dataset_format
     parts = [card.arch, data + (" (synthetic)" if card.synthetic_data else ""), card.created[:16]]
-    return " · ".join([*(p.replace("T", " ") for p in parts if p), short])
+    label = " · ".join([*(p.replace("T", " ") for p in parts if p), short])
+    return label if card.is_calibrated else f"{label} · not calibrated"
+
+
+def not_calibrated_why(path) -> str | None:
+    """Why the checkpoint's P(tumour) is not calibrated (one line from its card), or None when
+    it is, or when its card does not read (``card_problem`` says that)."""
+    from core.checkpoints import CheckpointError
+
+    try:
+        return read_card(path).not_calibrated_why
+    except (CheckpointError, OSError):
+        return None
 
 
 def card_problem(path) -> str | None:

@@ -50,6 +50,7 @@ from core.files import file_sha256
 from pages._shared import (
     dataset,
     ensure_demo_or_warn,
+    say_not_calibrated,
     session_checkpoints,
     shared_model,
 )
@@ -341,6 +342,7 @@ methods = st.multiselect(
 for name in [n for n in chosen if card_problem(by_name[n])]:
     st.error(f"{name} cannot be used: {card_problem(by_name[name])}")
     chosen = [n for n in chosen if n != name]
+say_not_calibrated({by_name[n]: n for n in chosen})
 if not chosen or not methods:
     st.info("Pick at least one checkpoint and one method.")
     st.stop()

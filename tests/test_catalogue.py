@@ -65,6 +65,14 @@ def test_checkpoint_choices_list_shipped_then_runs_newest_first(tmp_path, monkey
     ]
 
 
+# What training writes into every best.pt's card (core.calibration.Fitted.card_fields)
+CALIBRATED = dict(
+    calibration={"method": "platt", "a": 1.3, "b": -0.2},
+    threshold=0.42,
+    operating_points={"max_balanced_accuracy": 0.42},
+)
+
+
 def test_a_checkpoint_label_names_model_data_date_and_run(tmp_path, monkeypatch):
     """Issue 13, item 4: not `20261123-002020-auto-95f921/best`."""
     monkeypatch.setenv("HISTOLENS_DATA", str(tmp_path / "data"))
@@ -72,7 +80,7 @@ def test_a_checkpoint_label_names_model_data_date_and_run(tmp_path, monkeypatch)
     run = tmp_path / "runs" / "20261123-002020-idc_cnn-smoke-95f921"
     path = make_checkpoint(
         run / "best.pt", dataset=str(tmp_path / "data" / "real" / "idc"), dataset_format="idc",
-        created="2026-11-23T00:20:31+00:00",
+        created="2026-11-23T00:20:31+00:00", **CALIBRATED,
     )  # fmt: skip
     assert catalogue.model_names([path, run / "last.pt"]) == [
         "idc_cnn-smoke-95f921",
@@ -90,3 +98,24 @@ def test_a_checkpoint_label_names_model_data_date_and_run(tmp_path, monkeypatch)
     )
     (tmp_path / "bad.pt").write_bytes(b"junk")
     assert catalogue.checkpoint_label(tmp_path / "bad.pt").endswith("/bad (unreadable)")
+
+
+def test_a_checkpoint_without_calibration_says_so_and_why(tmp_path, monkeypatch):
+    """Issue 22, item 3: a card with no calibration learnt on validation (a run's best.pt from
+    before every best.pt was calibrated, a shipped or imported model) reads "not calibrated"
+    in every chooser, and its one line says why; a calibrated one, or an exported model whose
+    map is folded into its weights (operating points kept), does not."""
+    monkeypatch.setenv("HISTOLENS_RUNS", str(tmp_path / "runs"))
+    plain = make_checkpoint(tmp_path / "plain.pt")
+    calibrated = make_checkpoint(tmp_path / "calibrated.pt", **CALIBRATED)
+    folded = make_checkpoint(
+        tmp_path / "folded.pt", threshold=0.42, operating_points={"max_balanced_accuracy": 0.42}
+    )
+    assert catalogue.checkpoint_label(plain).endswith("/plain · not calibrated")
+    why = catalogue.not_calibrated_why(plain)
+    assert "no calibration map" in why and "raw softmax, called at 0.5" in why
+    for path in (calibrated, folded):
+        assert "not calibrated" not in catalogue.checkpoint_label(path)
+        assert catalogue.not_calibrated_why(path) is None
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    assert catalogue.not_calibrated_why(tmp_path / "bad.pt") is None  # card_problem says why

@@ -136,6 +136,17 @@ def session_checkpoints(key: str) -> list[Path]:
     return [Path(p) for p in held.values() if Path(p).is_file()]
 
 
+def say_not_calibrated(named) -> None:
+    """One caption per chosen checkpoint (``{path: name}``) whose card is not calibrated, saying
+    why; the chooser's label says "not calibrated" too (core.catalogue.checkpoint_label)."""
+    from core.catalogue import not_calibrated_why
+
+    for path, name in named.items():
+        why = not_calibrated_why(path)
+        if why:
+            st.caption(f"{name} is not calibrated: {why}.")
+
+
 def _validated_upload(name: str, data: bytes) -> str | None:
     from core.checkpoints import CheckpointError, load_uploaded_checkpoint
 

@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.catalogue import card_problem, checkpoint_label, model_names, readable, trained_on_index
 from core.evaluate import SPLITS
+from pages._shared import say_not_calibrated
 from pages._shared.state import SESSION, keep_offered
 
 
@@ -50,7 +51,9 @@ def choose_inputs(
     )
     for path in [p for p in chosen if card_problem(p)]:
         st.error(f"{names[path]} cannot be {verb}: {card_problem(path)}")
-    return [p for p in chosen if not card_problem(p)], entry, split
+    usable = [p for p in chosen if not card_problem(p)]
+    say_not_calibrated({p: names[p] for p in usable})
+    return usable, entry, split
 
 
 def seed_from_url(page: str, names, entries, counts: tuple[int, int]) -> None:
