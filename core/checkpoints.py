@@ -561,7 +561,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     return LoadedModel(model=model, card=card, path=path, sha256=file_sha256(path))
 
 
-MAX_UPLOADED_CHECKPOINT_BYTES = 100 * 2**20  # resnet50 is ~95 MB; a public server holds a few
+# The server refuses any upload over .streamlit/config.toml's server.maxUploadSize (Streamlit 1.67
+# checks every upload against it, whatever a widget's max_upload_size says), so this cap is that
+# one: a best.pt of the models training picks by default is 4.7-9.8 MB (bn_cnn, hcd_cnn); a
+# resnet18 (45 MB) is used from the checkpoints folder of a local run instead.
+MAX_UPLOADED_CHECKPOINT_BYTES = 20 * 2**20
 KEEP_UPLOADED_CHECKPOINTS = 8  # files kept under the upload folder, newest first
 
 

@@ -100,3 +100,26 @@ def test_compare_thresholds_round_trip_shows_what_it_applies(compare_url):
         assert drawn_thresholds(page) == after
         assert after["alpha"] == pytest.approx(applied["alpha"] + 0.001)
         assert after["beta"] == applied["beta"]
+
+
+def test_a_checkpoint_over_the_upload_cap_is_refused_before_it_is_sent(compare_url):
+    """Issue 22, item 3: the checkpoint uploader said 100 MB while the server takes 20 MB
+    (.streamlit/config.toml), so a 25 MB file failed with only "AxiosError: Request failed with
+    status code 413". It states the server's cap, and refuses a larger file itself, in one
+    line, before anything is sent."""
+    from core.checkpoints import MAX_UPLOADED_CHECKPOINT_BYTES
+
+    with browser_page() as page:
+        page.goto(compare_url, wait_until="domcontentloaded")
+        page.get_by_role("link", name="Compare", exact=True).click(timeout=60_000)
+        settle(page, "text=Confusion matrices")
+        page.get_by_text("Bring your own checkpoint").click()
+        uploader = page.locator("[data-testid='stFileUploader']").first
+        cap_mb = MAX_UPLOADED_CHECKPOINT_BYTES // 2**20
+        assert f"{cap_mb}MB per file" in uploader.inner_text()
+        too_big = {"name": "big.pt", "mimeType": "application/octet-stream",
+                   "buffer": bytes(MAX_UPLOADED_CHECKPOINT_BYTES + 2**20)}  # fmt: skip
+        uploader.locator("input[type='file']").set_input_files(files=[too_big])
+        refusal = page.get_by_text(re.compile(r"File must be .* or smaller"))
+        refusal.first.wait_for(timeout=60_000)
+        assert refusal.count() == 1 and page.get_by_text("413").count() == 0

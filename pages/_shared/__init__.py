@@ -118,12 +118,15 @@ def session_checkpoints(key: str) -> list[Path]:
     like a local one (core.checkpoints.load_uploaded_checkpoint); a bad one gets one line."""
     from core.checkpoints import MAX_UPLOADED_CHECKPOINT_BYTES
 
+    cap = MAX_UPLOADED_CHECKPOINT_BYTES // 2**20
     files = st.file_uploader(
         "Your own checkpoint (.pt from `python -m core train`; this session only)",
         type=["pt"],
         accept_multiple_files=True,
         key=key,
-        max_upload_size=MAX_UPLOADED_CHECKPOINT_BYTES // 2**20,
+        max_upload_size=cap,
+        help=f"Up to {cap} MB a file (a larger one is refused before it is sent): a best.pt "
+        "of the models training picks by default is 3-10 MB.",
     )
     held = st.session_state.setdefault("session_checkpoints", {})  # sha256 -> path
     for file in files or []:
