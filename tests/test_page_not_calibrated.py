@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_evaluate import make_checkpoint  # pytest puts tests/ on sys.path
+from helpers import make_checkpoint
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
 
