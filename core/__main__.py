@@ -17,7 +17,18 @@ import sys
 
 from core.errors import InputError, one_line
 
-COMMANDS = ("demo", "data", "train", "evaluate", "explain", "compare", "embed", "import", "export")
+COMMANDS = (
+    "demo",
+    "data",
+    "train",
+    "evaluate",
+    "calibrate",
+    "explain",
+    "compare",
+    "embed",
+    "import",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -317,6 +317,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, **extra
     return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
+def save_with_card(path: str | Path, out: str | Path, card: ModelCard) -> Path:
+    """Write a copy of the checkpoint at ``path`` to ``out`` (atomically) with ``card`` as its
+    model card: the weights stay as they are, float16 ones included."""
+    import torch
+
+    payload = load_payload(path)
+    payload["card"] = card.to_dict()
+    return write_atomic(out, lambda fh: torch.save(payload, fh))
+
+
 def load_payload(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (weights_only=True). Raises CheckpointError.
 

@@ -538,3 +538,36 @@ def interval_fields(ci, known: pd.DataFrame) -> dict:
         "ci_note": ci.note if ci else "",
         "auc_ci": ci.to_dict() if ci else None,
     }
+
+
+def calibrate_checkpoint(
+    checkpoint_path, ds, out, method: str = "platt", progress=None, device=None
+):
+    """Fit a calibration map and operating points (``core.calibration.fit_operating_point``,
+    guard and conformal quantiles included) on the validation split of ``ds`` from the
+    checkpoint's raw softmax, as training does for every best.pt, and write the checkpoint with
+    them in its card to ``out`` (the weights unchanged). For checkpoints saved before HistoLens
+    calibrated them, and imported ones. ``ds`` must be opened with the checkpoint's own split
+    (``open_dataset_for``), so its validation patients are ones it was not trained on.
+    Returns the ``Fitted`` result."""
+    from dataclasses import replace
+
+    from core.calibration import fit_operating_point
+    from core.checkpoints import load_checkpoint, save_with_card
+    from core.device import resolve_device
+
+    indices = np.sort(ds.indices(split="valid"))
+    labels = ds.meta["label"].to_numpy()[indices]
+    indices, labels = indices[labels >= 0], labels[labels >= 0]
+    if np.unique(labels).size < 2:
+        raise InputError(
+            f"{ds.root}: the validation split needs tumour and normal patches to calibrate on "
+            f"({len(indices)} labelled); use the dataset the checkpoint was trained on"
+        )
+    loaded = load_checkpoint(checkpoint_path, device=resolve_device(str(device or "auto")))
+    raw = predict_loaded(loaded, ds, indices, progress=progress, calibrated=False)
+    fitted = fit_operating_point(labels, raw, method)
+    metrics = {**loaded.card.metrics, "valid_ece_raw": fitted.ece_raw, "valid_ece": fitted.ece}
+    card = replace(loaded.card, metrics=metrics, **fitted.card_fields())
+    save_with_card(checkpoint_path, out, card)
+    return fitted
