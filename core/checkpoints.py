@@ -150,7 +150,8 @@ class ModelCard:
         return (
             "its card holds no calibration map or operating point learnt on validation (saved "
             "before HistoLens calibrated checkpoints, imported weights, or a run's last.pt), so "
-            f"P(tumour) is the model's raw softmax, called at {self.threshold:g}"
+            f"P(tumour) is the model's raw softmax, called at {self.threshold:g}; "
+            "`python -m core calibrate` fits both on its validation split"
         )
 
     @classmethod

@@ -114,6 +114,7 @@ def test_a_checkpoint_without_calibration_says_so_and_why(tmp_path, monkeypatch)
     assert catalogue.checkpoint_label(plain).endswith("/plain · not calibrated")
     why = catalogue.not_calibrated_why(plain)
     assert "no calibration map" in why and "raw softmax, called at 0.5" in why
+    assert "python -m core calibrate" in why  # and how to fix it
     for path in (calibrated, folded):
         assert "not calibrated" not in catalogue.checkpoint_label(path)
         assert catalogue.not_calibrated_why(path) is None
