@@ -173,11 +173,13 @@ def run_panel(run: run_folder.RunInfo) -> None:
             jobs.cancel_run(run.path)
             st.toast(f"Cancelling {run.name}…")
         if progress:
+            active = run.state in run_folder.ACTIVE_STATES
             text = (
                 f"epoch {progress['epoch']}/{progress['epochs']} · "
                 f"step {progress['step']}/{progress['steps_per_epoch']} · "
-                f"{progress.get('images_per_s') or 0:.0f} images/s · "
-                f"ETA {jobs.format_seconds(progress.get('eta_s'))}"
+                f"{progress.get('images_per_s') or 0:.0f} images/s"
+                # an ended run has no time left: its last ETA would read as if it were running
+                + (f" · ETA {jobs.format_seconds(progress.get('eta_s'))}" if active else "")
             )
             st.progress(min(float(progress["fraction"]), 1.0), text=text)
         elif run.state in run_folder.ACTIVE_STATES:
@@ -189,7 +191,8 @@ def run_panel(run: run_folder.RunInfo) -> None:
             if status.get("traceback"):
                 with st.expander("Traceback"):
                     st.code(status["traceback"], language="text")
-        if run.state == "finished" and (run.path / "best.pt").is_file():
+        if run.state not in run_folder.ACTIVE_STATES and (run.path / "best.pt").is_file():
+            # a stopped run's best.pt is calibrated too: usable on Explain and Compare
             st.caption(f"best checkpoint: `{run.path / 'best.pt'}`")
 
 
@@ -206,8 +209,12 @@ def runs_section() -> None:
         jobs.runs_table(runs),
         hide_index=True,
         width="stretch",
+        # narrow columns, so the table fits a 1400 px page
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)
+            "run": st.column_config.TextColumn(width="medium"),
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0, max_value=1, width="small"
+            ),
         },
     )
     by_name = {r.name: r for r in runs}

@@ -89,3 +89,20 @@ def test_a_failed_and_a_killed_run_show_their_errors(data_root, tmp_path):
 def test_the_page_runs_standalone_with_no_runs(data_root):
     at = page()
     assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_a_cancelled_run_shows_no_eta_and_offers_its_best_checkpoint(data_root):
+    """A cancelled run still showed "ETA 4m 04s"; its best.pt (calibrated, like a finished
+    run's) was offered only for finished runs."""
+    run = run_folder.make_run_dir("bn_cnn")
+    run_folder.write_config(run, {"data": "x", "model": "bn_cnn"})
+    progress = {"epoch": 2, "epochs": 6, "step": 5, "steps_per_epoch": 9, "fraction": 0.3}
+    run_folder.write_status(run, state="cancelled", progress=progress | {"eta_s": 244.0})
+    (run / "best.pt").write_bytes(b"a checkpoint")
+    at = page()
+    at.multiselect(key="training_selected").set_value([run.name]).run()
+    assert not at.exception, at.exception
+    texts = [p.proto.text for p in at.get("progress")]
+    assert texts and not any("ETA" in t for t in texts)
+    assert any("best checkpoint" in c.value and "best.pt" in c.value for c in at.caption)
+    assert "created" not in at.dataframe[0].value.columns  # the run name holds its start time
