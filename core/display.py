@@ -69,18 +69,21 @@ MISSING = "n/a"  # an undefined figure (one patient's AUC with one class): Strea
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """A copy for the screen: p-value columns (``*_p``) as text, undefined figures as "n/a"
-    (a column holding one keeps its numbers, as text), headers for people."""
+    (a column holding one becomes text throughout: Arrow takes no column of numbers and
+    words), headers for people."""
     shown = table.copy()
     for column in shown.columns:
         if str(column).endswith("_p"):
             shown[column] = [format_p(p) for p in shown[column]]
         elif shown[column].isna().any():
-            shown[column] = [MISSING if _missing(v) else v for v in shown[column]]
+            shown[column] = [_cell(v) for v in shown[column]]
     return shown.rename(columns=lambda c: column_label(str(c)))
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 UNIT_PLURAL = {"patch": "patches", "patient": "patients"}

@@ -42,7 +42,7 @@ from core.compare import (
 )
 from core.conformal import DEFAULT_ALPHA
 from core.data import list_datasets
-from core.display import calibration_text, coverage_text, display_table, interval_text
+from core.display import calibration_text, display_table, interval_text
 from core.evaluate import (
     REPORTED_METRICS,
     labelled,
@@ -232,15 +232,24 @@ def calibration_section(names, preds, paths) -> None:
     for name in names:
         card = read_card(paths[name])
         cover = conformal_coverage(preds[name], card.conformal)
-        rows.append(
-            {
-                "model": name,
-                "calibration map": calibration_text(card.calibration, card.calibration_note),
-                f"conformal sets, α = {alpha}": coverage_text(cover[alpha]) if cover else "none",
+        row = {
+            "model": name,
+            "calibration map": calibration_text(card.calibration, card.calibration_note),
+        }
+        if cover:  # one column per figure: one long text cell was cut off at the page's edge
+            held = cover[alpha]
+            row |= {
+                "coverage per patch": held["coverage"],
+                "target": held["target"],
+                "mean over patients": held["patient_mean_coverage"],
+                **{f"{kind} sets": share for kind, share in held["sets"].items()},
             }
-        )
-    st.markdown("**Calibration and conformal sets** (fitted on each model's validation split)")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        rows.append(row)
+    st.markdown(
+        f"**Calibration and conformal sets** (fitted on each model's validation split; sets at "
+        f"α = {alpha}: a set holds every class the model cannot rule out at that error rate)"
+    )
+    st.dataframe(display_table(pd.DataFrame(rows).round(3)), hide_index=True, width="stretch")
 
 
 def metrics_section(names, free, at, preds, paths) -> None:
@@ -334,9 +343,10 @@ def disagreements_section(ds, preds, paths, thresholds, keys) -> None:
         models = {n: shared_model(paths[n]) for n in names}
         cuts = tuple(sorted(thresholds.items()))
         overlays = cam_overlays(keys, tuple(shown["id"]), cuts, models, images)
-    # Patches keep a fixed size and wrap. With CAMs each patch is a card as wide as the page
-    # whose images wrap inside it (a row of 1 + 4 images is wider than a narrow page).
-    patches = st.container(horizontal=True)
+    # Patches keep a fixed size and wrap. Without CAMs the patches share rows; with CAMs each
+    # patch is a card of its own row whose images wrap inside it (1 + 4 images of 192 px are
+    # wider than a narrow page; side by side, the cards squeezed them over each other).
+    patches = st.container(horizontal=not overlays)
     for k, (_, row) in enumerate(shown.iterrows()):
         truth = "tumour" if row["label"] == 1 else "normal"
         card = patches.container(

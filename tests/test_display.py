@@ -32,5 +32,5 @@ def test_undefined_figures_read_n_a_not_none():
     """The per-patient table printed "None" where one patient's AUC is undefined (one class)."""
     table = pd.DataFrame({"patient": ["p1", "p2"], "auc": [0.91, None], "n": [3, 4]})
     shown = display_table(table)
-    assert shown["AUC"].tolist() == [0.91, "n/a"]
+    assert shown["AUC"].tolist() == ["0.91", "n/a"]  # one type per column (Arrow)
     assert shown["patches"].tolist() == [3, 4]  # columns without a gap keep their numbers

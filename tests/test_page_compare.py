@@ -255,7 +255,8 @@ def test_the_page_names_each_test_its_unit_the_calibration_map_and_the_conformal
     calibration = next(d.value for d in at.dataframe if "calibration map" in d.value.columns)
     rows = calibration.set_index("model")
     assert rows.loc["alpha", "calibration map"] == f"temperature a=0.6, b=0 ({note})"
-    assert rows.loc["alpha", "conformal sets, α = 0.1"].startswith("coverage ")
-    assert rows.loc["beta", "conformal sets, α = 0.1"] == "none"  # an older card
+    assert 0 <= float(rows.loc["alpha", "coverage per patch"]) <= 1
+    assert float(rows.loc["alpha", "target"]) == 0.9
+    assert rows.loc["beta", "coverage per patch"] == "n/a"  # an older card: no conformal sets
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Risk–coverage" in titles
