@@ -300,7 +300,7 @@ def test_the_bootstrap_keeps_each_stratum_at_its_size():
                 if resampler is plain:
                     assert np.bincount(y[drawn]).tolist() == np.bincount(y).tolist()
                 else:
-                    patients = np.concatenate([d[row] for d in block])
+                    patients = resampler.items(block, row)
                     assert has_tumour[patients].sum() == has_tumour.sum()
                     assert len(patients) == has_tumour.size
 
@@ -328,9 +328,26 @@ def test_unusable_patient_resamples_are_counted_not_hidden():
     ci = metrics.bootstrap_auc_ci(y, prob, n_boot=400, seed=0, groups=groups)
     resampler = metrics.Resampler.of(y, prob, groups)
     misses = sum(
-        int(not np.isin(block[0][row], [0, 1, 2]).any())
+        int(not np.isin(resampler.items(block, row), [0, 1, 2]).any())
         for block in resampler.draws(400, seed=0)
         for row in range(block[0].shape[0])
     )
     assert ci.unit == "patient" and ci.unusable == misses > 0
     assert ci.to_dict()["unusable_resamples"] == misses
+
+
+def test_a_block_gives_the_same_aucs_whatever_parts_it_is_computed_in(monkeypatch):
+    """A block of resamples is computed in parts sized to the memory (BLOCK_ENTRIES): one
+    resample at a time or the whole block at once give the same AUCs."""
+    y, prob, groups = _clustered(n_patients=15, per_patient=8, seed=5)
+    prob = np.round(prob, 2)  # ties between the classes too
+    for unit_groups in (None, groups):
+        resampler = metrics.Resampler.of(y, prob, unit_groups)
+        blocks = list(resampler.draws(40, seed=2))
+        by_parts = []
+        for entries in (1, 7 * resampler.largest_class, 10**6):
+            monkeypatch.setattr(metrics, "BLOCK_ENTRIES", entries)
+            by_parts.append(np.concatenate([resampler.aucs(block) for block in blocks]))
+        assert by_parts[0].size == 40
+        for other in by_parts[1:]:
+            np.testing.assert_array_equal(other, by_parts[0])
