@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from core.errors import InputError
-from core.train_config import PRECISIONS
+from core.train_config import precision_without_cuda
 
 
 def seed_everything(seed: int) -> None:
@@ -55,13 +55,9 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     """The precision a run computes in: "auto" = bf16 on CUDA (fp16 on GPUs without bf16),
     fp32 elsewhere; "fp32" and "bf16" are taken as asked, on any device (bf16 autocast runs on
     the CPU too, which is how CPU tests cover the path CUDA machines take by default)."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
-    if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda" and requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision_without_cuda(requested)
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -22,7 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -114,11 +116,29 @@ def predict_split(
 
 def how_it_runs(device=None, precision: str = "auto") -> dict[str, str]:
     """{"device": cuda | mps | cpu, "precision": fp32 | bf16 | fp16} that a prediction with
-    these requests computes in (None and "auto" resolved as core.device resolves them)."""
+    these requests computes in (None and "auto" resolved as core.device resolves them).
+    On a machine without GPUs (``_no_gpu``) both "auto" and "cpu" are the CPU, known without
+    importing torch, which took most of a cached comparison's seconds."""
+    from core.train_config import precision_without_cuda
+
+    requested = str(device or "auto")
+    if requested in ("auto", "cpu") and _no_gpu():
+        return {"device": "cpu", "precision": precision_without_cuda(precision)}
     from core.device import resolve_device, resolve_precision
 
-    resolved = resolve_device(str(device or "auto"))
+    resolved = resolve_device(requested)
     return {"device": resolved.type, "precision": resolve_precision(precision, resolved)}
+
+
+# Device files that every GPU torch can use needs on Linux: NVIDIA's driver, WSL2's GPU
+# paravirtualisation, AMD's ROCm (which torch also calls "cuda").
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def _no_gpu() -> bool:
+    """True where torch can see no GPU: Linux without any GPU device file. Elsewhere (macOS
+    has MPS) it is not known without torch: False."""
+    return sys.platform.startswith("linux") and not any(map(os.path.exists, GPU_DEVICE_FILES))
 
 
 def _read_cached(cache: Path) -> pd.DataFrame | None:

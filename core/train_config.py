@@ -20,6 +20,14 @@ PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 elsewhere (cor
 MIN_INPUT_SIZE = 32  # the smallest input side every registered model accepts
 
 
+def precision_without_cuda(requested: str) -> str:
+    """The precision ``requested`` computes in off CUDA ("auto" is fp32 there; fp32 and bf16
+    as asked, on any device). ``core.device.resolve_precision`` adds what "auto" is on CUDA."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
+    return "fp32" if requested == "auto" else requested
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``None`` means "decided from the data" and is resolved by ``fit``."""

@@ -46,6 +46,9 @@ def _like_cuda(request, monkeypatch):
             monkeypatch.setattr(module, "resolve_precision", precision)
         if getattr(module, "default_workers", None) is real_workers:
             monkeypatch.setattr(module, "default_workers", lambda dev: 2)
+    import core.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "_no_gpu", lambda: False)  # resolved by the patched core.device
 
 
 @pytest.fixture(autouse=True)

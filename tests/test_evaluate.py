@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -233,3 +235,30 @@ def test_card_calibration_and_threshold_reach_every_consumer(pcam, tmp_path):
     assert older["threshold"] == 0.5 and older["threshold_source"] == "card"
     assert older["patients"]["aggregation"] == "max"  # meta csv: slides are patients
     assert older["auc_ci"]["unit"] == "patch" and "patient(s)" in older["ci_note"]  # too few
+
+
+def test_where_predictions_run_is_known_without_torch_on_a_machine_without_gpus():
+    """Importing torch took most of a cached ``compare`` (issue 27, item 6): on the CPU (asked
+    for, or the only device) the cache key's device and precision need no torch, and they are
+    what core.device resolves."""
+    from core.device import resolve_device, resolve_precision
+
+    if not evaluate._no_gpu():
+        pytest.skip("this machine has GPU device files (or --like-cuda): torch decides")
+    code = (
+        "import sys; from core.evaluate import how_it_runs as h; print(h(), 'torch' in sys.modules)"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert shown == "{'device': 'cpu', 'precision': 'fp32'} False"
+    for device in (None, "auto", "cpu"):
+        for precision in ("auto", "fp32", "bf16"):
+            resolved = resolve_device(device or "auto")
+            expected = {
+                "device": resolved.type,
+                "precision": resolve_precision(precision, resolved),
+            }
+            assert evaluate.how_it_runs(device, precision) == expected
+    with pytest.raises(ValueError, match="precision must be one of"):
+        evaluate.how_it_runs("cpu", "fp16")
