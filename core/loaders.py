@@ -19,12 +19,17 @@ class BatchReader(Dataset):
     Used with a BatchSampler as the DataLoader's sampler and ``batch_size=None``, so each worker
     reads a whole batch with one ``read_batch`` call. The PatchDataset pickles without file
     handles and opens them lazily, so every worker reopens its own h5 file.
+
+    ``shuffle_seed`` permutes the labels among these patches (the data randomisation test):
+    the class counts stay, the pairing of image and label is gone.
     """
 
-    def __init__(self, ds, indices: np.ndarray):
+    def __init__(self, ds, indices: np.ndarray, shuffle_seed: int | None = None):
         self.ds = ds
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = ds.meta["label"].to_numpy(dtype=np.int64)[self.indices]
+        if shuffle_seed is not None:
+            self.labels = np.random.default_rng(shuffle_seed).permutation(self.labels)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -24,6 +24,14 @@ RESCALE_STD = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One block of layers that the randomisation sanity check (core.sanity) re-draws together."""
+
+    name: str  # shown on the plots, e.g. "head", "layer4", "stem"
+    modules: tuple[str, ...]  # dotted paths (as target_layer) whose parameters belong to it
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
@@ -34,6 +42,9 @@ class ModelSpec:
     std: tuple[float, float, float]
     builder: Callable[[bool], tuple[nn.Module, str | None]]  # pretrained -> (model, notice)
     torchvision_weights: str | None = None  # e.g. "ResNet18_Weights.IMAGENET1K_V1"
+    # The architecture's stages from the head down to the stem; together they hold every
+    # parameter (tests/test_sanity.py checks that for every entry). Empty: layout unknown.
+    stages: tuple[Stage, ...] = ()
 
 
 def _seed_builder(class_name: str) -> Callable[[bool], tuple[nn.Module, str | None]]:
@@ -100,7 +111,46 @@ def _torchvision_builder(
     return build
 
 
-def _tv(name: str, weights: str, target_layer: str, classifier: str, description: str) -> ModelSpec:
+def _head_then_blocks(
+    head: str, container: str, n_blocks: int, label: str, stem: tuple[str, ...] = ()
+) -> tuple[Stage, ...]:
+    """Stages of a net built as ``container.0 .. container.{n-1}`` under a head (+ a stem)."""
+    blocks = tuple(
+        Stage(f"{label} {i + 1}", (f"{container}.{i}",)) for i in reversed(range(n_blocks))
+    )
+    return (Stage("head", (head,)), *blocks, *((Stage("stem", stem),) if stem else ()))
+
+
+RESNET_STAGES = (
+    Stage("head", ("fc",)),
+    *(Stage(f"layer{i}", (f"layer{i}",)) for i in (4, 3, 2, 1)),
+    Stage("stem", ("conv1", "bn1")),
+)
+DENSENET_STAGES = (
+    Stage("head", ("classifier",)),
+    Stage("denseblock4", ("features.denseblock4", "features.norm5")),
+    *(
+        Stage(f"denseblock{i}", (f"features.denseblock{i}", f"features.transition{i}"))
+        for i in (3, 2, 1)
+    ),
+    Stage("stem", ("features.conv0", "features.norm0")),
+)
+# features.0 is the stem conv, 1..7 the MBConv stages, 8 the final 1×1 conv (the CAM layer)
+EFFICIENTNET_STAGES = (
+    Stage("head", ("classifier",)),
+    *(Stage(f"features.{i}", (f"features.{i}",)) for i in range(8, 0, -1)),
+    Stage("stem", ("features.0",)),
+)
+
+
+def _tv(
+    name: str,
+    weights: str,
+    target_layer: str,
+    classifier: str,
+    description: str,
+    stages: tuple[Stage, ...],
+) -> ModelSpec:
     return ModelSpec(
         name=name,
         description=description,
@@ -111,6 +161,7 @@ def _tv(name: str, weights: str, target_layer: str, classifier: str, description
         std=IMAGENET_STD,
         builder=_torchvision_builder(name, weights, classifier),
         torchvision_weights=weights,
+        stages=stages,
     )
 
 
@@ -126,6 +177,7 @@ MODELS: dict[str, ModelSpec] = {
             mean=RESCALE_MEAN,
             std=RESCALE_STD,
             builder=_seed_builder("HCDSeedCNN"),
+            stages=_head_then_blocks("classifier", "features", 3, "block"),
         ),
         ModelSpec(
             name="idc_cnn",
@@ -136,6 +188,7 @@ MODELS: dict[str, ModelSpec] = {
             mean=RESCALE_MEAN,
             std=RESCALE_STD,
             builder=_seed_builder("IDCSeedCNN"),
+            stages=_head_then_blocks("classifier", "features", 3, "block"),
         ),
         ModelSpec(
             name="bn_cnn",
@@ -146,6 +199,7 @@ MODELS: dict[str, ModelSpec] = {
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             builder=_seed_builder("BNCNN"),
+            stages=_head_then_blocks("classifier", "features", 4, "block"),
         ),
         ModelSpec(
             name="small_resnet",
@@ -156,15 +210,31 @@ MODELS: dict[str, ModelSpec] = {
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             builder=_seed_builder("SmallResNet"),
+            stages=_head_then_blocks("head", "stages", 3, "stage", stem=("stem",)),
         ),
         _tv(
-            "resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4.-1", "fc", "torchvision ResNet-18"
+            "resnet18",
+            "ResNet18_Weights.IMAGENET1K_V1",
+            "layer4.-1",
+            "fc",
+            "torchvision ResNet-18",
+            RESNET_STAGES,
         ),
         _tv(
-            "resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4.-1", "fc", "torchvision ResNet-34"
+            "resnet34",
+            "ResNet34_Weights.IMAGENET1K_V1",
+            "layer4.-1",
+            "fc",
+            "torchvision ResNet-34",
+            RESNET_STAGES,
         ),
         _tv(
-            "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "layer4.-1", "fc", "torchvision ResNet-50"
+            "resnet50",
+            "ResNet50_Weights.IMAGENET1K_V2",
+            "layer4.-1",
+            "fc",
+            "torchvision ResNet-50",
+            RESNET_STAGES,
         ),
         _tv(
             "resnet101",
@@ -172,6 +242,7 @@ MODELS: dict[str, ModelSpec] = {
             "layer4.-1",
             "fc",
             "torchvision ResNet-101",
+            RESNET_STAGES,
         ),
         _tv(
             "densenet121",
@@ -179,6 +250,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.norm5",
             "classifier",
             "torchvision DenseNet-121",
+            DENSENET_STAGES,
         ),
         _tv(
             "densenet169",
@@ -186,6 +258,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.norm5",
             "classifier",
             "torchvision DenseNet-169",
+            DENSENET_STAGES,
         ),
         _tv(
             "efficientnet_b0",
@@ -193,6 +266,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.-1",
             "classifier.-1",
             "torchvision EfficientNet-B0",
+            EFFICIENTNET_STAGES,
         ),
         _tv(
             "efficientnet_b1",
@@ -200,6 +274,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.-1",
             "classifier.-1",
             "torchvision EfficientNet-B1",
+            EFFICIENTNET_STAGES,
         ),
         _tv(
             "efficientnet_b2",
@@ -207,6 +282,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.-1",
             "classifier.-1",
             "torchvision EfficientNet-B2",
+            EFFICIENTNET_STAGES,
         ),
         _tv(
             "efficientnet_b3",
@@ -214,6 +290,7 @@ MODELS: dict[str, ModelSpec] = {
             "features.-1",
             "classifier.-1",
             "torchvision EfficientNet-B3",
+            EFFICIENTNET_STAGES,
         ),
     )
 }

@@ -353,7 +353,8 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     startup["model"] = time.time()
 
-    train_reader = BatchReader(ds, ds.indices(split="train"))
+    shuffle_seed = cfg.seed if cfg.shuffle_labels else None  # the data randomisation test
+    train_reader = BatchReader(ds, ds.indices(split="train"), shuffle_seed)
     classes = np.unique(train_reader.labels)
     if len(classes) == 1:  # nothing to learn: the "best" model would call everything one class
         raise InputError(

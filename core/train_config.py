@@ -55,6 +55,10 @@ class TrainConfig:
     precision: str = "auto"  # fp32 | bf16 autocast | auto (bf16 on CUDA, fp32 elsewhere)
     log_every: int = 10  # optimizer steps between metrics lines
     best_fp16: bool = False  # store best.pt weights as float16 (half the file; load as float32)
+    # The data randomisation test (core.sanity, Adebayo et al. 2018): the training labels are
+    # permuted (seeded by ``seed``), validation keeps the true ones. Such a model learns nothing
+    # real; its CAMs should not resemble those of the same recipe trained on the true labels.
+    shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
         problems = [

@@ -137,6 +137,12 @@ def register(sub) -> None:
         action=argparse.BooleanOptionalAction,
         help="store best.pt weights as float16 (smaller file to ship)",
     )
+    p.add_argument(
+        "--shuffle-labels",
+        dest="shuffle_labels",
+        action=argparse.BooleanOptionalAction,
+        help="permute the training labels (the data randomisation test of the sanity check)",
+    )
     p.set_defaults(func=run)
 
 
