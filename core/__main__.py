@@ -28,6 +28,7 @@ COMMANDS = (
     "embed",
     "import",
     "export",
+    "sanity",
 )
 
 

@@ -71,12 +71,19 @@ def open_inputs(args, checkpoints):
     """The dataset, opened with the split the checkpoints were trained on (split mismatches are
     printed as warnings); an out-of-range option is an InputError."""
     from core.errors import InputError
-    from core.evaluate import open_dataset_for
 
     problem = option_problem(args)
     if problem:
         raise InputError(problem)
-    ds, warnings = open_dataset_for(args.data, checkpoints)
+    return open_data(args.data, checkpoints)
+
+
+def open_data(data, checkpoints):
+    """``data`` opened with the split the checkpoints were trained on (split mismatches are
+    printed as warnings)."""
+    from core.evaluate import open_dataset_for
+
+    ds, warnings = open_dataset_for(data, checkpoints)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return ds
