@@ -393,3 +393,64 @@ def embedding_figure(
         yaxis=axis | {"title": f"{emap.method.upper()} 2"},
     )
     return fig
+
+
+# -- Explain: can I trust these maps? -----------------------------------------------------------
+
+
+def sanity_figure(curves: pd.DataFrame, metric: str = "abs_spearman", mode: str = "cascading"):
+    """Similarity to the trained model's map against randomisation depth (core.sanity curves):
+    one line per method with its 95 % band, the two controls dashed, the verdict's threshold
+    dotted. Depth 0 (the trained model explained twice) starts every line."""
+    import plotly.graph_objects as go
+
+    from core.sanity import CONTROLS, PASS_MAX_ABS_RHO
+
+    rows = curves[(curves["metric"] == metric) & curves["mode"].isin([mode, "—"])]
+    stages = rows.drop_duplicates("depth").sort_values("depth")
+    fig = go.Figure()
+    for i, (method, line) in enumerate(rows.groupby("method", sort=False)):
+        line = line.sort_values("depth")
+        colour = "grey" if method in CONTROLS else model_colour(i)
+        band = np.concatenate([line["high"], line["low"][::-1]])
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([line["depth"], line["depth"][::-1]]),
+                y=band,
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.15,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=line["depth"],
+                y=line["mean"],
+                name=method,
+                mode="lines+markers",
+                line={"color": colour, "dash": "dash" if method in CONTROLS else "solid"},
+                customdata=line[["stage", "n_patches", "n_constant"]],
+                hovertemplate="%{customdata[0]}: %{y:.2f} (%{customdata[1]} patches, "
+                "%{customdata[2]} constant maps left out)<extra>" + method + "</extra>",
+            )
+        )
+    if metric == "abs_spearman":
+        fig.add_hline(y=PASS_MAX_ABS_RHO, line=REFERENCE_LINE, annotation_text="pass threshold")
+    labels = {"abs_spearman": "|Spearman ρ|", "spearman": "Spearman ρ", "ssim": "SSIM"}
+    fig.update_layout(
+        **CURVE_LAYOUT,
+        title=f"{labels[metric]} to the trained model's map, {mode} randomisation",
+        xaxis={
+            "title": "randomised down to",
+            "tickvals": list(stages["depth"]),
+            "ticktext": [
+                "trained" if d == 0 else s
+                for d, s in zip(stages["depth"], stages["stage"], strict=True)
+            ],
+        },
+        yaxis={"title": labels[metric], "range": [-1.05 if metric == "spearman" else -0.05, 1.05]},
+    )
+    return fig

@@ -767,6 +767,15 @@ def dataset_sample(ds, indices: Sequence[int], key: str = "") -> SanitySample:
     )
 
 
+def shown_sample(ds, names: Sequence[str], images: np.ndarray, key: str) -> SanitySample:
+    """The Explain page's current selection: its dataset patches (by id, with labels and
+    masks) or, without a dataset, its uploads."""
+    if ds is None:
+        return upload_sample(images, key)
+    position = pd.Series(np.arange(len(ds)), index=ds.meta["id"].astype(str))
+    return dataset_sample(ds, position.loc[[str(n) for n in names]].to_numpy(), key)
+
+
 def upload_sample(images: np.ndarray, key: str) -> SanitySample:
     images = np.asarray(images)
     return SanitySample(
@@ -888,6 +897,22 @@ def shuffled_label_run(card, runs_dir: Path | None = None):
     ]
     finished = [r for r in twins if r.state == "finished" and (r.path / "best.pt").is_file()]
     return (finished or twins or [None])[0]
+
+
+def start_shuffled_label_run(card, runs_dir: Path | None = None) -> Path:
+    """Start the shuffled-label twin of ``card``'s recipe as a background run (core.jobs),
+    named "shuffled-labels"; an InputError when the card has no recipe or its data is gone."""
+    from core.jobs import start_run
+
+    cfg = shuffled_label_config(card)
+    if cfg is None:
+        raise InputError(
+            "this checkpoint's card does not record how it was trained (an imported or older "
+            "model): the data randomisation test needs its recipe"
+        )
+    if not Path(cfg.data).is_dir():
+        raise InputError(f"{cfg.data}: the data this checkpoint was trained on is not here")
+    return start_run(cfg, runs_dir, name="shuffled-labels")
 
 
 def data_randomisation(

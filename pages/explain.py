@@ -54,6 +54,7 @@ from pages._shared import (
     session_checkpoints,
     shared_model,
 )
+from pages._shared.sanity import render_sanity
 from pages._shared.state import SESSION, keep_offered, kept_uploads
 
 ALL = "all"
@@ -419,3 +420,4 @@ st.download_button(
     key="explain_zip",
 )
 render_faithfulness(models, model_keys, methods, target, images, names, images_key, ds, split)
+render_sanity(models, model_keys, methods, target, images, names, images_key, ds)
