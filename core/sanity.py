@@ -592,29 +592,27 @@ def bootstrap_ci(grid: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 def verdict_table(curves: pd.DataFrame, n_stages: int) -> pd.DataFrame:
     """Per method and control: |ρ| after full cascading randomisation with its interval and seed
-    range, the verdict by ``VERDICT_RULE``, and a note when the head's randomisation leaves the
-    map unchanged. Without a cascading run (per-module fallback) the verdict is "not run"."""
+    range, the verdict by ``VERDICT_RULE``, the curve's mean over the randomised depths
+    (``mean_over_depths``), and a note when randomising the head alone leaves the map unchanged.
+    Without a cascading run (per-module fallback) the verdict is "not run"."""
     rho = curves[curves["metric"] == "abs_spearman"]
+    over_depths = mean_over_depths(curves)
     rows = []
     for method, group in rho.groupby("method", sort=False):
         cascading = group[group["mode"] == "cascading"].set_index("depth")
-        end = cascading.loc[n_stages] if n_stages in cascading.index else None
-        head = cascading.loc[1] if 1 in cascading.index else None
+        end = cascading.loc[n_stages] if n_stages in cascading.index else pd.Series(dtype=float)
+        head = cascading["mean"].get(1, np.nan)
         rows.append(
             {
                 "method": method,
                 "kind": group["kind"].iloc[0],
-                "end_abs_rho": end["mean"] if end is not None else np.nan,
-                "low": end["low"] if end is not None else np.nan,
-                "high": end["high"] if end is not None else np.nan,
-                "seed_min": end["seed_min"] if end is not None else np.nan,
-                "seed_max": end["seed_max"] if end is not None else np.nan,
+                "end_abs_rho": end.get("mean", np.nan),
+                **{k: end.get(k, np.nan) for k in ("low", "high", "seed_min", "seed_max")},
                 "verdict": _verdict(end),
+                "mean_over_depths": over_depths.get(method, np.nan),
                 "note": (
                     "unchanged when only the head is randomised: the map ignores the class scores"
-                    if method not in CONTROLS
-                    and head is not None
-                    and head["mean"] >= HEAD_BLIND_RHO
+                    if method not in CONTROLS and head >= HEAD_BLIND_RHO
                     else ""
                 ),
             }
@@ -622,8 +620,8 @@ def verdict_table(curves: pd.DataFrame, n_stages: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _verdict(end) -> str:
-    if end is None:
+def _verdict(end: pd.Series) -> str:
+    if end.empty:
         return "not run (no cascading order)"
     if end["n_patches"] == 0:
         return "no verdict (every map constant)"

@@ -208,6 +208,7 @@ def test_depth_zero_is_never_in_an_average():
     assert sanity.mean_over_depths(curves)["m"] == pytest.approx(0.3)  # (0.5 + 0.1) / 2
     verdict = sanity.verdict_table(curves, n_stages=2).iloc[0]
     assert verdict["end_abs_rho"] == pytest.approx(0.1) and verdict["verdict"] == "passes"
+    assert verdict["mean_over_depths"] == pytest.approx(0.3)
 
 
 def test_constant_maps_are_counted_and_kept_out_of_the_mean():
@@ -434,3 +435,44 @@ def test_data_randomisation_compares_the_twins_maps(demo_loaded, demo_sample, tm
     other = load_checkpoint(make_checkpoint(tmp_path / "other.pt", arch="idc_cnn"))
     with pytest.raises(InputError, match="same architecture"):
         sanity.data_randomisation(demo_loaded, other, demo_sample, ("gradcam",))
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_the_sanity_command_prints_curves_verdicts_and_json(demo_loaded, demo_root, capsys):
+    from core.__main__ import main
+
+    argv = ["sanity", "--checkpoint", str(demo_loaded.path), "--data", str(demo_root / "pcam")]
+    quick = [*argv, "--methods", "gradcam", "eigencam", "xgradcam", "--n", "4", "--seeds", "0"]
+    assert main(quick) == 0
+    text = capsys.readouterr().out
+    assert "cascading randomisation" in text and "verdict: passes when" in text
+    assert "control: edge (Sobel)" in text and "Data randomisation test not run" in text
+    assert main([*quick, "--json"]) == 0  # served from the disk cache
+    result = json.loads(capsys.readouterr().out)
+    assert result["threshold_abs_rho"] == sanity.PASS_MAX_ABS_RHO
+    verdicts = {row["method"]: row["verdict"] for row in result["verdicts"]}
+    assert verdicts[sanity.EDGE_CONTROL] == "fails" and set(verdicts) >= {"gradcam", "eigencam"}
+    assert {row["score_a"] for row in result["agreement"]}  # three methods: τ is computed
+    assert result["data_randomisation"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "gradcam", "nope"], "unknown CAM method"),
+        (["--n", "1"], "2 to 64 patches"),
+        (["--target", "stroma"], "unknown target"),
+        (["--sample-seed", "-1"], "--sample-seed"),
+    ],
+)
+def test_the_sanity_command_refuses_bad_input_in_one_line(
+    demo_loaded, demo_root, capsys, extra, message
+):
+    from core.__main__ import main
+
+    argv = ["sanity", "--checkpoint", str(demo_loaded.path), "--data", str(demo_root / "pcam")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
