@@ -78,12 +78,18 @@ MAX_PATCHES = 64
 PUBLIC_MAX_PATCHES = 16  # a shared server runs one check for many visitors
 CACHE_VERSION = 1
 
-# The verdict (see README "Can I trust this map?" for the measurements behind the numbers).
+# The verdict (README "Can I trust this map?" has the measurements behind the numbers).
 # It reads |ρ|: a map anti-correlated with the trained one still follows the image's structure
 # with its sign flipped (EigenCAM's principal component has no fixed sign), so it is no more
 # independent of the learnt weights than a positively correlated one.
-PASS_MAX_ABS_RHO = 0.3
-HEAD_BLIND_RHO = 0.9  # |ρ| after randomising the head alone at or above this: the map ignores it
+# 0.4: a map that knows nothing the model learnt (the RandomCAM control after full
+# randomisation) measured |ρ| 0.19 [0.15, 0.23] on 16 demo PCam patches (hcd_cnn) and
+# 0.21 [0.16, 0.27] on 16 real IDC patches (bn_cnn), 3 seeds: chance is ~0.2, not 0, because
+# the maps are smooth and both come from the same image. A method at chance must pass with
+# 16 patches and 3 seeds (interval ±0.05-0.1), while what clearly fails stays above: the edge
+# map 1.0, EigenCAM 0.67 and GradCAM++ 0.56 on the demo, EigenCAM 0.47 on IDC.
+PASS_MAX_ABS_RHO = 0.4
+HEAD_BLIND_RHO = 0.95  # |ρ| after randomising the head alone at or above this: it is ignored
 VERDICT_RULE = (
     f"passes when the 95 % interval (over seeds and patches) of mean |Spearman ρ| after full "
     f"cascading randomisation lies at or below {PASS_MAX_ABS_RHO}; fails when it lies above; "
@@ -642,11 +648,13 @@ def mean_over_depths(curves: pd.DataFrame, metric: str = "abs_spearman") -> pd.S
 
 
 def _constant_notes(curves: pd.DataFrame) -> list[str]:
+    """One line per method whose maps were constant somewhere (no rank correlation there)."""
     rows = curves[(curves["metric"] == "spearman") & (curves["n_constant"] > 0)]
     return [
-        f"{r.method}, {r.mode} depth {r.depth} ({r.stage}): {r.n_constant} of {r.n_maps} map "
-        "pairs hold a constant map (no rank correlation); they are left out of ρ and counted here."
-        for r in rows.itertuples()
+        f"{method}: constant maps (no rank correlation, left out of ρ) in "
+        + ", ".join(f"{r.n_constant}/{r.n_maps} pairs at {r.stage}" for r in group.itertuples())
+        + "."
+        for method, group in rows.groupby("method", sort=False)
     ]
 
 

@@ -216,32 +216,36 @@ def test_constant_maps_are_counted_and_kept_out_of_the_mean():
     row = curves[(curves["metric"] == "abs_spearman")].iloc[0]
     assert row["mean"] == pytest.approx(0.3) and row["n_patches"] == 2
     assert row["n_constant"] == 4 and row["n_maps"] == 8  # two patches × two seeds
-    assert any("4 of 8 map pairs" in n for n in sanity._constant_notes(curves))
+    assert sanity._constant_notes(curves) == [
+        "m: constant maps (no rank correlation, left out of ρ) in 4/8 pairs at head."
+    ]
     every = sanity.summarise(similarities({1: [np.nan] * 3}), {1: "head"})
     verdict = sanity.verdict_table(every, n_stages=1).iloc[0]
     assert verdict["verdict"] == "no verdict (every map constant)"
 
 
+T = sanity.PASS_MAX_ABS_RHO
+
+
 def test_the_rule_reads_absolute_rho_so_an_inverted_map_fails():
     inverted = sanity.summarise(similarities({1: [-0.9, -0.8, -0.85, -0.95]}), {1: "stem"})
     assert sanity.verdict_table(inverted, n_stages=1).iloc[0]["verdict"] == "fails"
-    uncertain = sanity.summarise(similarities({1: [0.1, 0.5, 0.2, 0.45]}), {1: "stem"})
+    straddling = [T - 0.3, T + 0.1, T - 0.2, T + 0.05]
+    uncertain = sanity.summarise(similarities({1: straddling}), {1: "stem"})
     assert sanity.verdict_table(uncertain, n_stages=1).iloc[0]["verdict"] == "uncertain"
 
 
 def test_the_interval_holds_the_spread_between_seeds():
     frame = similarities({1: [0.1, 0.12, 0.08, 0.1]})
-    steady = sanity.summarise(frame, {1: "stem"}).iloc[0]
-    frame.loc[frame["seed"] == 1, "spearman"] = 0.45  # seed 1's mean 0.45, seed 0's 0.1
-    shaky = sanity.summarise(frame, {1: "stem"}).iloc[0]
-    assert shaky["seed_min"] == pytest.approx(0.1) and shaky["seed_max"] == pytest.approx(0.45)
-    assert steady["high"] < 0.15 and shaky["high"] == pytest.approx(
-        0.45
-    )  # a resample of seed 1 alone
-    assert (
-        sanity.verdict_table(sanity.summarise(frame, {1: "stem"}), 1).iloc[0]["verdict"]
-        == "uncertain"
-    )
+    steady = sanity.summarise(frame, {1: "stem"})
+    frame.loc[frame["seed"] == 1, "spearman"] = T + 0.05  # seed 1 above the threshold
+    shaky = sanity.summarise(frame, {1: "stem"})
+    assert shaky.iloc[0]["seed_min"] == pytest.approx(0.1)
+    assert shaky.iloc[0]["seed_max"] == pytest.approx(T + 0.05)
+    # a resample that draws seed 1 twice reaches its mean: the interval spans both seeds
+    assert steady.iloc[0]["high"] < 0.15 and shaky.iloc[0]["high"] == pytest.approx(T + 0.05)
+    assert sanity.verdict_table(steady, 1).iloc[0]["verdict"] == "passes"
+    assert sanity.verdict_table(shaky, 1).iloc[0]["verdict"] == "uncertain"
 
 
 # --- controls and the end-to-end verdicts on a trained demo checkpoint ------------------------
