@@ -268,7 +268,7 @@ def mprt(
                 maps = counter.run(explainers, replace(trained, model=model), images, classes)
                 rows += _similarity_rows(reference, maps, depth, mode, seed)
                 randomised = randomised or (maps if depth == len(plan.stages) else {})
-    stage_names = {0: "none (trained, explained twice)"} | {
+    stage_names = {0: "trained (explained twice)"} | {
         d: s.name for d, s in enumerate(plan.stages, 1)
     }
     curves = summarise(pd.DataFrame(rows), stage_names)

@@ -160,8 +160,9 @@ def format_text(result: dict) -> str:
         f"\nverdict: {result['rule']}",
         verdicts.to_string(index=False, float_format="{:.2f}".format),
     ]
-    if result["scores"]:
-        lines += ["\nscores", pd.DataFrame(result["scores"]).to_string(index=False)]
+    if result["scores"] and len(result["scores"][0]) > 1:  # more than the method names
+        scores = pd.DataFrame(result["scores"]).to_string(index=False, float_format="{:.3f}".format)
+        lines += ["\nscores (centre ninth of a uniform map: 0.111)", scores]
     if result["agreement"]:
         lines += [
             "\nKendall's τ between the scores' rankings of the methods"
