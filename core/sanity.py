@@ -47,6 +47,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from core import config
+from core.calls import predict_labels
 from core.checkpoints import LoadedModel, model_lock
 from core.config import CLASS_NAMES, TARGETS
 from core.errors import InputError
@@ -287,9 +288,7 @@ def private_copy(loaded: LoadedModel) -> LoadedModel:
 
 def _explained_classes(target: str, probs, threshold: float, n: int) -> np.ndarray:
     fixed = TARGETS[target]
-    if fixed is None:
-        return (np.asarray(probs) >= threshold).astype(int)
-    return np.full(n, fixed, int)
+    return predict_labels(probs, threshold) if fixed is None else np.full(n, fixed, int)
 
 
 class _Counter:
@@ -680,7 +679,7 @@ def method_scores(loaded, sample, reference, classes, probs, methods, road=False
     """One row per method with every score that ranks methods on this sample: ROAD combined
     (all patches, when ``road``), centre mass and pointing (PCam/HCD tumour patches the model calls tumour),
     mask pointing and energy (demo patches with ground-truth masks). Returns (table, notes)."""
-    called_tumour = (sample.labels == 1) & (np.asarray(probs) >= loaded.card.threshold)
+    called_tumour = (sample.labels == 1) & (predict_labels(probs, loaded.card.threshold) == 1)
     notes = []
     if sample.data_format not in CENTRE_RULE_FORMATS:
         what = "IDC labels whole patches" if sample.data_format == "idc" else "uploads have none"

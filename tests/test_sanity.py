@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_evaluate import make_checkpoint
-from test_explain_demo import train_demo_checkpoint
+from helpers import make_checkpoint, train_demo_checkpoint
 
 from core import sanity
 from core.checkpoints import load_checkpoint
