@@ -128,12 +128,14 @@ def test_randomising_changes_every_parameter_of_the_chosen_stages_and_nothing_el
 
 def test_the_cached_model_stays_bit_identical_and_free_of_hooks(demo_loaded, demo_sample):
     before = {k: v.clone() for k, v in demo_loaded.model.state_dict().items()}
+    flags = [p.requires_grad for p in demo_loaded.model.parameters()]
     small = first(demo_sample, 4)
     sanity.sanity_check(demo_loaded, small, ("gradcam",), seeds=(0,), use_cache=False)
     after = demo_loaded.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in demo_loaded.model.parameters())
+    assert [p.requires_grad for p in demo_loaded.model.parameters()] == flags
     assert not demo_loaded.model.training
     assert not any(m._forward_hooks or m._backward_hooks for m in demo_loaded.model.modules())
 
