@@ -67,11 +67,10 @@ def render_sanity(models, model_keys, methods, target, images, names, images_key
         "Independent too", key="explain_sanity_independent", persist_state=SESSION,
         help="also re-draw one stage at a time (doubles the time)",
     )  # fmt: skip
-    with_slow = c_slow.checkbox(
+    with_slow = bool(slow) and c_slow.checkbox(  # offered only when one of them is picked
         "Include ScoreCAM/AblationCAM",
         key="explain_sanity_slow",
         persist_state=SESSION,
-        disabled=not slow,
         help="left out by default: one forward pass per channel at every depth takes minutes",
     )
     road = c_road.checkbox(
