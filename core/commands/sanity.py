@@ -138,6 +138,8 @@ def _records(table) -> list[dict]:
 def format_text(result: dict) -> str:
     import pandas as pd
 
+    from core.sanity import KENDALL_WARN_BELOW, UNIFORM_CENTRE_SHARE
+
     curves = pd.DataFrame(result["curves"])
     rho = curves[curves["metric"] == "abs_spearman"]
     lines = [f"{result['model']} on {result['sample']}"]
@@ -162,12 +164,12 @@ def format_text(result: dict) -> str:
     ]
     if result["scores"] and len(result["scores"][0]) > 1:  # more than the method names
         scores = pd.DataFrame(result["scores"]).to_string(index=False, float_format="{:.3f}".format)
-        lines += ["\nscores (centre ninth of a uniform map: 0.111)", scores]
+        lines += [f"\nscores (centre ninth of a uniform map: {UNIFORM_CENTRE_SHARE:.3f})", scores]
     if result["agreement"]:
         lines += [
             "\nKendall's τ between the scores' rankings of the methods"
             + (
-                " — they disagree (τ < 0.5): no method is best here"
+                f" — they disagree (τ < {KENDALL_WARN_BELOW}): no method is best here"
                 if result["scores_disagree"]
                 else ""
             ),

@@ -11,10 +11,12 @@ from core.figures import sanity_figure
 from core.sanity import (
     CONTROLS,
     DEFAULT_SEEDS,
+    KENDALL_WARN_BELOW,
     MAX_PATCHES,
     MODES,
     PASS_MAX_ABS_RHO,
     PUBLIC_MAX_PATCHES,
+    UNIFORM_CENTRE_SHARE,
     VERDICT_RULE,
     data_randomisation,
     sanity_check,
@@ -60,13 +62,19 @@ def render_sanity(models, model_keys, methods, target, images, names, images_key
     slow = [m for m in methods if m in SLOW_METHODS]
     c_seeds, c_mode, c_slow, c_road = st.columns(4)
     n_seeds = c_seeds.number_input(
-        "Randomisation seeds", 1, 5, len(DEFAULT_SEEDS), key="explain_sanity_seeds",
+        "Randomisation seeds",
+        1,
+        5,
+        len(DEFAULT_SEEDS),
+        key="explain_sanity_seeds",
         persist_state=SESSION,
-    )  # fmt: skip
+    )
     both = c_mode.checkbox(
-        "Independent too", key="explain_sanity_independent", persist_state=SESSION,
+        "Independent too",
+        key="explain_sanity_independent",
+        persist_state=SESSION,
         help="also re-draw one stage at a time (doubles the time)",
-    )  # fmt: skip
+    )
     with_slow = bool(slow) and c_slow.checkbox(  # offered only when one of them is picked
         "Include ScoreCAM/AblationCAM",
         key="explain_sanity_slow",
@@ -74,9 +82,11 @@ def render_sanity(models, model_keys, methods, target, images, names, images_key
         help="left out by default: one forward pass per channel at every depth takes minutes",
     )
     road = c_road.checkbox(
-        "ROAD in the agreement", key="explain_sanity_road", persist_state=SESSION,
+        "ROAD in the agreement",
+        key="explain_sanity_road",
+        persist_state=SESSION,
         help="ROAD imputes every patch 8 times per method: several times the rest of the check",
-    )  # fmt: skip
+    )
     chosen = tuple(m for m in methods if with_slow or m not in SLOW_METHODS)
     if slow and not with_slow:
         st.caption(f"Left out (slow on a CPU): {', '.join(slow)}.")
@@ -131,13 +141,18 @@ def _render_report(report, both: bool) -> None:
     st.markdown(f"#### {report.model}")
     c_metric, c_mode = st.columns(2)
     metric = c_metric.radio(
-        "Similarity", list(METRICS), format_func=METRICS.get, horizontal=True,
+        "Similarity",
+        list(METRICS),
+        format_func=METRICS.get,
+        horizontal=True,
         key=f"explain_sanity_metric_{report.model}",
-    )  # fmt: skip
+    )
     mode = c_mode.radio(
-        "Randomisation", MODES if both else MODES[:1], horizontal=True,
+        "Randomisation",
+        MODES if both else MODES[:1],
+        horizontal=True,
         key=f"explain_sanity_mode_{report.model}",
-    )  # fmt: skip
+    )
     st.plotly_chart(sanity_figure(report.curves, metric, mode), key=f"sanity_{report.model}")
     st.caption(
         f"**Verdict rule** ({METRICS['abs_spearman']}, threshold {PASS_MAX_ABS_RHO}): {VERDICT_RULE}."
@@ -148,7 +163,8 @@ def _render_report(report, both: bool) -> None:
     _render_examples(report)
     if not report.scores.empty and len(report.scores.columns) > 1:
         st.markdown(
-            "**Localisation and the other scores** (centre ninth: 1/9 = 0.111 for a uniform map)"
+            "**Localisation and the other scores** (share of mass in the centre ninth of a "
+            f"uniform map: {UNIFORM_CENTRE_SHARE:.3f})"
         )
         st.dataframe(display_table(report.scores.round(3)), hide_index=True, width="stretch")
     if report.agreement.empty:
@@ -158,8 +174,8 @@ def _render_report(report, both: bool) -> None:
         st.dataframe(display_table(report.agreement.round(3)), hide_index=True, width="stretch")
         if report.disagreement:
             st.warning(
-                "The scores rank the methods differently (τ < 0.5): no method is best on this "
-                "model and data.",
+                f"The scores rank the methods differently (τ < {KENDALL_WARN_BELOW}): no method "
+                "is best on this model and data.",
                 icon="⚠️",
             )
 
@@ -167,9 +183,11 @@ def _render_report(report, both: bool) -> None:
 def _render_examples(report) -> None:
     names = list(report.verdicts["method"])
     method = st.selectbox(
-        "Maps of", names, key=f"explain_sanity_example_{report.model}",
+        "Maps of",
+        names,
+        key=f"explain_sanity_example_{report.model}",
         help="the trained model's maps (top) and the fully randomised model's (bottom, first seed)",
-    )  # fmt: skip
+    )
     k = names.index(method)
     for title, maps in (
         ("trained", report.example_trained),
