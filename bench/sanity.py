@@ -4,7 +4,7 @@
                            [--n 16] [--seeds 0 1 2] [--methods gradcam ...] [--road]
 
 Baseline: ``core.explain.compute_cams`` of every default method on the sample (what the Explain
-page draws for these patches). Measured: ``core.sanity.sanity_check`` of the same methods on the
+page draws for these patches), on one torch thread as the check runs on a CPU. Measured: ``core.sanity.sanity_check`` of the same methods on the
 same patches (no disk cache): stage-grouped cascading randomisation with every seed, both
 controls, localisation (and ROAD with ``--road``). Budget: 60 s on 2 CPU cores for the default
 method set on the shipped demo checkpoint. Prints wall and process-CPU seconds (CPU time is the
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoints import load_checkpoint  # noqa: E402
 from core.config import REPO_ROOT  # noqa: E402
 from core.data import open_dataset  # noqa: E402
+from core.device import one_thread  # noqa: E402
 from core.explain import compute_cams  # noqa: E402
 from core.sanity import (  # noqa: E402
     DEFAULT_METHODS,
@@ -70,9 +71,10 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         compute_cams(loaded, sample.images[:2], "gradcam")  # warm-up (first-call costs)
 
-        def plain():
-            for method in args.methods:
-                compute_cams(loaded, sample.images, method, "tumour")
+        def plain():  # on one thread, as the check runs on a CPU (core.sanity._cpu_threads)
+            with one_thread():
+                for method in args.methods:
+                    compute_cams(loaded, sample.images, method, "tumour")
 
         passes = []
 
@@ -91,10 +93,11 @@ def main() -> None:
         report, check_wall, check_cpu = timed(check)
     print(
         f"{Path(args.checkpoint).name} on {sample.description}; methods {' '.join(args.methods)}; "
-        f"seeds {args.seeds}; ROAD {'on' if args.road else 'off'}; torch threads "
-        f"{__import__('torch').get_num_threads()}"
+        f"seeds {args.seeds}; ROAD {'on' if args.road else 'off'}; one torch thread on a CPU"
     )
-    print(f"plain CAMs ({len(args.methods)} passes): {plain_wall:6.1f} s wall {plain_cpu:6.1f} s CPU")
+    print(
+        f"plain CAMs ({len(args.methods)} passes): {plain_wall:6.1f} s wall {plain_cpu:6.1f} s CPU"
+    )
     print(
         f"sanity check ({passes[-1] if passes else 0} steps): {check_wall:6.1f} s wall "
         f"{check_cpu:6.1f} s CPU  = {check_wall / plain_wall:.1f}x / {check_cpu / plain_cpu:.1f}x "
