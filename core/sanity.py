@@ -896,9 +896,9 @@ def shuffled_label_config(card) -> TrainConfig | None:
 
 
 def shuffled_label_run(card, runs_dir: Path | None = None):
-    """The newest run (core.jobs.RunInfo) training ``card``'s recipe on shuffled labels, or
+    """The newest run (core.run_folder.RunInfo) training ``card``'s recipe on shuffled labels, or
     None: a finished one when there is one, else one still going."""
-    from core.jobs import ACTIVE_STATES, list_runs
+    from core.run_folder import ACTIVE_STATES, list_runs
 
     wanted = shuffled_label_config(card)
     if wanted is None:

@@ -411,21 +411,21 @@ def test_shuffle_labels_round_trips_through_the_command_line(tmp_path):
 
 
 def test_the_shuffled_label_twin_is_found_by_its_recipe(tmp_path, checkpoint_path):
-    from core import jobs
+    from core import run_folder
     from core.checkpoints import ModelCard
 
     recipe = asdict(TrainConfig(data="/data/idc", model="idc_cnn", seed=3, img_size=48))
     card = ModelCard.for_model("idc_cnn", train_config=recipe)
     assert sanity.shuffled_label_run(card, tmp_path) is None
     assert sanity.shuffled_label_config(ModelCard.for_model("idc_cnn")) is None  # no recipe
-    other = jobs.make_run_dir("idc_cnn-other", tmp_path)
-    jobs.write_config(other, {**recipe, "shuffle_labels": True, "seed": 4})
-    jobs.write_status(other, state="finished")
+    other = run_folder.make_run_dir("idc_cnn-other", tmp_path)
+    run_folder.write_config(other, {**recipe, "shuffle_labels": True, "seed": 4})
+    run_folder.write_status(other, state="finished")
     (other / "best.pt").write_bytes(checkpoint_path.read_bytes())
     assert sanity.shuffled_label_run(card, tmp_path) is None  # another seed is another recipe
-    twin = jobs.make_run_dir("idc_cnn-shuffled-labels", tmp_path)
-    jobs.write_config(twin, {**recipe, "shuffle_labels": True, "workers": 2})
-    jobs.write_status(twin, state="finished")
+    twin = run_folder.make_run_dir("idc_cnn-shuffled-labels", tmp_path)
+    run_folder.write_config(twin, {**recipe, "shuffle_labels": True, "workers": 2})
+    run_folder.write_status(twin, state="finished")
     (twin / "best.pt").write_bytes(checkpoint_path.read_bytes())
     assert sanity.shuffled_label_run(card, tmp_path).path == twin
 
