@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_checkpoint, train_demo_checkpoint
+from helpers import make_checkpoint, quick, train_demo_checkpoint
 
 from core import sanity
 from core.checkpoints import load_checkpoint
@@ -408,6 +408,28 @@ def test_shuffle_labels_round_trips_through_the_command_line(tmp_path):
     argv = ["train", *jobs.config_to_argv(asdict(cfg)), "--out", str(tmp_path)]
     assert "--shuffle-labels" in argv
     assert config_from_args(build_parser().parse_args(argv)) == cfg
+
+
+def test_a_shuffled_label_run_trains_on_shuffled_labels_and_says_so(
+    demo_root, tmp_path, monkeypatch
+):
+    from core import train
+    from core.checkpoints import read_card
+
+    readers = []
+
+    class Spy(BatchReader):
+        def __init__(self, ds, indices, shuffle_seed=None):
+            super().__init__(ds, indices, shuffle_seed)
+            readers.append(shuffle_seed)
+
+    monkeypatch.setattr(train, "BatchReader", Spy)
+    run = tmp_path / "run"
+    train.fit(quick(demo_root / "idc", shuffle_labels=True, limit_batches=2, seed=5), run)
+    assert readers == [5, None]  # training labels shuffled with the run's seed, validation kept
+    card = read_card(run / "best.pt")
+    assert card.train_config["shuffle_labels"] is True
+    assert sanity.shuffled_label_config(card) is None  # a twin has no twin of its own
 
 
 def test_the_shuffled_label_twin_is_found_by_its_recipe(tmp_path, checkpoint_path):
