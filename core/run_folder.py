@@ -11,6 +11,8 @@ A run is a directory under ``config.runs_dir()`` (one per run, never shared)::
                         "device", "precision" (as resolved), "phase": train|valid,
                         "first_step_at" (unix seconds, once the first step ran) and
                         "startup" {imports, dataset, model, loaders: when each stage ended},
+                        "excluded_patches" (patches the dataset's exclusion list kept out
+                        of this run: unreadable when checked, core.data.exclusions),
                         "error": one line, "traceback": str}
         metrics.jsonl  one JSON object per logged step or epoch: epoch, step, split, loss,
                        accuracy, auc, lr, images_per_s, time (unix seconds)
@@ -109,6 +111,7 @@ STATUS_TYPES = {
     **dict.fromkeys(("error", "traceback", "notice"), str),
     "progress": dict,
     "best": dict,
+    "excluded_patches": int,
 }
 PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps_per_epoch", "fraction")
 

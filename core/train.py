@@ -509,7 +509,11 @@ class _RunWriter:
         if s.notice:
             self.note(s.notice)
         run_folder.write_status(
-            self.run_dir, notice=s.notice, device=str(s.rt.device), precision=s.rt.precision
+            self.run_dir,
+            notice=s.notice,
+            device=str(s.rt.device),
+            precision=s.rt.precision,
+            excluded_patches=len(s.ds.excluded),
         )
         run_folder.write_config(self.run_dir, asdict(s.cfg))
         run_folder.keep_metrics(self.run_dir, before_epoch=state.epoch)

@@ -11,7 +11,7 @@ from conftest import write_fake_idc
 from core.__main__ import main
 from core.data import open_dataset, summarize
 
-KEYS = {"format", "n", "labels", "splits", "patients", "image_size"}
+KEYS = {"format", "n", "labels", "splits", "patients", "image_size", "excluded"}
 
 
 def test_summary_json_is_exactly_the_documented_object(demo_root, capsys):

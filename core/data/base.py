@@ -249,6 +249,9 @@ class PatchDataset:
     read_threads: int = 1
     seeded_split: bool = True  # the split is drawn with ``seed``; False: the format ships one
     edge_crops: bool = True  # smaller patches are slide-edge crops, padded; False: an error
+    # Arrays a reader keeps beside ``meta``, one entry per row (file paths, h5 rows): ``exclude``
+    # filters them with ``meta``, so a reader holding one must name it here.
+    row_arrays: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -275,6 +278,9 @@ class PatchDataset:
         # never silently dropped. Notes are caveats about the splits (e.g. HCD optimism).
         self.problems = list(problems or [])
         self.notes = list(notes or [])
+        # Patches the dataset check's list keeps out (core.data.exclusions), by id.
+        self.excluded: tuple[str, ...] = ()
+        self.exclusions_path: Path | None = None
         self._masks = None
         self._masks_pid = None
         self._mask_rows: dict[str, int] | None = None
@@ -307,7 +313,9 @@ class PatchDataset:
         file list of each set of indices is built once per dataset object."""
         files, names = self._fingerprint_files(np.asarray(indices, dtype=np.int64))
         stamps = np.array([_stamp(path) for path in files], dtype=np.int64)
-        return hashlib.sha256(names + stamps.tobytes()).hexdigest()[:16]
+        # Excluded patches renumber the positions results are stored by: they are part of the key.
+        left_out = "\0".join(self.excluded).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(names + stamps.tobytes() + left_out).hexdigest()[:16]
 
     def _fingerprint_files(self, indices: np.ndarray) -> tuple[list, bytes]:
         """(sorted unique files behind ``indices``, digest of their names), memoised."""
@@ -368,6 +376,22 @@ class PatchDataset:
         return out
 
     # -- metadata -------------------------------------------------------------------------
+    def exclude(self, ids) -> None:
+        """Leave the patches ``ids`` out: gone from ``meta``, ``indices`` and every read, the
+        others renumbered 0..N-1. ``excluded`` lists them (and ``data_fingerprint`` hashes them
+        in, so no cache serves results stored by the old positions). Unknown ids are ignored."""
+        drop = self.meta["id"].isin(set(ids)).to_numpy(dtype=bool)
+        if not drop.any():
+            return
+        if drop.all():
+            raise DatasetError(f"{self.root}: every patch is excluded; there is nothing to read.")
+        self.excluded = tuple(sorted({*self.excluded, *self.meta.loc[drop, "id"]}))
+        keep = ~drop
+        self.meta = self.meta[keep].reset_index(drop=True)
+        for name in self.row_arrays:
+            setattr(self, name, getattr(self, name)[keep])
+        self.__dict__.pop("_fingerprint_memo", None)  # file lists by position: stale now
+
     def indices(self, split=None, label=None, patient=None) -> np.ndarray:
         """Positional indices matching every filter given (None = no filter)."""
         keep = np.ones(len(self.meta), dtype=bool)

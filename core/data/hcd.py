@@ -142,6 +142,7 @@ def _test_files(root: Path, image_dir: Path) -> tuple[dict[str, str], list[str]]
 class HCDDataset(PatchDataset):
     format = "hcd"
     edge_crops = False  # Kaggle's patches are all 96×96: a smaller one is not a slide edge
+    row_arrays = ("_paths",)
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)

@@ -206,6 +206,7 @@ def _check_unique_names(ids: pd.Series, paths: pd.Series, root: Path) -> None:
 
 class IDCDataset(PatchDataset):
     format = "idc"
+    row_arrays = ("_paths",)
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)

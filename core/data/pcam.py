@@ -186,6 +186,7 @@ def _split_meta(root: Path, split: str) -> tuple[pd.DataFrame, tuple[int, int]] 
 class PCamDataset(PatchDataset):
     format = "pcam"
     seeded_split = False  # the official train/valid/test files
+    row_arrays = ("_rows", "_splits")
 
     def __init__(self, root, seed: int = 0, fractions=(0.7, 0.15, 0.15)):
         root = Path(root)

@@ -11,6 +11,7 @@ import numpy as np
 
 from core import config
 from core.data.base import SYNTHETIC_MARKER, DatasetEntry, DatasetError, PatchDataset
+from core.data.exclusions import apply_exclusions
 from core.data.hcd import HCDDataset, looks_like_hcd
 from core.data.idc import IDCDataset, looks_like_idc
 from core.data.pcam import PCamDataset, looks_like_pcam
@@ -96,9 +97,17 @@ def _where_to_look(path: Path) -> str:
 MAX_SEED = 2**31 - 1
 
 
-def open_dataset(path, seed: int = 0, fractions=(0.7, 0.15, 0.15), format: str | None = None):
-    """The dataset at ``path``. Every failure is a one-line DatasetError: the readers check what
-    they know, and anything else a damaged file makes a library raise is caught here."""
+def open_dataset(
+    path,
+    seed: int = 0,
+    fractions=(0.7, 0.15, 0.15),
+    format: str | None = None,
+    exclusions: bool = True,
+):
+    """The dataset at ``path``, without the patches its exclusion list keeps out
+    (core.data.exclusions; ``exclusions=False`` keeps every patch: the dataset check reads them
+    all). Every failure is a one-line DatasetError: the readers check what they know, and
+    anything else a damaged file makes a library raise is caught here."""
     if (
         isinstance(seed, bool)
         or not isinstance(seed, int | np.integer)
@@ -109,7 +118,7 @@ def open_dataset(path, seed: int = 0, fractions=(0.7, 0.15, 0.15), format: str |
     if fmt not in READERS:
         raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {sorted(READERS)}.")
     try:
-        return READERS[fmt].dataset(Path(path), seed=int(seed), fractions=fractions)
+        ds = READERS[fmt].dataset(Path(path), seed=int(seed), fractions=fractions)
     except DatasetError:
         raise
     except Exception as err:
@@ -117,6 +126,9 @@ def open_dataset(path, seed: int = 0, fractions=(0.7, 0.15, 0.15), format: str |
             f"{path}: cannot be read as {fmt.upper()} ({type(err).__name__}: {err}); "
             "check its files against the layout in the README."
         ) from None
+    if exclusions:
+        apply_exclusions(ds)
+    return ds
 
 
 def _candidates(root: Path, depth: int):

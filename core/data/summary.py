@@ -11,10 +11,12 @@ def _label_counts(labels) -> dict[str, int]:
 
 
 def summarize(ds: PatchDataset, details: bool = False) -> dict:
-    """``{"format", "n", "labels", "splits", "patients", "image_size"}``.
+    """``{"format", "n", "labels", "splits", "patients", "image_size", "excluded"}``; ``n`` and
+    the counts leave out the ``excluded`` patches (unreadable when checked: core.data.exclusions).
 
     With ``details=True`` also ``synthetic``, ``edge_patches`` (patches smaller than
-    ``image_size``), ``problems`` (indexing findings), ``notes`` (split caveats), ``manifest_id``.
+    ``image_size``), ``problems`` (indexing findings), ``notes`` (split caveats), ``manifest_id``,
+    ``exclusions`` (the exclusion list's path, or None).
     """
     meta = ds.meta
     present = [s for s in ALL_SPLITS if (meta["split"] == s).any()]
@@ -32,6 +34,7 @@ def summarize(ds: PatchDataset, details: bool = False) -> dict:
         },
         "patients": int(patients.nunique()) if len(patients) else None,
         "image_size": list(ds.image_size),
+        "excluded": len(ds.excluded),
     }
     if details:
         summary.update(
@@ -40,5 +43,6 @@ def summarize(ds: PatchDataset, details: bool = False) -> dict:
             problems=list(ds.problems),
             notes=list(ds.notes),
             manifest_id=ds.manifest_id,
+            exclusions=None if ds.exclusions_path is None else str(ds.exclusions_path),
         )
     return summary
