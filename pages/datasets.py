@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import config
 from core.data import DatasetError, list_datasets, summarize
+from core.data.check import check_progress, exclude_unreadable, start_check, stop_check
+from core.data.exclusions import revision
 from core.data.registry import MAX_SEED
 from core.data.visual import (
     colour_stats,
@@ -41,13 +43,17 @@ ALL = "all"
 LABEL_NAMES = {0: "normal (0)", 1: "tumour (1)", -1: "unlabelled"}
 
 
+# Every cached function below takes ``excluded``, the exclusion list's revision, as a key: an
+# exclusion renumbers the patches, so nothing computed before it may be replayed after it.
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
-def summary(path: str, seed: int) -> dict:
+def summary(path: str, seed: int, excluded: str) -> dict:
     return summarize(dataset(path, seed), details=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def page_of_gallery(path: str, seed: int, split, label, patient, page: int):
+def page_of_gallery(path: str, seed: int, excluded: str, split, label, patient, page: int):
     return gallery_page(dataset(path, seed), split, label, patient, page, PER_PAGE)
 
 
@@ -61,7 +67,7 @@ def with_progress(text: str, compute):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def colour_statistics(path: str, seed: int, n: int):
+def colour_statistics(path: str, seed: int, excluded: str, n: int):
     return with_progress(
         "Reading the sample…",
         lambda progress: colour_stats(dataset(path, seed), n=n, seed=seed, progress=progress),
@@ -69,7 +75,7 @@ def colour_statistics(path: str, seed: int, n: int):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def mosaic(path: str, seed: int, patient: str):
+def mosaic(path: str, seed: int, excluded: str, patient: str):
     return with_progress(
         "Rebuilding the slide…",
         lambda progress: slide_mosaic(dataset(path, seed), patient, progress=progress),
@@ -135,6 +141,14 @@ def summary_card(info: dict) -> None:
     row.metric(
         "Edge patches", info["edge_patches"], help="smaller than the patch size", width="content"
     )
+    if info["excluded"]:
+        row.metric(
+            "Excluded",
+            info["excluded"],
+            help="unreadable when checked: left out of every page and run until their files "
+            f"change (list: {info['exclusions']})",
+            width="content",
+        )
     table = pd.DataFrame(
         {
             split: {
@@ -153,6 +167,76 @@ def summary_card(info: dict) -> None:
         with st.expander(f"⚠️ {len(info['problems'])} problem(s) found while indexing"):
             for problem in info["problems"]:
                 st.markdown(f"- {problem}")
+
+
+CHECK_REFRESH = "1s"
+
+
+def check_section(path: str, seed: int, ds) -> None:
+    """Read every patch in a background thread (core.data.check): this page only starts it,
+    polls it while it runs, and offers to exclude what it found."""
+    st.button(
+        "Check every patch",
+        key="datasets_check",
+        on_click=start_check,
+        args=(path, seed),
+        help="Reads every patch of every split as training does, in the background, and lists "
+        "the unreadable ones (also: `python -m core data check PATH`).",
+    )
+    progress = check_progress(path)
+    if progress is None:
+        return
+    if progress.running:
+        check_running(path)
+    elif progress.error:
+        st.error(literal(progress.error))
+    else:
+        check_result(progress.report, ds)
+
+
+@st.fragment(run_every=CHECK_REFRESH)
+def check_running(path: str) -> None:
+    progress = check_progress(path)
+    if not progress.running:
+        st.rerun()  # the whole page: the result, and the data it changes
+    fraction = progress.done / progress.total if progress.total else 0.0
+    st.progress(fraction, text=f"Reading every patch… {progress.done:,} of {progress.total:,}")
+    st.button("Stop the check", key="datasets_check_stop", on_click=stop_check, args=(path,))
+
+
+def check_result(report, ds) -> None:
+    took = f"{report.n:,} patches read in {report.seconds:.1f} s"
+    if report.clean:
+        st.success(f"Every patch reads ({took}).")
+        return
+    st.error(f"{len(report.unreadable)} unreadable patch(es) ({took}).")
+    rows = report.to_dict()["unreadable"]
+    st.dataframe(pd.DataFrame(rows, columns=["split", "id", "reason"]), hide_index=True)
+    if {u.id for u in report.unreadable} <= set(ds.excluded):
+        st.caption("Excluded: every page and run leaves them out until their files change.")
+        return
+    if public_mode():
+        st.caption(
+            "Excluding is off on a public deployment (it would change the data for every "
+            "visitor): run `python -m core data check PATH --exclude` on your machine."
+        )
+        return
+    st.button(
+        "Exclude them from every page and run",
+        key="datasets_exclude",
+        on_click=exclude,
+        args=(report,),
+        help="Writes the list kept with the dataset's cache; a patch comes back once its file "
+        "changes (replace it, then check again).",
+    )
+
+
+def exclude(report) -> None:
+    exclude_unreadable(report)
+    reset_page()
+    # Other pages' in-memory results (Explain's predictions) are stored by patch position:
+    # positions change now, so none may be replayed.
+    st.cache_data.clear()
 
 
 def reset_page() -> None:
@@ -208,13 +292,14 @@ def select_patch(i: int) -> None:
 
 def gallery(path: str, seed: int, ds, info: dict) -> None:
     split, label, patient = gallery_filters(ds, info)
-    first = page_of_gallery(path, seed, split, label, patient, 0)
+    excluded = revision(path)
+    first = page_of_gallery(path, seed, excluded, split, label, patient, 0)
     state = st.session_state
     state["gallery_page"] = min(state.get("gallery_page", 1), first.n_pages)
     page = st.number_input(
         f"Page (of {first.n_pages})", 1, first.n_pages, key="gallery_page", persist_state=SESSION
     )
-    shown = page_of_gallery(path, seed, split, label, patient, int(page) - 1)
+    shown = page_of_gallery(path, seed, excluded, split, label, patient, int(page) - 1)
     tag = " synthetic" if info["synthetic"] else ""
     st.caption(f"Showing {len(shown.indices)} of {shown.n_matching:,}{tag} patches")
     reason = why_empty(ds, split, label, patient)
@@ -264,7 +349,7 @@ def colour_section(path: str, seed: int) -> None:
     n = st.select_slider(
         "Patches sampled", [64, 128, 256, 512, 1024], key="colour_n", persist_state=SESSION
     )
-    stats = colour_statistics(path, seed, int(n))
+    stats = colour_statistics(path, seed, revision(path), int(n))
     cols = st.columns(2)
     cols[0].dataframe(
         pd.DataFrame({"mean": stats.mean.round(1), "std": stats.std.round(1)}, index=list("RGB")),
@@ -282,7 +367,7 @@ def mosaic_section(path: str, seed: int, ds) -> None:
         return
     keep_offered("mosaic_patient", groups, groups[0], context=path)
     patient = st.selectbox("Patient / slide", groups, key="mosaic_patient", persist_state=SESSION)
-    built = mosaic(path, seed, patient)
+    built = mosaic(path, seed, revision(path), patient)
     st.session_state.setdefault("mosaic_labels", True)
     show_labels = st.toggle(
         "Overlay labels (red tumour, green normal)", key="mosaic_labels", persist_state=SESSION
@@ -304,7 +389,7 @@ if chosen is None:
 seed = int(st.session_state.get("datasets_seed", 0))
 try:
     ds = dataset(str(chosen), seed)
-    info = summary(str(chosen), seed)
+    info = summary(str(chosen), seed, revision(chosen))
 except DatasetError as err:
     # marked in the select box from now on, so a broken set is never a silent default
     if str(chosen) not in st.session_state["datasets_broken"]:
@@ -324,6 +409,7 @@ with st.sidebar:
         st.caption(f"{ds.format.upper()} ships its own train/valid/test split: no seed to set.")
 
 summary_card(info)
+check_section(str(chosen), seed, ds)
 sections = {
     "Gallery": lambda: gallery(str(chosen), seed, ds, info),
     "Class balance": lambda: st.plotly_chart(class_balance_figure(info), key="balance"),

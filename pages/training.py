@@ -186,6 +186,11 @@ def run_panel(run: run_folder.RunInfo) -> None:
             st.caption("Starting: opening the dataset and building the model…")
         if status.get("notice"):
             st.info(status["notice"])
+        if status.get("excluded_patches"):
+            st.caption(
+                f"{status['excluded_patches']} patches left out: unreadable when the dataset "
+                "was checked (`python -m core data check`)."
+            )
         if run.state == "failed":
             st.error(status.get("error") or "failed")
             if status.get("traceback"):

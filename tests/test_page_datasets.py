@@ -206,3 +206,75 @@ def test_first_launch_shows_the_first_demo_set_while_the_others_are_written(tmp_
     while not demo.demo_in_background().ready:  # no writer left running after the test
         assert time.monotonic() < deadline, "the demo was never finished"
         time.sleep(0.05)
+
+
+def wait_for_check(path, timeout_s: float = 120):
+    """The background check of ``path`` once it ended (the page only polls it)."""
+    from core.data.check import check_progress
+
+    deadline = time.monotonic() + timeout_s
+    while (progress := check_progress(path)) is not None and progress.running:
+        assert time.monotonic() < deadline, "the background check never ended"
+        time.sleep(0.1)
+    return progress
+
+
+def pick(at, name: str):
+    entry = at.selectbox(key="datasets_entry")
+    entry.select_index(next(k for k, o in enumerate(entry.options) if name in o)).run()
+    return ok(at)
+
+
+def test_check_every_patch_finds_a_damaged_one_and_excludes_it(demo_data):
+    root = demo_data / "demo" / "idc"
+    damaged = sorted(root.glob("*/*/*.png"))[5]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    at = pick(AppTest.from_file(PAGE, default_timeout=60).run(), "demo/idc")
+    n = int(next(m for m in at.metric if m.label == "Patches").value.replace(",", ""))
+    assert not [m for m in at.metric if m.label == "Excluded"]
+    at.button(key="datasets_check").click().run()
+    assert not at.exception
+    progress = wait_for_check(root)
+    assert progress.report is not None and len(progress.report.unreadable) == 1
+    ok(at.run())
+    assert any("1 unreadable patch(es)" in e.value for e in at.error)
+    shown = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert list(shown["id"]) == [damaged.stem] and "truncated or corrupt" in shown["reason"][0]
+    at.button(key="datasets_exclude").click().run()
+    assert not at.exception
+    assert next(m for m in at.metric if m.label == "Excluded").value == "1"
+    patches = next(m for m in at.metric if m.label == "Patches").value
+    assert int(patches.replace(",", "")) == n - 1
+    assert any("Excluded: every page and run leaves them out" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "datasets_exclude"]
+
+
+def test_check_every_patch_of_a_clean_set_says_so(demo_data):
+    at = pick(AppTest.from_file(PAGE, default_timeout=60).run(), "demo/hcd")
+    at.button(key="datasets_check").click().run()
+    assert wait_for_check(demo_data / "demo" / "hcd").report.clean
+    ok(at.run())
+    assert any(s.value.startswith("Every patch reads") for s in at.success)
+
+
+def test_an_exclusion_made_on_the_command_line_shows_at_the_next_rerun(demo_data):
+    import subprocess
+    import sys
+
+    import h5py
+
+    root = demo_data / "demo" / "pcam"
+    at = pick(AppTest.from_file(PAGE, default_timeout=60).run(), "demo/pcam")
+    caption = shown_caption(at)
+    x = root / "camelyonpatch_level_2_split_train_x.h5"
+    with h5py.File(x, "r") as f:
+        chunk = f["x"].id.get_chunk_info(0)
+    with open(x, "r+b") as fh:  # the first patch's compressed bytes, zeroed
+        fh.seek(chunk.byte_offset)
+        fh.write(b"\0" * chunk.size)
+    # another process, as from a terminal (this one's HDF5 keeps the open file's chunks cached)
+    command = [sys.executable, "-m", "core", "data", "check", str(root), "--exclude"]
+    assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
+    ok(at.run())
+    assert next(m for m in at.metric if m.label == "Excluded").value == "1"
+    assert shown_caption(at) != caption  # the gallery's count too

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import config
-from core.data import open_dataset
+from core.data import exclusions, open_dataset
 from core.data.demo import first_demo_set, retry_demo
 from core.files import file_sha256
 
@@ -71,15 +71,17 @@ MAX_DATASETS = 8  # datasets kept open (indexes and h5 handles), least recently 
 @st.cache_resource(
     show_spinner="Opening the dataset (the first time indexes it)…", max_entries=MAX_DATASETS
 )
-def _dataset(path: str, seed: int):
+def _dataset(path: str, seed: int, exclusions_revision: str):  # the revision: a key only
     return open_dataset(path, seed=seed)
 
 
 def dataset(path, seed: int = 0):
-    """The dataset at ``path`` with split ``seed``: one cache entry per (resolved path, seed),
-    whichever page opens it (Compare and Explain choose the seed with core.evaluate's
-    ``open_dataset_for(..., opener=dataset)``)."""
-    return _dataset(str(Path(path).resolve()), int(seed))
+    """The dataset at ``path`` with split ``seed``: one cache entry per (resolved path, seed,
+    exclusion list version), whichever page opens it (Compare and Explain choose the seed with
+    core.evaluate's ``open_dataset_for(..., opener=dataset)``). A list written by the Datasets
+    page or `python -m core data check --exclude` shows at the next rerun."""
+    path = str(Path(path).resolve())
+    return _dataset(path, int(seed), exclusions.revision(path))
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=MAX_MODELS)
