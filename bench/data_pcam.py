@@ -46,7 +46,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def generate(root: Path) -> None:
+def generate(root: Path, n: int = N) -> None:
     x_path, y_path = split_file(root, "train", "x"), split_file(root, "train", "y")
     if x_path.exists() and y_path.exists():
         return
@@ -55,11 +55,11 @@ def generate(root: Path) -> None:
     block = rng.integers(0, 256, (BLOCK, *SHAPE), dtype=np.uint8)
     started = time.perf_counter()
     with h5py.File(y_path, "w") as f:
-        f.create_dataset("y", data=rng.integers(0, 2, (N, 1, 1, 1), dtype=np.uint8))
+        f.create_dataset("y", data=rng.integers(0, 2, (n, 1, 1, 1), dtype=np.uint8))
     tmp = x_path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:
-        x = f.create_dataset("x", shape=(N, *SHAPE), dtype=np.uint8)  # contiguous, uncompressed
-        for start in range(0, N, BLOCK):
+        x = f.create_dataset("x", shape=(n, *SHAPE), dtype=np.uint8)  # contiguous, uncompressed
+        for start in range(0, n, BLOCK):
             block[:, 0, 0, 0] = np.arange(start, start + BLOCK) % 256  # blocks differ
             x[start : start + BLOCK] = block
     os.replace(tmp, x_path)

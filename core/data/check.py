@@ -29,8 +29,8 @@ from core.data.exclusions import in_force, write_exclusions
 from core.data.registry import dataset_name, open_dataset
 
 CHUNK = 256  # patches per task: one read_batch, re-read one by one only when it fails
-# A worker process costs ~2 s to start under spawn (imports; measured on 2 loaded cores,
-# bench/data_check.py) and ~0.05 s under fork: give each at least this many patches.
+# A spawned worker takes ~2 s to start (its imports; 2.3 s measured on 2 loaded cores, 0.04 s
+# forked), about what one process needs for 4,096 PNGs: by default each gets at least this many.
 MIN_PATCHES_PER_PROCESS = 4096
 
 
@@ -180,10 +180,13 @@ _WORKER_DATASET: PatchDataset | None = None  # set once in each worker process
 
 
 def _process_pool(ds: PatchDataset, workers: int) -> Executor:
-    """Processes, since the decoders hold the GIL for most of a patch (threads measured no
-    faster: bench/data_check.py). Forked when this process runs no other thread (the CLI:
-    instant, nothing re-imported); spawned otherwise (a server's threads must not be forked
-    mid-lock). The dataset travels once per worker and opens its files there."""
+    """Processes, for every format (bench/data_check.py): h5py holds one lock around every
+    call, so threads read an h5 file one at a time, and a PNG or TIFF read releases the GIL
+    for at most 40-70% of its time (Pillow parses in Python), which caps threads at ~1.7-3.6×
+    on any number of cores; processes scale with the free cores. Forked when this process runs
+    no other thread (the CLI: instant, nothing re-imported); spawned otherwise (a server's
+    threads must not be forked holding a lock). The dataset travels once to each worker, which
+    opens its files itself."""
     method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
     return ProcessPoolExecutor(
         workers,
