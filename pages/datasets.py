@@ -215,6 +215,9 @@ def check_result(report, ds) -> None:
     if {u.id for u in report.unreadable} <= set(ds.excluded):
         st.caption("Excluded: every page and run leaves them out until their files change.")
         return
+    failed = st.session_state.pop("datasets_exclude_error", None)
+    if failed:
+        st.error(literal(failed))
     if public_mode():
         st.caption(
             "Excluding is off on a public deployment (it would change the data for every "
@@ -232,7 +235,11 @@ def check_result(report, ds) -> None:
 
 
 def exclude(report) -> None:
-    exclude_unreadable(report)
+    try:
+        exclude_unreadable(report)
+    except OSError as err:  # a read-only or full cache folder
+        st.session_state["datasets_exclude_error"] = f"Could not write the exclusion list: {err}"
+        return
     reset_page()
     # Other pages' in-memory results (Explain's predictions) are stored by patch position:
     # positions change now, so none may be replayed.

@@ -13,7 +13,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from conftest import write_fake_idc
+from conftest import write_fake_hcd, write_fake_idc
 from helpers import EXACT, make_checkpoint, quick, write_idc_tree
 from PIL import Image
 
@@ -70,6 +70,32 @@ def test_a_damaged_patch_is_listed_with_the_readers_reason(fake_set, capsys):
     assert f"{patch_id}  {reason}" in out and "--exclude" in out
 
 
+OFF_FORMAT = {  # files that decode, but not into what the set holds
+    "hcd-smaller-tif": (
+        write_fake_hcd,
+        lambda path: Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(path),
+        "is 50×50, not the set's 96×96",
+    ),
+    "idc-16-bit-png": (
+        write_fake_idc,
+        lambda path: Image.fromarray(np.zeros((50, 50), np.uint16)).save(path),
+        "expected 8-bit RGB",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OFF_FORMAT))
+def test_an_off_format_patch_is_listed_with_the_readers_reason(case, tmp_path, capsys):
+    writer, rewrite, expected = OFF_FORMAT[case]
+    fake = writer(tmp_path / "set")
+    patch_id, path = sorted(fake.files.items())[0]
+    rewrite(path)
+    _, _, reason = readers_reason(fake.root, patch_id)
+    code, found = check_json(fake.root, capsys)
+    assert code == 1 and expected in reason
+    assert [(u["id"], u["reason"]) for u in found["unreadable"]] == [(patch_id, reason)]
+
+
 def test_an_excluded_patch_is_gone_for_every_reader(fake_set, capsys):
     before = open_dataset(fake_set.root)
     patch_id = damage_one(fake_set)
@@ -89,7 +115,7 @@ def test_an_excluded_patch_is_gone_for_every_reader(fake_set, capsys):
     assert ds.data_fingerprint(everything[:-1]) != before.data_fingerprint(everything[:-1])
     assert summarize(ds)["excluded"] == 1 and summarize(before)["excluded"] == 0
     assert main(["data", "summary", str(fake_set.root)]) == 0
-    assert "excluded: 1 patches unreadable when checked" in capsys.readouterr().out
+    assert "excluded: 1 patch, unreadable when checked" in capsys.readouterr().out
     assert len(open_dataset(fake_set.root, exclusions=False)) == len(before)
 
 

@@ -23,8 +23,8 @@ def _print_text(summary: dict) -> None:
         print(f"patients/slides: {summary['patients']}")
     if summary["excluded"]:
         print(
-            f"excluded: {summary['excluded']} patches unreadable when checked "
-            f"(list: {summary['exclusions']}; `data check PATH` reads them again)"
+            f"excluded: {patches(summary['excluded'])}, unreadable when checked (list: "
+            f"{summary['exclusions']}); each comes back once its file is replaced"
         )
     if summary["edge_patches"]:
         print(f"edge patches smaller than {size}: {summary['edge_patches']} (kept, padded white)")
@@ -92,24 +92,28 @@ def _print_check(report, args, listed) -> None:
     found = len(report.unreadable)
     if args.exclude:
         print(
-            f"excluded {found} unreadable patches from every reader (list: {listed}); replace "
-            "their files and check again to read them again"
+            f"excluded {patches(found)} from every reader (list: {listed}); each comes back "
+            "once its file is replaced"
             if found
             else "every patch reads; no patch is excluded"
         )
         return
     if found:
         print(
-            f"{found} unreadable patches; `python -m core data check {args.path} --exclude` "
+            f"{patches(found)} unreadable; `python -m core data check {args.path} --exclude` "
             "keeps them out of training, evaluation and every page"
         )
     else:
         print("every patch reads")
     if report.excluded_before:
         print(
-            f"note: an earlier check's list still excludes {report.excluded_before} patches; "
+            f"note: an earlier check's list still excludes {patches(report.excluded_before)}; "
             "--exclude replaces it with what this check found"
         )
+
+
+def patches(n: int) -> str:
+    return f"{n:,} patch" if n == 1 else f"{n:,} patches"
 
 
 def register(sub) -> None:

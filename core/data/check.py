@@ -71,6 +71,7 @@ class CheckReport:
         found["unreadable"] = [
             {k: v for k, v in asdict(u).items() if k != "fingerprint"} for u in self.unreadable
         ]
+        found["seconds"] = round(self.seconds, 3)
         found["patches_per_s"] = round(self.n / self.seconds, 1) if self.seconds else None
         return found
 

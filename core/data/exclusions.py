@@ -65,8 +65,6 @@ def apply_exclusions(ds) -> None:
     damaged or foreign list, and listed patches whose files changed, are one line each in
     ``ds.problems``."""
     path = list_path(ds.root)
-    if not path.exists():
-        return
     ids, problem = in_force(ds, path)
     if problem:
         ds.problems.append(problem)
@@ -103,7 +101,7 @@ def in_force(ds, path: Path | None = None) -> tuple[list[str], str | None]:
 
 
 def _read(path: Path, ds) -> tuple[list[dict], str | None]:
-    """The list's entries, or ([], why it is ignored)."""
+    """The list's entries, or ([], why it is ignored); ([], None) when there is no list."""
 
     def ignored(why: str) -> tuple[list[dict], str]:
         return [], one_line(
@@ -115,6 +113,8 @@ def _read(path: Path, ds) -> tuple[list[dict], str | None]:
         if os.stat(path).st_size > MAX_LIST_BYTES:
             return ignored("too large to be one")
         found = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [], None
     except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
         return ignored(f"unreadable: {type(err).__name__}")
     if not isinstance(found, dict) or found.get("kind") != KIND or found.get("version") != VERSION:
