@@ -30,7 +30,7 @@ from core.catalogue import (
     trained_on_index,
 )
 from core.config import CLASS_NAMES, TARGETS
-from core.data import DatasetEntry, list_datasets
+from core.data import DatasetEntry, exclusions, list_datasets
 from core.data.visual import page_count, page_of
 from core.display import display_table
 from core.evaluate import open_dataset_for
@@ -89,7 +89,9 @@ def dataset_for(path: str, checkpoint: str):
 
 
 @st.cache_data(show_spinner="Predicting the split (cached on disk afterwards)…", max_entries=16)
-def predictions(checkpoint: str, sha: str, data_path: str, split: str):
+def predictions(checkpoint: str, sha: str, data_path: str, split: str, exclusions_revision: str):
+    """The split's predictions (``exclusions_revision``: a key only; an exclusion renumbers the
+    patches, so predictions made before it must not be served after it)."""
     from core.evaluate import predict_split
 
     return predict_split(
@@ -172,7 +174,11 @@ def pick_dataset_patches(checkpoints):
     preds = None
     if outcome != ALL:
         preds = predictions(
-            str(first_checkpoint), file_sha256(first_checkpoint), str(entry.path), split
+            str(first_checkpoint),
+            file_sha256(first_checkpoint),
+            str(entry.path),
+            split,
+            exclusions.revision(entry.path),
         )
     indices = select_patches(
         ds,
