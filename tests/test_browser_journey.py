@@ -7,10 +7,13 @@ page refuses to start runs, showing the command line instead.
 
 from __future__ import annotations
 
+import math
+
 import pytest
-from helpers import browser_page, serve, settle
+from helpers import REPO, browser_page, serve, settle
 from PIL import Image
 
+from core.checkpoints import read_card
 from core.data import open_dataset
 
 pytestmark = pytest.mark.browser
@@ -42,8 +45,13 @@ def compare_threshold(page) -> None:
     nav(page, "Compare")
     settle(page, "text=Confusion matrices")
     page.locator("[data-testid='stSlider'] input[type='range']").first.focus()
-    page.keyboard.press("PageUp")  # +10 % of the range: 0.500 -> 0.600
-    settle(page, "text=@ 0.600")
+    page.keyboard.press("PageUp")  # +10 % of the range, from the card's threshold
+    # the sliders start at each card's threshold (floored to the 0.001 step)
+    moved = "|".join(
+        f"{math.floor(read_card(path).threshold / 0.001) * 0.001 + 0.1:.3f}".replace(".", r"\.")
+        for path in sorted((REPO / "checkpoints").glob("*.pt"))
+    )
+    settle(page, f"text=/@ ({moved})/")
 
 
 def training_start_and_tick(page) -> None:
