@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 
-from core.commands.evaluate import add_evaluation_arguments, open_inputs, tqdm_progress
+from core.commands.evaluate import (
+    add_evaluation_arguments,
+    open_inputs,
+    prediction_options,
+    tqdm_progress,
+)
 from core.evaluate import REPORTED_METRICS
 
 TABLE_COLUMNS = ["n", "threshold", *REPORTED_METRICS]
@@ -34,11 +39,8 @@ def run(args) -> int:
         args.checkpoints,
         ds,
         split=args.split,
-        tta=args.tta,
         progress=tqdm_progress("compare"),
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
+        **prediction_options(args),
     )
     if all(labelled(p).empty for p in preds.values()):  # as evaluate says it
         raise InputError(f"{ds.root}: split {args.split!r} has no labelled patches to compare")

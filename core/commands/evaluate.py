@@ -102,6 +102,16 @@ def option_problem(args) -> str | None:
     return None
 
 
+def prediction_options(args) -> dict:
+    """How `evaluate` and `compare` predict (the prediction cache's key holds each of these)."""
+    return {
+        "tta": args.tta,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "precision": args.precision,
+    }
+
+
 def run(args) -> int:
     from core.evaluate import evaluate_checkpoint
     from core.files import check_output
@@ -113,14 +123,11 @@ def run(args) -> int:
         args.checkpoint,
         ds,
         split=args.split,
-        tta=args.tta,
         threshold=args.threshold,
         n_boot=args.bootstrap,
         seed=args.seed,
         progress=tqdm_progress("evaluate"),
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
+        **prediction_options(args),
     )
     if args.predictions:
         write_predictions(args, ds, result["threshold"])
@@ -136,15 +143,7 @@ def write_predictions(args, ds, threshold: float) -> None:
     from core.evaluate import predict_split
     from core.files import write_atomic
 
-    preds = predict_split(
-        args.checkpoint,
-        ds,
-        split=args.split,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-    )
+    preds = predict_split(args.checkpoint, ds, split=args.split, **prediction_options(args))
     name = model_names([args.checkpoint])[0]
     table = predictions_table({name: preds}, {name: threshold})
     write_atomic(Path(args.predictions), lambda fh: fh.write(table.to_csv(index=False).encode()))
