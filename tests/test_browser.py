@@ -123,3 +123,46 @@ def test_a_checkpoint_over_the_upload_cap_is_refused_before_it_is_sent(compare_u
         refusal = page.get_by_text(re.compile(r"File must be .* or smaller"))
         refusal.first.wait_for(timeout=60_000)
         assert refusal.count() == 1 and page.get_by_text("413").count() == 0
+
+
+def overlapping_or_outside(page, section: str) -> list[str]:
+    """Images under the heading ``section`` that overlap another one or run past the main
+    block's right edge, as the browser lays them out."""
+    boxes = page.evaluate(
+        """(section) => {
+          const heads = [...document.querySelectorAll('h2, h3')];
+          const head = heads.find(h => h.innerText.trim() === section);
+          const main = document.querySelector("[data-testid='stMainBlockContainer']");
+          const right = main.getBoundingClientRect().right;
+          const below = [...document.querySelectorAll("[data-testid='stImage'] img")]
+            .filter(img => head.compareDocumentPosition(img) & Node.DOCUMENT_POSITION_FOLLOWING)
+            .map(img => img.getBoundingClientRect());
+          return {right, boxes: below.map(b => [b.left, b.top, b.right, b.bottom])};
+        }""",
+        section,
+    )
+    right, rects = boxes["right"], boxes["boxes"]
+    problems = [
+        f"image {i} ends at {r[2]:.0f} > {right:.0f}"
+        for i, r in enumerate(rects)
+        if r[2] > right + 1
+    ]
+    for i, a in enumerate(rects):
+        for j, b in enumerate(rects[i + 1 :], i + 1):
+            if min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1:
+                problems.append(f"images {i} and {j} overlap")
+    return problems
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_the_disagreement_browser_with_cams_fits_the_page(compare_url, width):
+    """Issue 22, item 5: with "Grad-CAM per model" on (the default), the disagreement browser's
+    images overlapped and its row ran past the page edge, at 1400 and 800 px."""
+    with browser_page() as page:
+        page.set_viewport_size({"width": width, "height": 4000})
+        page.goto(compare_url, wait_until="domcontentloaded")
+        page.get_by_role("link", name="Compare", exact=True).click(timeout=60_000)
+        settle(page, "text=/alpha · Grad-CAM — P\\(tumour\\)/", timeout_s=400)
+        page.wait_for_timeout(2000)  # images finish loading and the layout settles
+        assert page.locator("[data-testid='stException']").count() == 0
+        assert overlapping_or_outside(page, "Disagreements") == []
