@@ -48,28 +48,37 @@ class Augmentation:
         ops, matrix, offset = (to_device(t, images.device) for t in (ops, matrix, offset))
         index = maps.index_select(0, ops).unsqueeze(-1).expand(n, h * w, 3)
         x = images.reshape(n, h * w, 3).gather(1, index)
-        log_rgb = x.float().div_(255.0).clamp_(min=1e-6).log_()
-        # One batched affine map in log space = HED jitter + brightness (see colour_transform).
-        log_rgb = torch.baddbmm(offset, log_rgb, matrix)
-        rgb = log_rgb.exp_().mul_(255.0).round_().clamp_(0, 255)
-        return rgb.to(torch.uint8).view(n, h, w, 3)
+        return recolour(x, matrix, offset).view(n, h, w, 3)
 
     def colour_transform(
         self, n: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-patch (3×3 matrix, 1×3 offset) acting on log RGB.
+        """Per-patch (3×3 matrix, 1×3 offset) acting on log RGB, drawn from ``generator``."""
+        return self.colour_transform_of(torch.rand(n, 7, generator=generator))
+
+    def colour_transform_of(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (3×3 matrix, 1×3 offset) of each row of ``u`` (n×7 uniforms in [0, 1): three
+        stain scales, three stain shifts, one brightness), acting on log RGB.
 
         skimage's HED: stains = log(rgb) / L @ H (L = log 1e-6, H = hed_from_rgb), and back
         rgb = exp(stains · L @ R) (R = rgb_from_hed). Jittering stains -> stains · α + β and
         scaling brightness by f is therefore log(rgb) @ (H diag(α) R) + (L β R + log f).
         """
-        u = torch.rand(n, 7, generator=generator)
         alpha = 1 + self.stain_scale * (2 * u[:, 0:3] - 1)
         beta = self.stain_shift * (2 * u[:, 3:6] - 1)
         factor = 1 + self.brightness * (2 * u[:, 6] - 1)
         matrix = _HED_FROM_RGB @ torch.diag_embed(alpha) @ _RGB_FROM_HED
         offset = (_LOG_ADJUST * beta) @ _RGB_FROM_HED + torch.log(factor)[:, None]
         return matrix, offset[:, None, :]
+
+
+def recolour(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """uint8 n×P×3 pixels -> uint8 n×P×3 through each patch's affine map in log RGB
+    (``Augmentation.colour_transform``): HED jitter and brightness in one batched product."""
+    log_rgb = x.float().div_(255.0).clamp_(min=1e-6).log_()
+    log_rgb = torch.baddbmm(offset, log_rgb, matrix)
+    rgb = log_rgb.exp_().mul_(255.0).round_().clamp_(0, 255)
+    return rgb.to(torch.uint8)
 
 
 @functools.cache
