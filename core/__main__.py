@@ -25,6 +25,7 @@ COMMANDS = (
     "calibrate",
     "explain",
     "compare",
+    "robustness",
     "embed",
     "import",
     "export",

@@ -79,6 +79,8 @@ def predict_split(
     precision: str = "auto",
     fingerprint: str | None = None,
     loader=None,
+    shift=None,
+    n: int | None = None,
 ) -> pd.DataFrame:
     """P(tumour) for every patch of ``split`` ("all" = every patch), from the cache if present.
 
@@ -88,18 +90,29 @@ def predict_split(
     ``fingerprint``: the split's ``split_fingerprint``, when the caller already took it (one
     stat per data file: a caller running several checkpoints on one split takes it once).
     ``loader``: the model's source when not the file itself (``predict_indices``).
+    ``shift`` (``core.robustness.StainShift``): predict on stain-shifted patches; the frame gets
+    an ``untreated`` column (patches the shift passed through). ``n``: a seeded sample of ``n``
+    patches of the split (``sample_indices``). Both are part of the cache key.
     """
     how = how_it_runs(device, precision)
-    cache = prediction_cache_path(checkpoint_path, ds, split, tta, **how, fingerprint=fingerprint)
+    every = split_indices(ds, split)
+    indices = sample_indices(every, n)
+    variant = {
+        "shift": None if shift is None else shift.key,
+        "n": None if len(indices) == len(every) else len(indices),
+    }
+    cache = prediction_cache_path(
+        checkpoint_path, ds, split, tta, **how, fingerprint=fingerprint, variant=variant
+    )
     frame = _read_cached(cache)
     if frame is not None:
         if progress is not None:
             progress(len(frame), len(frame))
     else:
-        indices = split_indices(ds, split)
+        reader = ds if shift is None else shift.reader(ds)
         probs = predict_indices(
             checkpoint_path,
-            ds,
+            reader,
             indices,
             tta,
             progress,
@@ -109,6 +122,8 @@ def predict_split(
             loader=loader,
         )
         frame = prediction_frame(ds, indices, probs)
+        if shift is not None:
+            frame["untreated"] = reader.untreated(indices)
         store_cached(frame, cache)
     frame.attrs.update(how)
     return frame
@@ -247,6 +262,16 @@ def split_indices(ds, split: str) -> np.ndarray:
     return np.sort(ds.indices(split=None if split == "all" else split))
 
 
+def sample_indices(indices: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """A seeded random sample of ``n`` of ``indices``, sorted (all of them when ``n`` is None or
+    not smaller): the same patches for every model, strength and run."""
+    if n is None or n >= len(indices):
+        return indices
+    if n < 1:
+        raise InputError(f"a sample of {n} patches: use 1 or more")
+    return np.sort(np.random.default_rng(seed).choice(indices, size=n, replace=False))
+
+
 def split_fingerprint(ds, split: str) -> str:
     """The state of the data files behind ``split`` (``ds.data_fingerprint``), as cache keys use it."""
     return ds.data_fingerprint(split_indices(ds, split))
@@ -260,10 +285,13 @@ def prediction_cache_path(
     device: str = "cpu",
     precision: str = "fp32",
     fingerprint: str | None = None,
+    variant: dict | None = None,
 ) -> Path:
     """The cache file of these predictions; ``device``/``precision`` as resolved by
     ``how_it_runs`` (bf16 probabilities differ from fp32 ones by up to ~1e-3); ``fingerprint``
-    is ``split_fingerprint(ds, split)``, taken here when not given."""
+    is ``split_fingerprint(ds, split)``, taken here when not given. ``variant``: what else
+    changes them (a stain shift, a sample size); its None values leave the key as it was, so
+    plain predictions keep their cache files."""
     sha = file_sha256(checkpoint_path)
     identity = {
         "checkpoint_sha256": sha,
@@ -276,6 +304,7 @@ def prediction_cache_path(
         "device": device,
         "precision": precision,
         "version": CACHE_VERSION,
+        **{k: v for k, v in (variant or {}).items() if v is not None},
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return config.cache_dir() / "predictions" / f"{sha[:12]}-{key}.parquet"

@@ -1,5 +1,6 @@
 """Every plotly figure the pages show or export: Compare's curves and confusion matrices, the
-Training page's live curves, the Datasets page's charts, the Embeddings page's maps. Built here from plain results, rendered
+Training page's live curves, the Datasets page's charts, the Embeddings page's maps, the stain
+robustness sweep's curves. Built here from plain results, rendered
 by pages. plotly is imported inside each builder, so importing this module costs nothing (the
 CLI and the GPU machine run without plotly).
 """
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from core.compare import AtThresholds, Curves
     from core.data.visual import ColourStats
     from core.embed import Colouring, EmbeddingMap
+    from core.robustness import Sweep
 
 
 def figures_html(figures) -> str:
@@ -452,5 +454,61 @@ def sanity_figure(curves: pd.DataFrame, metric: str = "abs_spearman", mode: str 
             ],
         },
         yaxis={"title": labels[metric], "range": [-1.05 if metric == "spearman" else -0.05, 1.05]},
+    )
+    return fig
+
+
+# -- Robustness (Compare) -------------------------------------------------------------------------
+
+
+ROBUSTNESS_TITLES = {
+    "auc": "AUC",
+    "balanced_accuracy": "Balanced accuracy at each card's threshold",
+    "ece": "ECE (calibration error)",
+    "flip_share": "Share of calls that flip",
+}
+
+
+def robustness_figures(sweep: Sweep) -> list[go.Figure]:
+    """One figure per metric (``core.robustness.METRICS``), strength on x, a line per model;
+    AUC with its 95% CI as error bars; each model's unshifted value a dotted line in its colour."""
+    from core.robustness import METRICS, SHIFTS
+
+    return [_robustness_figure(sweep, metric, SHIFTS[sweep.family].label) for metric in METRICS]
+
+
+def _robustness_figure(sweep: Sweep, metric: str, x_title: str) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(sweep.table.groupby("model", sort=False)):
+        colour = model_colour(i)
+        shifted = rows[rows["strength"].notna()]
+        unshifted = rows.loc[rows["strength"].isna(), metric].iloc[0]
+        error = None
+        if metric == "auc" and shifted["auc_low"].notna().all():
+            error = {
+                "type": "data",
+                "array": shifted["auc_high"] - shifted["auc"],
+                "arrayminus": shifted["auc"] - shifted["auc_low"],
+            }
+        fig.add_trace(
+            go.Scatter(
+                x=shifted["strength"],
+                y=shifted[metric],
+                mode="lines+markers",
+                name=name,
+                line={"color": colour},
+                error_y=error,
+                legendgroup=name,
+            )
+        )
+        if unshifted is not None and not pd.isna(unshifted):
+            fig.add_hline(y=unshifted, line={"dash": "dot", "color": colour, "width": 1})
+    fig.update_layout(
+        title=f"{ROBUSTNESS_TITLES[metric]} under {sweep.family} shift (dotted: unshifted)",
+        xaxis_title=x_title,
+        yaxis_title=metric.replace("_", " "),
+        **CURVE_LAYOUT,
     )
     return fig

@@ -1,0 +1,341 @@
+"""Will it hold at another hospital? Checkpoints compared under graded stain shifts.
+
+For each strength of one shift family (``SHIFTS``: HED jitter as in training, Macenko
+augmentation, Reinhard normalisation towards the data's own mean stain made darker or paler) and
+each checkpoint: AUC (patient-resampled 95% CI where patients are known, ``core.metrics``),
+balanced accuracy at the card's threshold, ECE, and the share of patches whose call flips against
+the unshifted patches. Between models, at each strength, the paired AUC difference (DeLong;
+Obuchowski's patient-clustered DeLong where patients are known). A one-line summary says which
+model degrades least and by how much.
+
+Predictions are the same calibrated P(tumour) as everywhere else (``core.evaluate.predict_split``
+and its cache, with the shift in the key); the shifted patches go through each card's own
+preprocessing (``core.preprocess.to_model_input``). Every patch is shifted by a draw seeded by its
+id (``core.stain.patch_seeds``), so a patch moves the same way for every model, page and run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core import stain
+from core.errors import InputError
+
+
+@dataclass(frozen=True)
+class ShiftFamily:
+    strengths: tuple[float, ...]  # the default sweep
+    label: str  # what a strength means, for captions and the CLI
+
+
+SHIFTS: dict[str, ShiftFamily] = {
+    "hed": ShiftFamily(
+        (0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
+        "HED jitter: each stain ×U(1±s), brightness ×U(1±s) (training uses s = 0.05)",
+    ),
+    "macenko": ShiftFamily(
+        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+        "Macenko augmentation: each stain's concentration ×U(1±s) + U(±s)",
+    ),
+    "reinhard": ShiftFamily(
+        (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0),
+        "Reinhard normalisation to the data's own mean stain, s CIELAB L units paler (−: darker)",
+    ),
+}
+METRICS = ("auc", "balanced_accuracy", "ece", "flip_share")  # one figure each
+REFERENCE_PATCHES = stain.FIT_PATCHES  # pooled into the Reinhard family's reference stain
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StainShift:
+    """One shift: a family, a strength, the seed of the per-patch draws, and for Reinhard the
+    reference stain (means, stds) it moves towards."""
+
+    family: str
+    strength: float
+    seed: int = 0
+    reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def key(self) -> str:
+        """What the prediction cache keys on."""
+        ref = None if self.reference is None else [[round(v, 4) for v in r] for r in self.reference]
+        return json.dumps([self.family, float(self.strength), self.seed, ref])
+
+    def apply(self, images: np.ndarray, ids) -> stain.StainResult:
+        seeds = stain.patch_seeds(ids, self.seed)
+        if self.family == "hed":
+            shifted = stain.hed_jitter(images, self.strength, seeds)
+            return stain.StainResult(shifted, np.zeros(len(images), dtype=bool))
+        if self.family == "macenko":
+            return stain.macenko_augment(images, self.strength, seeds)
+        means, stds = self.reference
+        target = {"method": "reinhard", "means": list(means), "stds": list(stds)}
+        return stain.normalise(images, stain.with_lightness(target, self.strength))
+
+    def reader(self, ds) -> ShiftedPatches:
+        return ShiftedPatches(ds, self)
+
+
+class ShiftedPatches:
+    """``ds`` read through a stain shift: ``read_batch`` is all ``core.evaluate``'s loader
+    calls. Remembers which patches the shift passed through unchanged."""
+
+    def __init__(self, ds, shift: StainShift):
+        self.ds, self.shift = ds, shift
+        self._ids = ds.meta["id"].astype(str).to_numpy()
+        self._untreated: set[int] = set()
+
+    def read_batch(self, indices) -> np.ndarray:
+        indices = np.asarray(indices)
+        result = self.shift.apply(self.ds.read_batch(indices), self._ids[indices])
+        self._untreated.update(indices[result.untreated].tolist())
+        return result.images
+
+    def untreated(self, indices) -> np.ndarray:
+        return np.isin(np.asarray(indices), list(self._untreated))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's results. ``table``: one row per model and strength (NaN strength = unshifted)
+    with n, auc, auc_low, auc_high, balanced_accuracy, ece, flip_share, untreated. ``paired``:
+    per strength and model pair, auc_diff (a − b) with its 95% CI and p-value."""
+
+    family: str
+    strengths: tuple[float, ...]
+    split: str
+    n: int
+    ci_unit: str
+    thresholds: dict[str, float]
+    table: pd.DataFrame
+    paired: pd.DataFrame
+    summary: str
+    checkpoints: dict[str, str] = field(default_factory=dict)  # name -> path
+
+    def to_json(self) -> dict:
+        """The `robustness --json` object."""
+
+        def rows(frame):
+            return json.loads(frame.to_json(orient="records"))
+
+        return {
+            "shift": self.family,
+            "shift_means": SHIFTS[self.family].label,
+            "strengths": list(self.strengths),
+            "split": self.split,
+            "n": self.n,
+            "ci_unit": self.ci_unit,
+            "checkpoints": self.checkpoints,
+            "thresholds": self.thresholds,
+            "table": rows(self.table),
+            "paired": rows(self.paired),
+            "summary": self.summary,
+        }
+
+
+def robustness_sweep(
+    checkpoints: Sequence,
+    ds,
+    split: str = "test",
+    family: str = "hed",
+    strengths: Sequence[float] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    progress: Progress | None = None,
+    **predict_kwargs,
+) -> Sweep:
+    """Every checkpoint on ``n`` patches of ``split`` (all when None), unshifted and at each
+    strength of ``family`` (its default strengths when None). ``seed`` seeds the per-patch
+    shifts and the bootstrap; ``n_boot`` 0 = no CIs (a quick preview). ``predict_kwargs`` go to
+    ``core.evaluate.predict_split`` (batch_size, device, precision, loader)."""
+    from core.catalogue import card_thresholds, model_names
+    from core.evaluate import predict_split, sample_indices, split_indices
+
+    if family not in SHIFTS:
+        raise InputError(f"unknown shift {family!r}; use one of {', '.join(SHIFTS)}")
+    strengths = tuple(
+        float(s) for s in (SHIFTS[family].strengths if strengths is None else strengths)
+    )
+    if not strengths or any(not math.isfinite(s) for s in strengths):
+        raise InputError(f"strengths {list(strengths)}: give one or more finite numbers")
+    paths = [str(p) for p in checkpoints]
+    if not paths:
+        raise InputError("give one or more checkpoints")
+    names = model_names(paths)
+    thresholds = card_thresholds(paths)
+    indices = sample_indices(split_indices(ds, split), n)
+    if not len(indices):
+        raise InputError(f"{ds.root}: split {split!r} has no patches")
+    reference = _reference_stain(ds, indices, seed) if family == "reinhard" else None
+    shifts = [None] + [StainShift(family, s, seed, reference) for s in strengths]
+    count = _counter(progress, len(shifts) * len(paths) * len(indices))
+    preds = {
+        (name, shift): predict_split(
+            path, ds, split, shift=shift, n=n, progress=count(), **predict_kwargs
+        )
+        for shift in shifts
+        for name, path in zip(names, paths, strict=True)
+    }
+    table = _table(preds, names, shifts, thresholds, n_boot, seed)
+    return Sweep(
+        family=family,
+        strengths=strengths,
+        split=split,
+        n=len(indices),
+        ci_unit=_ci_unit(preds[names[0], None]),
+        thresholds=thresholds,
+        table=table,
+        paired=_paired(preds, names, shifts),
+        summary=summary_line(table, family),
+        checkpoints=dict(zip(names, paths, strict=True)),
+    )
+
+
+def summary_line(table: pd.DataFrame, family: str) -> str:
+    """Which model degrades least and by how much: each model's largest AUC drop from its
+    unshifted AUC over the sweep (balanced accuracy where AUC is undefined), and its largest
+    share of flipped calls."""
+    metric = "auc" if table["auc"].notna().all() else "balanced_accuracy"
+    worst = {}
+    for name, rows in table.groupby("model", sort=False):
+        base = rows.loc[rows["strength"].isna(), metric].iloc[0]
+        shifted = rows[rows["strength"].notna()]
+        drops = base - shifted[metric]
+        at = shifted.loc[drops.idxmax()]
+        worst[name] = (float(drops.max()), float(base), at, float(shifted["flip_share"].max()))
+    order = sorted(worst, key=lambda m: worst[m][0])
+    label = "AUC" if metric == "auc" else "balanced accuracy"
+
+    def said(name):
+        drop, base, at, flips = worst[name]
+        return (
+            f"{name} {label} {base:.3f} → {at[metric]:.3f} (−{max(drop, 0):.3f} at "
+            f"{at['strength']:g}), calls flip on ≤{flips:.1%}"
+        )
+
+    if len(order) == 1:
+        return f"Under {family} shift: {said(order[0])}."
+    best, rest = order[0], order[1:]
+    gap = worst[rest[0]][0] - worst[best][0]
+    return (
+        f"Under {family} shift, {best} degrades least ({gap:.3f} {label} less than the next): "
+        + "; ".join(said(name) for name in order)
+        + "."
+    )
+
+
+# -- helpers, in call order ---------------------------------------------------------------------
+
+
+def _reference_stain(ds, indices: np.ndarray, seed: int):
+    """The data's own mean stain: a Reinhard target pooled over a seeded sample of the patches."""
+    from core.evaluate import sample_indices
+
+    sample = sample_indices(indices, REFERENCE_PATCHES, seed)
+    target = stain.fit_target("reinhard", ds.read_batch(sample))
+    return tuple(target["means"]), tuple(target["stds"])
+
+
+def _counter(progress: Progress | None, total: int):
+    """A progress(done, total) per prediction run, adding up to one bar over the sweep."""
+    finished = [0]
+
+    def one_run():
+        if progress is None:
+            return None
+        offset = finished[0]
+
+        def report(done, _total):
+            finished[0] = offset + done
+            progress(finished[0], total)
+
+        return report
+
+    return one_run
+
+
+def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
+    from core.evaluate import labelled
+    from core.metrics import binary_metrics, bootstrap_auc_ci, known_groups
+
+    rows = []
+    for shift in shifts:
+        for name in names:
+            frame, base = preds[name, shift], preds[name, None]
+            known = labelled(frame)
+            if known.empty:
+                raise InputError(f"split has no labelled patches to score the {name} sweep on")
+            y, prob, threshold = known["label"], known["prob"], thresholds[name]
+            m = binary_metrics(y, prob, threshold)
+            ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=known_groups(known))
+            flips = (frame["prob"].to_numpy() >= threshold) != (
+                base["prob"].to_numpy() >= threshold
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "strength": np.nan if shift is None else shift.strength,
+                    "n": m["n"],
+                    "auc": m["auc"],
+                    "auc_low": ci[0] if ci else None,
+                    "auc_high": ci[1] if ci else None,
+                    "balanced_accuracy": m["balanced_accuracy"],
+                    "ece": m["ece"],
+                    "flip_share": float(flips.mean()),
+                    "untreated": int(frame["untreated"].sum()) if "untreated" in frame else 0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _ci_unit(frame: pd.DataFrame) -> str:
+    from core.evaluate import labelled
+    from core.metrics import ci_unit, known_groups
+
+    return ci_unit(known_groups(labelled(frame)))
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def _paired(preds, names, shifts) -> pd.DataFrame:
+    """Per strength and model pair: the AUC difference a − b on the same patches, DeLong's
+    (patients known: Obuchowski's clustered) standard error, its 95% CI and p-value."""
+    from core.evaluate import labelled
+    from core.metrics import delong, delong_clustered, known_groups
+
+    rows = []
+    for shift in shifts:
+        for a, b in itertools.combinations(names, 2):
+            known_a, known_b = labelled(preds[a, shift]), labelled(preds[b, shift])
+            y, groups = known_a["label"].to_numpy(), known_groups(known_a)
+            pa, pb = known_a["prob"].to_numpy(), known_b["prob"].to_numpy()
+            try:
+                test = delong(y, pa, pb) if groups is None else delong_clustered(y, pa, pb, groups)
+            except ValueError:  # one class, or fewer than two patients: no test
+                continue
+            diff, se = test["auc_diff"], test["se_diff"]
+            rows.append(
+                {
+                    "strength": np.nan if shift is None else shift.strength,
+                    "model_a": a,
+                    "model_b": b,
+                    "auc_diff": diff,
+                    "low": diff - Z95 * se,
+                    "high": diff + Z95 * se,
+                    "p_value": test["p_value"],
+                    "unit": "patch" if groups is None else "patient",
+                }
+            )
+    columns = ["strength", "model_a", "model_b", "auc_diff", "low", "high", "p_value", "unit"]
+    return pd.DataFrame(rows, columns=columns)
