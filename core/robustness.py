@@ -19,8 +19,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,85 @@ def robustness_sweep(
     )
 
 
+PREVIEW_PATCHES = 64  # the first, quick pass of a background sweep (no CIs)
+
+
+class SweepCancelled(Exception):
+    """Raised inside a background sweep when it is cancelled."""
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """What a background sweep has done: ``stage`` is "preview", "full", "done", "failed"
+    or "cancelled"; ``done``/``total`` count patch predictions of the current stage."""
+
+    stage: str
+    done: int
+    total: int
+    preview: Sweep | None
+    result: Sweep | None
+    error: str | None
+
+    @property
+    def running(self) -> bool:
+        return self.stage in ("preview", "full")
+
+
+class SweepJob:
+    """``robustness_sweep`` in a daemon thread: first on ``PREVIEW_PATCHES`` patches without
+    CIs (seconds) when ``n`` asks for more, then on the requested ``n``. Never touches the UI: a page polls ``state()``.
+    Bad input (InputError) ends it ``failed`` with its one line; a bug keeps its traceback in
+    the thread and ends it ``failed`` with the exception's name."""
+
+    def __init__(
+        self, checkpoints, ds, split, family, strengths=None, n=None, n_boot=1000, **kwargs
+    ):
+        self._args = (list(checkpoints), ds, split, family, strengths)
+        self._n, self._n_boot, self._kwargs = n, n_boot, kwargs
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._state = SweepState("preview", 0, 0, None, None, None)
+        self._thread = threading.Thread(target=self._run, name="robustness-sweep", daemon=True)
+        self._thread.start()
+
+    def state(self) -> SweepState:
+        with self._lock:
+            return self._state
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            if self._n is None or self._n > PREVIEW_PATCHES:
+                self._update(preview=self._stage("preview", PREVIEW_PATCHES, n_boot=0))
+            self._update(stage="done", result=self._stage("full", self._n, self._n_boot))
+        except SweepCancelled:
+            self._update(stage="cancelled")
+        except InputError as err:
+            self._update(stage="failed", error=str(err))
+        except Exception as err:
+            self._update(stage="failed", error=f"{type(err).__name__}: {err}")
+            raise
+
+    def _stage(self, stage: str, n: int | None, n_boot: int) -> Sweep:
+        self._update(stage=stage, done=0, total=0)
+
+        def progress(done: int, total: int) -> None:
+            if self._cancel.is_set():
+                raise SweepCancelled
+            self._update(done=done, total=total)
+
+        return robustness_sweep(*self._args, n=n, n_boot=n_boot, progress=progress, **self._kwargs)
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            self._state = replace(self._state, **changes)
+
+
 def summary_line(table: pd.DataFrame, family: str) -> str:
     """Which model degrades least and by how much: each model's largest AUC drop from its
     unshifted AUC over the sweep (balanced accuracy where AUC is undefined), and its largest
@@ -231,6 +311,73 @@ def summary_line(table: pd.DataFrame, family: str) -> str:
         f"Under {family} shift, {best} degrades least ({gap:.3f} {label} less than the next): "
         + "; ".join(said(name) for name in order)
         + "."
+    )
+
+
+@dataclass(frozen=True)
+class PatchShift:
+    """One patch before and after a stain shift, for each model: calibrated P(tumour), its call
+    at the card's threshold, and each method's map with its stability (Spearman's ρ between the
+    maps before and after; NaN when a map is flat)."""
+
+    shift: StainShift
+    untreated: bool  # the shift could not treat it (too little tissue): shown unchanged
+    gallery: object  # core.explain.Gallery, rows = (original, shifted), columns = model × method
+    probs: dict[str, tuple[float, float]]  # model -> P(tumour) before, after
+    thresholds: dict[str, float]
+    stability: dict[tuple[str, str], float]  # (model, method) -> Spearman ρ
+
+    def calls(self, model: str) -> tuple[str, str]:
+        from core.metrics import called_class
+
+        return tuple(called_class(p, self.thresholds[model]) for p in self.probs[model])
+
+
+def patch_under_shift(
+    models: dict,
+    image: np.ndarray,
+    patch_id: str,
+    family: str,
+    strength: float,
+    methods: Sequence[str],
+    target: str = "pred",
+    seed: int = 0,
+    reference_images: np.ndarray | None = None,
+) -> PatchShift:
+    """What one shift does to one patch (Explain's stain slider). ``models``: {name:
+    LoadedModel}; maps come from ``core.explain.explain_gallery`` (compute_cams), P(tumour) from
+    ``core.preprocess.predict_proba`` (the card's calibrated probability). The Reinhard family's
+    reference stain is pooled over ``reference_images`` (the patches shown), else the patch."""
+    from scipy.stats import spearmanr
+
+    from core.explain import explain_gallery
+    from core.preprocess import predict_proba
+
+    if family not in SHIFTS:
+        raise InputError(f"unknown shift {family!r}; use one of {', '.join(SHIFTS)}")
+    reference = None
+    if family == "reinhard":
+        pool = image[None] if reference_images is None else reference_images
+        target_stain = stain.fit_target("reinhard", pool)
+        reference = (tuple(target_stain["means"]), tuple(target_stain["stds"]))
+    shift = StainShift(family, float(strength), seed, reference)
+    moved = shift.apply(image[None], [patch_id])
+    pair = np.stack([image, moved.images[0]])
+    gallery = explain_gallery(models, pair, ["original", "shifted"], list(methods), target)
+    stability = {}
+    for column in gallery.columns:
+        before, after = (m.ravel() for m in column.result.cams)
+        flat = before.std() == 0 or after.std() == 0
+        stability[column.model, column.method] = (
+            float("nan") if flat else float(spearmanr(before, after).statistic)
+        )
+    return PatchShift(
+        shift=shift,
+        untreated=bool(moved.untreated[0]),
+        gallery=gallery,
+        probs={n: tuple(map(float, predict_proba(m, pair))) for n, m in models.items()},
+        thresholds={n: m.card.threshold for n, m in models.items()},
+        stability=stability,
     )
 
 

@@ -65,6 +65,7 @@ from pages._shared import (
     shared_model,
 )
 from pages._shared.inputs import choose_inputs
+from pages._shared.robustness_view import robustness_section
 from pages._shared.state import SESSION, keep_offered
 
 MAX_MODELS = 4
@@ -429,4 +430,5 @@ figures = curves_section(free, at)
 metrics_section(list(paths), free, at, preds, paths)
 patients_section(ds, preds, list(paths), thresholds, keys)
 disagreements_section(ds, preds, paths, thresholds, keys)
+robustness_section(ds, paths, split)
 export_section(entry, split, preds, paths, thresholds, free, at, figures)

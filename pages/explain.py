@@ -55,6 +55,7 @@ from pages._shared import (
     shared_model,
 )
 from pages._shared.sanity import render_sanity
+from pages._shared.stain_view import stain_slider_section
 from pages._shared.state import SESSION, keep_offered, kept_uploads
 
 ALL = "all"
@@ -424,6 +425,9 @@ st.download_button(
     "histolens_overlays.zip",
     "application/zip",
     key="explain_zip",
+)
+stain_slider_section(
+    models, model_keys, methods, target, images, names, images_key, alpha, colormap
 )
 render_faithfulness(models, model_keys, methods, target, images, names, images_key, ds, split)
 render_sanity(models, model_keys, methods, target, images, names, images_key, ds)

@@ -260,3 +260,30 @@ def test_the_page_names_each_test_its_unit_the_calibration_map_and_the_conformal
     assert rows.loc["beta", "coverage per patch"] == "n/a"  # an older card: no conformal sets
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Risk–coverage" in titles
+
+
+def robustness_titles(at) -> list[str]:
+    titles = [
+        json.loads(chart.proto.spec)["layout"].get("title", {}).get("text", "")
+        for chart in at.get("plotly_chart")
+    ]
+    return [t for t in titles if "under hed shift" in t]
+
+
+def test_the_stain_sweep_runs_in_the_background_and_ends_with_figures(app_env):
+    """Run: a preview, then the sweep; the panel polls it and draws one figure per metric."""
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    ok(at.run())
+    assert not robustness_titles(at)
+    at.multiselect(key="compare_robustness_strengths::hed").set_value([0.1, 0.3])
+    at.number_input(key="compare_robustness_n").set_value(96)
+    ok(widget(at, "button", "Run the sweep").click().run())
+    job = at.session_state["compare_robustness_job"][1]
+    job.join(timeout=600)
+    assert job.state().stage == "done", job.state().error
+    assert job.state().preview.n == 64 and job.state().result.n == 96
+    ok(at.run())
+    assert len(robustness_titles(at)) == 4
+    assert any(m.value.startswith("**Under hed shift") for m in at.markdown)
+    assert any(b.label == "Robustness JSON" for b in at.get("download_button"))
+    assert not any(b.label == "Cancel the sweep" for b in at.button)  # no longer polling

@@ -209,3 +209,22 @@ def test_slow_methods_are_left_out_unless_included_and_public_mode_trains_nothin
     verdicts = next(t.value for t in at.dataframe if "verdict" in t.value.columns)
     assert "scorecam" not in set(verdicts["method"])
     assert any("Not on a public server" in c.value for c in at.caption)
+
+
+def test_the_stain_slider_shows_the_shifted_patch_calls_and_map_stability(explain_env):
+    at = pcam(page())
+    grid = len(image_urls(at))
+    ok(at.toggle(key="explain_stain_on").set_value(True).run())
+    captions = [c for image in at.image for c in image.captions]
+    assert len(image_urls(at)) == grid + 4  # original, shifted, the map before and after
+    assert any(c.startswith("hed at 0.3") for c in captions)
+    stability = [c for c in captions if "gradcam before (Spearman ρ" in c]
+    assert len(stability) == 1 and -1 <= float(stability[0].split("ρ ")[1].rstrip(")")) <= 1
+    said = [m.value for m in at.markdown if m.value.startswith("**demo_pcam**: P(tumour)")]
+    assert len(said) == 1 and " → " in said[0]
+    shifted_before = image_urls(at)
+    ok(at.select_slider(key="explain_stain_strength::hed").set_value(0.5).run())
+    # new: the shifted patch and the map after; the original and its map stay as they were
+    assert len(set(image_urls(at)) - set(shifted_before)) == 2
+    ok(at.radio(key="explain_stain_shift").set_value("reinhard").run())
+    assert any(c.startswith("reinhard at") for c in (c for i in at.image for c in i.captions))

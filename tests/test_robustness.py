@@ -16,7 +16,14 @@ from core.checkpoints import load_checkpoint
 from core.data import open_dataset
 from core.figures import robustness_figures
 from core.preprocess import predict_proba
-from core.robustness import METRICS, SHIFTS, StainShift, robustness_sweep, summary_line
+from core.robustness import (
+    METRICS,
+    SHIFTS,
+    StainShift,
+    patch_under_shift,
+    robustness_sweep,
+    summary_line,
+)
 
 pytest.importorskip("torchstain")
 
@@ -146,3 +153,25 @@ def test_every_family_has_default_strengths_and_a_label():
     for name, family in SHIFTS.items():
         assert len(family.strengths) == 6 and family.label, name
     assert stain.STAIN_METHODS == ("macenko", "reinhard")
+
+
+def test_one_patch_under_a_shift_maps_calls_and_stability(pair, idc):
+    pytest.importorskip("pytorch_grad_cam")
+    models = {name: load_checkpoint(p) for name, p in zip(("alpha", "beta"), pair, strict=True)}
+    image = idc.read_batch([0])[0]
+    still = patch_under_shift(models, image, "p0", "hed", 0.0, ["gradcam"])
+    assert not still.untreated and still.stability == {
+        ("alpha", "gradcam"): 1.0,
+        ("beta", "gradcam"): 1.0,
+    }
+    moved = patch_under_shift(models, image, "p0", "hed", 0.5, ["gradcam", "eigencam"])
+    assert len(moved.gallery.columns) == 4 and set(moved.stability) == {
+        (m, k) for m in models for k in ("gradcam", "eigencam")
+    }
+    assert all(np.isnan(r) or -1 <= r <= 1 for r in moved.stability.values())
+    expected = predict_proba(models["alpha"], moved.gallery.images, precision="fp32")
+    np.testing.assert_allclose(moved.probs["alpha"], expected, atol=1e-6)  # calibrated P
+    assert moved.thresholds == {"alpha": 0.4, "beta": 0.5}
+    assert moved.calls("alpha") == tuple(
+        "tumour" if p >= 0.4 else "normal" for p in moved.probs["alpha"]
+    )
