@@ -36,6 +36,7 @@ from core.data.registry import MAX_SEED
 from core.errors import InputError
 from core.files import file_sha256, write_atomic, write_bytes_atomic
 from core.models import MODELS, build_model, get_spec, get_target_layer
+from core.stain import target_problem
 from core.train_config import MIN_INPUT_SIZE
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: reading a card needs none
@@ -105,6 +106,9 @@ class ModelCard:
     operating_points: dict[str, float] = field(default_factory=dict)  # rule -> threshold
     # split-conformal quantiles fitted on validation (core.conformal); {} = no sets
     conformal: dict[str, Any] = field(default_factory=dict)
+    # The stain target every patch is normalised to before the model (core.stain; fitted on
+    # the training patches by `train --stain-norm`); {} = none, what older checkpoints mean.
+    stain_norm: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -279,6 +283,7 @@ CARD_CHECKS = {
         lambda v: v == {} or _is_conformal(v),
         '{} or {score: "lac", n_valid, quantiles: {alpha: q 0..1}} (core.conformal)',
     ),
+    "stain_norm": target_problem,
     "versions": _expect(lambda v: isinstance(v, dict), "a mapping"),
     "created": _expect(lambda v: isinstance(v, str), "a text (a timestamp)"),
 }

@@ -34,7 +34,7 @@ import pandas as pd
 
 from core import config
 from core.d4 import D4_GROUP
-from core.data.splits import SPLIT_NAMES
+from core.data.splits import SPLIT_NAMES, sample_indices
 from core.errors import InputError, is_out_of_memory
 from core.files import file_sha256, write_atomic
 
@@ -260,16 +260,6 @@ def split_indices(ds, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     return np.sort(ds.indices(split=None if split == "all" else split))
-
-
-def sample_indices(indices: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
-    """A seeded random sample of ``n`` of ``indices``, sorted (all of them when ``n`` is None or
-    not smaller): the same patches for every model, strength and run."""
-    if n is None or n >= len(indices):
-        return indices
-    if n < 1:
-        raise InputError(f"a sample of {n} patches: use 1 or more")
-    return np.sort(np.random.default_rng(seed).choice(indices, size=n, replace=False))
 
 
 def split_fingerprint(ds, split: str) -> str:

@@ -376,10 +376,17 @@ def calibrated_head(model: nn.Module, card: ModelCard) -> nn.Module:
 
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> float:
     """Write the checkpoint's model as TorchScript whose softmax is the calibrated P(tumour)
-    (``calibrated_head``); returns max |ΔP| against ``predict_proba`` (CPU, fp32)."""
+    (``calibrated_head``); returns max |ΔP| against ``predict_proba`` (CPU, fp32). A card that
+    normalises stain first (``stain_norm``: per-patch Macenko/Reinhard in numpy, not a tensor
+    op TorchScript can hold) is refused: the file would silently skip that step."""
     from core.preprocess import predict_proba
 
     loaded = load_checkpoint(checkpoint)
+    if loaded.card.stain_norm:
+        raise CheckpointError(
+            f"{checkpoint}: its card normalises stain ({loaded.card.stain_norm['method']}) "
+            "before the model, which a TorchScript file cannot carry; not exported"
+        )
     card = replace(loaded.card, calibration={})  # the outputs carry the map now
     about = {
         "outputs": "logits N×2 (normal, tumour) for N×3×S×S input normalised as the card says; "

@@ -1,9 +1,11 @@
 """From uint8 RGB patches to model input, strictly from the model card.
 
-Training, evaluation, CAMs and comparison all call ``to_model_input`` so preprocessing can never
-differ between them. The uint8 batch is moved to the device first (4x less traffic than float),
-then converted, resized (only if the patch size differs from the card's input size) and normalised
-there.
+Training, evaluation, CAMs, comparison, uploads and embeddings all call ``to_model_input`` so
+preprocessing can never differ between them. A card with a stain target (``card.stain_norm``,
+core.stain) first normalises each patch's stain on the host (a patch that cannot be normalised,
+e.g. background, is passed through unchanged). The uint8 batch is then moved to the device (4x
+less traffic than float), converted, resized (only if the patch size differs from the card's
+input size) and normalised with the card's mean/std there.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from core.checkpoints import LoadedModel, ModelCard, check_finite_probabilities
 from core.device import autocast_for, to_device
+from core.stain import normalise
 
 
 def to_model_input(
@@ -22,7 +25,8 @@ def to_model_input(
     device: str | torch.device = "cpu",
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 N×H×W×3 (or H×W×3) RGB -> float32 N×3×S×S normalised with the card's mean/std."""
+    """uint8 N×H×W×3 (or H×W×3) RGB -> float32 N×3×S×S: stain-normalised to the card's target
+    when it has one, then normalised with the card's mean/std."""
     if isinstance(images, np.ndarray):
         # torch cannot wrap read-only arrays (cached or memory-mapped patches): copy the uint8 data
         images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
@@ -33,6 +37,8 @@ def to_model_input(
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected N×H×W×3 RGB patches, got shape {tuple(x.shape)}")
+    if card.stain_norm:  # training passes its augmented batch through here too
+        x = torch.from_numpy(normalise(x.cpu().numpy(), card.stain_norm).images)
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     size = card.input_size
     if tuple(x.shape[-2:]) != (size, size):

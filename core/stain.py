@@ -152,6 +152,14 @@ def fit_target(method: str, images: np.ndarray) -> dict:
     }
 
 
+def fit_on_patches(method: str, ds, indices, seed: int = 0) -> dict:
+    """``fit_target`` on a seeded sample of ``FIT_PATCHES`` of ``ds``'s patches at ``indices``
+    (training: its training split, never a test patch)."""
+    from core.data.splits import sample_indices
+
+    return fit_target(method, ds.read_batch(sample_indices(indices, FIT_PATCHES, seed)))
+
+
 def with_lightness(target: dict, delta: float) -> dict:
     """A Reinhard target ``delta`` CIELAB L units paler (> 0) or darker (< 0)."""
     means = list(target["means"])

@@ -52,6 +52,13 @@ BAD_FIELDS = {
         {"score": "lac", "quantiles": {"0.1": 0.4}},
         [0.4],
     ],
+    "stain_norm": [
+        "macenko",
+        {"method": "vahadane"},
+        {"method": "macenko", "stain_matrix": [[0.6, 0.7, 0.4]], "max_concentrations": [1, 1]},
+        {"method": "reinhard", "means": [70, 10, -5], "stds": [10, 0, 5]},
+        {"method": "reinhard", "means": [70, math.nan, -5], "stds": [10, 5, 5]},
+    ],
     "versions": [3],
     "created": [20260101],
 }

@@ -164,3 +164,65 @@ def test_target_problems_name_what_is_wrong():
     assert "exactly" in stain.target_problem({**good, "extra": 1})
     nan = {**good, "max_concentrations": [float("nan"), 1.0]}
     assert "finite" in stain.target_problem(nan)
+
+
+# -- a checkpoint that normalises stain ----------------------------------------------------------
+
+
+@pytest.fixture
+def normalising(tmp_path):
+    """An untrained idc_cnn whose card carries a Macenko target, and the same without."""
+    torch = pytest.importorskip("torch")
+    from core.checkpoints import ModelCard, save_checkpoint
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model("idc_cnn")
+    target = stain.fit_target("macenko", he_patches(seed=6))
+    plain = save_checkpoint(tmp_path / "plain.pt", model, ModelCard.for_model("idc_cnn"))
+    card = ModelCard.for_model("idc_cnn", stain_norm=target)
+    return save_checkpoint(tmp_path / "normalising.pt", model, card), plain, target
+
+
+def test_the_card_round_trips_the_normaliser(normalising):
+    from core.checkpoints import load_checkpoint, read_card
+
+    path, plain, target = normalising
+    assert load_checkpoint(path).card.stain_norm == target == read_card(path).stain_norm
+    assert read_card(plain).stain_norm == {}  # older checkpoints: no normalisation
+
+
+def test_every_consumer_gets_normalised_input_through_the_card(normalising):
+    """to_model_input is the one door (evaluation, CAMs, uploads, embeddings, training)."""
+    import torch
+
+    from core.checkpoints import load_checkpoint
+    from core.preprocess import predict_proba, to_model_input
+
+    path, plain, target = normalising
+    patches = he_patches(n=3, side=50, seed=7, stains=OTHER_LAB)
+    patches[2] = 250  # background: passed through, not a crash
+    with_norm, without = load_checkpoint(path), load_checkpoint(plain)
+    normalised = stain.normalise(patches, target).images
+    assert not np.array_equal(normalised[:2], patches[:2])
+    torch.testing.assert_close(
+        to_model_input(patches, with_norm.card), to_model_input(normalised, without.card)
+    )
+    torch.testing.assert_close(  # a torch batch (training's augmented one) too
+        to_model_input(torch.from_numpy(patches), with_norm.card),
+        to_model_input(normalised, without.card),
+    )
+    np.testing.assert_allclose(
+        predict_proba(with_norm, patches), predict_proba(without, normalised), atol=1e-6
+    )
+
+
+def test_export_refuses_a_normalising_checkpoint_in_one_line(normalising, tmp_path):
+    from core.checkpoints import CheckpointError
+    from core.interop import export_torchscript
+
+    path, plain, _ = normalising
+    with pytest.raises(CheckpointError, match="normalises stain \\(macenko\\)") as err:
+        export_torchscript(path, tmp_path / "out.pt")
+    assert "\n" not in str(err.value) and not (tmp_path / "out.pt").exists()
+    export_torchscript(plain, tmp_path / "plain_out.pt")  # the same weights without: exported

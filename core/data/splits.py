@@ -136,3 +136,12 @@ def manifest_split(
     except OSError:  # read-only cache: the draw is seeded, so it is the same next time
         pass
     return assignments, manifest_id, path
+
+
+def sample_indices(indices: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """A seeded random sample of ``n`` of ``indices``, sorted (all of them when ``n`` is None or
+    not smaller): the same patches for every model, strength, page and run."""
+    indices = np.asarray(indices)
+    if n is None or n >= len(indices):
+        return np.sort(indices)
+    return np.sort(np.random.default_rng(seed).choice(indices, size=n, replace=False))

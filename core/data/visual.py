@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from core.data.base import PatchDataset
+from core.data.splits import sample_indices
 
 NEAR_WHITE = 220  # all channels at or above: glass/background
 WHITE_PATCH_SHARE = 0.5  # a patch is "background" when at least half its pixels are near white
@@ -29,19 +30,11 @@ class ColourStats:
     white_fraction: float  # share of sampled patches that are mostly background
 
 
-def sample_indices(ds: PatchDataset, n: int, seed: int = 0, indices=None) -> np.ndarray:
-    """Up to ``n`` sorted positions drawn with ``seed`` (from ``indices`` if given)."""
-    pool = np.arange(len(ds)) if indices is None else np.asarray(indices)
-    if len(pool) <= n:
-        return np.sort(pool)
-    return np.sort(np.random.default_rng(seed).choice(pool, n, replace=False))
-
-
 def colour_stats(
     ds: PatchDataset, n: int = 256, seed: int = 0, indices=None, progress: Progress = None
 ) -> ColourStats:
     """Per-channel histograms, mean/std and background share over a seeded sample."""
-    chosen = sample_indices(ds, n, seed, indices)
+    chosen = sample_indices(np.arange(len(ds)) if indices is None else indices, n, seed)
     counts = np.zeros((3, 256), np.int64)
     total = np.zeros(3)
     total_sq = np.zeros(3)
