@@ -115,7 +115,8 @@ class Sweep:
     strengths: tuple[float, ...]
     split: str
     n: int
-    ci_unit: str
+    ci_unit: str  # what the AUC intervals and paired tests resample: "patient" or "patch"
+    unit_note: str  # why patches, when patients are known but too few
     thresholds: dict[str, float]
     table: pd.DataFrame
     paired: pd.DataFrame
@@ -135,6 +136,7 @@ class Sweep:
             "split": self.split,
             "n": self.n,
             "ci_unit": self.ci_unit,
+            "unit_note": self.unit_note,
             "checkpoints": self.checkpoints,
             "thresholds": self.thresholds,
             "table": rows(self.table),
@@ -191,15 +193,17 @@ def robustness_sweep(
         for name, path in zip(names, paths, strict=True)
     }
     table = _table(preds, names, shifts, thresholds, n_boot, seed)
+    unit = _unit(preds[names[0], None])
     return Sweep(
         family=family,
         strengths=strengths,
         split=split,
         n=len(indices),
-        ci_unit=_ci_unit(preds[names[0], None]),
+        ci_unit=unit.name,
+        unit_note=unit.note,
         thresholds=thresholds,
         table=table,
-        paired=_paired(preds, names, shifts),
+        paired=_paired(preds, names, shifts, unit),
         summary=summary_line(table, family),
         checkpoints=dict(zip(names, paths, strict=True)),
     )
@@ -285,10 +289,15 @@ class SweepJob:
 
 
 def summary_line(table: pd.DataFrame, family: str) -> str:
-    """Which model degrades least and by how much: each model's largest AUC drop from its
-    unshifted AUC over the sweep (balanced accuracy where AUC is undefined), and its largest
-    share of flipped calls."""
-    metric = "auc" if table["auc"].notna().all() else "balanced_accuracy"
+    """Which model degrades least and by how much: each model's largest drop from its unshifted
+    AUC over the sweep (balanced accuracy where AUC is undefined; the share of flipped calls
+    where both are, i.e. one class only), and its largest share of flipped calls."""
+    defined = [m for m in ("auc", "balanced_accuracy") if table[m].notna().all()]
+    if not defined:
+        flips = table.groupby("model", sort=False)["flip_share"].max().sort_values(kind="stable")
+        said = "; ".join(f"{name} ≤{share:.1%}" for name, share in flips.items())
+        return f"Under {family} shift (one class only: no AUC), calls flip on: {said}."
+    metric = defined[0]
     worst = {}
     for name, rows in table.groupby("model", sort=False):
         base = rows.loc[rows["strength"].isna(), metric].iloc[0]
@@ -331,7 +340,7 @@ class PatchShift:
     stability: dict[tuple[str, str], float]  # (model, method) -> Spearman ρ
 
     def calls(self, model: str) -> tuple[str, str]:
-        from core.metrics import called_class
+        from core.calls import called_class
 
         return tuple(called_class(p, self.thresholds[model]) for p in self.probs[model])
 
@@ -348,13 +357,12 @@ def patch_under_shift(
     reference_images: np.ndarray | None = None,
 ) -> PatchShift:
     """What one shift does to one patch (Explain's stain slider). ``models``: {name:
-    LoadedModel}; maps come from ``core.explain.explain_gallery`` (compute_cams), P(tumour) from
-    ``core.preprocess.predict_proba`` (the card's calibrated probability). The Reinhard family's
-    reference stain is pooled over ``reference_images`` (the patches shown), else the patch."""
+    LoadedModel}; maps and each model's calibrated P(tumour) come from
+    ``core.explain.explain_gallery`` (compute_cams). The Reinhard family's reference stain is
+    pooled over ``reference_images`` (the patches shown), else the patch."""
     from scipy.stats import spearmanr
 
     from core.explain import explain_gallery
-    from core.preprocess import predict_proba
 
     if family not in SHIFTS:
         raise InputError(f"unknown shift {family!r}; use one of {', '.join(SHIFTS)}")
@@ -378,7 +386,7 @@ def patch_under_shift(
         shift=shift,
         untreated=bool(moved.untreated[0]),
         gallery=gallery,
-        probs={n: tuple(map(float, predict_proba(m, pair))) for n, m in models.items()},
+        probs={c.model: tuple(map(float, c.result.probs)) for c in gallery.columns},
         thresholds={n: m.card.threshold for n, m in models.items()},
         stability=stability,
     )
@@ -428,6 +436,7 @@ def _counter(progress: Progress | None, total: int):
 
 
 def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
+    from core.calls import predict_labels
     from core.evaluate import labelled
     from core.metrics import binary_metrics, bootstrap_auc_ci, known_groups
 
@@ -441,8 +450,8 @@ def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataF
             y, prob, threshold = known["label"], known["prob"], thresholds[name]
             m = binary_metrics(y, prob, threshold)
             ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=known_groups(known))
-            flips = (frame["prob"].to_numpy() >= threshold) != (
-                base["prob"].to_numpy() >= threshold
+            flips = predict_labels(frame["prob"], threshold) != predict_labels(
+                base["prob"], threshold
             )
             rows.append(
                 {
@@ -450,8 +459,8 @@ def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataF
                     "strength": np.nan if shift is None else shift.strength,
                     "n": m["n"],
                     "auc": m["auc"],
-                    "auc_low": ci[0] if ci else None,
-                    "auc_high": ci[1] if ci else None,
+                    "auc_low": ci.low if ci else None,
+                    "auc_high": ci.high if ci else None,
                     "balanced_accuracy": m["balanced_accuracy"],
                     "ece": m["ece"],
                     "flip_share": float(flips.mean()),
@@ -461,32 +470,38 @@ def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _ci_unit(frame: pd.DataFrame) -> str:
+def _unit(frame: pd.DataFrame):
+    """What the intervals and paired tests resample (``core.metrics.patch_or_patient``, as
+    Compare decides it): patients where known and numerous enough, else patches with a note."""
     from core.evaluate import labelled
-    from core.metrics import ci_unit, known_groups
+    from core.metrics import known_groups, patch_or_patient
 
-    return ci_unit(known_groups(labelled(frame)))
+    known = labelled(frame)
+    return patch_or_patient(known["label"].to_numpy(), known_groups(known))
 
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
 
-def _paired(preds, names, shifts) -> pd.DataFrame:
+def _paired(preds, names, shifts, unit) -> pd.DataFrame:
     """Per strength and model pair: the AUC difference a − b on the same patches, DeLong's
-    (patients known: Obuchowski's clustered) standard error, its 95% CI and p-value."""
+    (patients as the unit: Obuchowski's clustered) standard error, its 95% CI and p-value."""
     from core.evaluate import labelled
-    from core.metrics import delong, delong_clustered, known_groups
+    from core.metrics import delong, delong_clustered
 
     rows = []
     for shift in shifts:
         for a, b in itertools.combinations(names, 2):
             known_a, known_b = labelled(preds[a, shift]), labelled(preds[b, shift])
-            y, groups = known_a["label"].to_numpy(), known_groups(known_a)
-            pa, pb = known_a["prob"].to_numpy(), known_b["prob"].to_numpy()
-            try:
-                test = delong(y, pa, pb) if groups is None else delong_clustered(y, pa, pb, groups)
-            except ValueError:  # one class, or fewer than two patients: no test
+            y = known_a["label"].to_numpy()
+            if np.unique(y).size < 2:  # one class: no AUC, no test
                 continue
+            pa, pb = known_a["prob"].to_numpy(), known_b["prob"].to_numpy()
+            test = (
+                delong(y, pa, pb)
+                if unit.groups is None
+                else delong_clustered(y, pa, pb, unit.groups)
+            )
             diff, se = test["auc_diff"], test["se_diff"]
             rows.append(
                 {
@@ -497,8 +512,11 @@ def _paired(preds, names, shifts) -> pd.DataFrame:
                     "low": diff - Z95 * se,
                     "high": diff + Z95 * se,
                     "p_value": test["p_value"],
-                    "unit": "patch" if groups is None else "patient",
+                    "test": test["test"],
+                    "unit": unit.name,
                 }
             )
-    columns = ["strength", "model_a", "model_b", "auc_diff", "low", "high", "p_value", "unit"]
+    columns = [
+        "strength", "model_a", "model_b", "auc_diff", "low", "high", "p_value", "test", "unit"
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)

@@ -67,15 +67,15 @@ def test_sweep_rows_and_the_calibrated_path(pair, idc):
 
 
 def test_each_strength_is_cached_apart_and_reused(pair, idc, forward_counter):  # noqa: F811
-    robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=8, n_boot=0, **EXACT)
+    robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=16, n_boot=0, **EXACT)
     first = forward_counter["load"]
     assert first == 2  # each model loaded once for unshifted + two strengths
-    again = robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=8, **EXACT)
+    again = robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=16, **EXACT)
     assert forward_counter["load"] == first  # all six read from the cache
     how = evaluate.how_it_runs(**EXACT)
     paths = {
         evaluate.prediction_cache_path(
-            pair[0], idc, "test", False, **how, variant={"shift": s.key, "n": 8}
+            pair[0], idc, "test", False, **how, variant={"shift": s.key, "n": 16}
         )
         for s in (StainShift("hed", 0.1), StainShift("hed", 0.3))
     }
@@ -83,13 +83,18 @@ def test_each_strength_is_cached_apart_and_reused(pair, idc, forward_counter):  
     assert again.table["auc_low"].notna().all()  # CIs computed from the cached predictions
 
 
-def test_patients_make_the_intervals_and_tests_patient_level(pair, idc):
-    sweep = robustness_sweep(pair, idc, "all", "hed", strengths=(0.2,), n=40, n_boot=50, **EXACT)
-    assert sweep.ci_unit == "patient"
-    assert set(sweep.paired["unit"]) == {"patient"} and len(sweep.paired) == 2
+def test_patients_make_the_intervals_and_tests_patient_level(pair, demo_root):
+    """Demo PCam's 10 slides are enough patients; demo IDC's 8 are not (patches, with a note)."""
+    pcam = open_dataset(demo_root / "pcam")
+    sweep = robustness_sweep(pair, pcam, "all", "hed", strengths=(0.2,), n=60, n_boot=50, **EXACT)
+    assert sweep.ci_unit == "patient" and not sweep.unit_note
+    assert len(sweep.paired) == 2 and sweep.paired["test"].str.contains("Obuchowski").all()
     row = sweep.paired.iloc[0]
     assert row["low"] <= row["auc_diff"] <= row["high"]
     assert sweep.table["auc_low"].le(sweep.table["auc"]).all()
+    few = robustness_sweep(pair, open_dataset(demo_root / "idc"), "all", "hed", (0.2,), n=40)
+    assert few.ci_unit == "patch" and "patients" in few.unit_note
+    assert set(few.paired["test"]) == {"DeLong, patches"}
     figures = robustness_figures(sweep)  # one per metric, a line per model, strength on x
     assert len(figures) == len(METRICS)
     for figure, metric in zip(figures, METRICS, strict=True):
@@ -130,6 +135,8 @@ def test_summary_names_who_degrades_least_and_by_how_much():
     assert line.startswith("Under hed shift, b degrades least (0.070 AUC less than the next)")
     assert "b AUC 0.920 → 0.890 (−0.030 at 0.5), calls flip on ≤4.0%" in line
     assert "a AUC 0.900 → 0.800 (−0.100 at 0.5), calls flip on ≤20.0%" in line
+    table[["auc", "balanced_accuracy"]] = np.nan  # one class only: flips are all there is
+    assert summary_line(table, "hed").endswith("calls flip on: b ≤4.0%; a ≤20.0%.")
 
 
 def test_cli_prints_json_and_refuses_bad_input_in_one_line(pair, idc, capsys):

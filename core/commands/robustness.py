@@ -123,6 +123,8 @@ def format_sweep(sweep, args) -> str:
         f"shift {sweep.family}: {SHIFTS[sweep.family].label}; calls at each card's threshold",
         table.to_string(index=False, float_format="{:.3f}".format),
     ]
+    if sweep.unit_note:
+        lines.append(f"note: {sweep.unit_note}")
     untreated = int(sweep.table["untreated"].max())
     if untreated:
         lines.append(
@@ -133,7 +135,7 @@ def format_sweep(sweep, args) -> str:
         at = "unshifted" if pd.isna(row.strength) else f"{row.strength:g}"
         lines.append(
             f"{at}: AUC {row.model_a} − {row.model_b} = {row.auc_diff:+.3f} "
-            f"(95% CI {row.low:+.3f} to {row.high:+.3f}, DeLong p={row.p_value:.3g}, {row.unit}s)"
+            f"(95% CI {row.low:+.3f} to {row.high:+.3f}, p={row.p_value:.3g}, {row.test})"
         )
     lines.append(sweep.summary)
     return "\n".join(lines)

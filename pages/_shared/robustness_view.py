@@ -102,6 +102,8 @@ def render_sweep(sweep, preview: bool) -> None:
     if preview:
         st.caption(f"Preview on {sweep.n} patches, no confidence intervals; the sweep goes on.")
     st.markdown(f"**{sweep.summary}**")
+    if sweep.unit_note:
+        st.caption(f"AUC intervals and paired tests: {sweep.unit_note}.")
     untreated = int(sweep.table["untreated"].max())
     if untreated:
         st.caption(
@@ -116,8 +118,8 @@ def render_sweep(sweep, preview: bool) -> None:
     st.dataframe(display_table(table.round(3)), hide_index=True, width="stretch")
     if not sweep.paired.empty:
         st.caption(
-            f"Paired AUC difference between models at each strength (DeLong; unit: "
-            f"{sweep.paired['unit'].iloc[0]})."
+            "Paired AUC difference between models at each strength, with its 95% CI "
+            f"({sweep.paired['test'].iloc[0]})."
         )
         st.dataframe(display_table(sweep.paired.round(4)), hide_index=True, width="stretch")
     if not preview:
