@@ -2,8 +2,8 @@
 
 For each strength of one shift family (``SHIFTS``: HED jitter as in training, Macenko
 augmentation, Reinhard normalisation towards the data's own mean stain made darker or paler) and
-each checkpoint: AUC (patient-resampled 95% CI where patients are known, ``core.metrics``),
-balanced accuracy at the card's threshold, ECE, and the share of patches whose call flips against
+each checkpoint: AUC (patient-resampled 95% CI where patients are known, ``core.metrics``; kept
+beside the predictions by ``core.evaluate.cached_auc_ci``), balanced accuracy at the card's threshold, ECE, and the share of patches whose call flips against
 the unshifted patches. Between models, at each strength, the paired AUC difference (DeLong;
 Obuchowski's patient-clustered DeLong where patients are known). A one-line summary says which
 model degrades least and by how much.
@@ -437,8 +437,8 @@ def _counter(progress: Progress | None, total: int):
 
 def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
     from core.calls import predict_labels
-    from core.evaluate import labelled
-    from core.metrics import binary_metrics, bootstrap_auc_ci, known_groups
+    from core.evaluate import cached_auc_ci, labelled
+    from core.metrics import binary_metrics, known_groups
 
     rows = []
     for shift in shifts:
@@ -449,7 +449,7 @@ def _table(preds, names, shifts, thresholds, n_boot: int, seed: int) -> pd.DataF
                 raise InputError(f"split has no labelled patches to score the {name} sweep on")
             y, prob, threshold = known["label"], known["prob"], thresholds[name]
             m = binary_metrics(y, prob, threshold)
-            ci = bootstrap_auc_ci(y, prob, n_boot=n_boot, seed=seed, groups=known_groups(known))
+            ci = cached_auc_ci(y, prob, groups=known_groups(known), n_boot=n_boot, seed=seed)
             flips = predict_labels(frame["prob"], threshold) != predict_labels(
                 base["prob"], threshold
             )
