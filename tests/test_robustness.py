@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import EXACT, make_checkpoint
 from PIL import Image
-from test_evaluate import EXACT, forward_counter, make_checkpoint  # noqa: F401 (fixture)
 
 from core import evaluate, stain
 from core.__main__ import main
@@ -40,6 +40,20 @@ def pair(tmp_path):
 
 
 @pytest.fixture
+def loads(monkeypatch):
+    """How many times a checkpoint is loaded."""
+    count = [0]
+    real = load_checkpoint
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("core.checkpoints.load_checkpoint", counting)
+    return count
+
+
+@pytest.fixture
 def idc(demo_root):
     return open_dataset(demo_root / "idc")
 
@@ -66,12 +80,12 @@ def test_sweep_rows_and_the_calibrated_path(pair, idc):
     assert row["flip_share"] == pytest.approx(flips)
 
 
-def test_each_strength_is_cached_apart_and_reused(pair, idc, forward_counter):  # noqa: F811
+def test_each_strength_is_cached_apart_and_reused(pair, idc, loads):
     robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=16, n_boot=0, **EXACT)
-    first = forward_counter["load"]
+    first = loads[0]
     assert first == 2  # each model loaded once for unshifted + two strengths
     again = robustness_sweep(pair, idc, "test", "hed", strengths=(0.1, 0.3), n=16, **EXACT)
-    assert forward_counter["load"] == first  # all six read from the cache
+    assert loads[0] == first  # all six read from the cache
     how = evaluate.how_it_runs(**EXACT)
     paths = {
         evaluate.prediction_cache_path(

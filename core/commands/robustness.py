@@ -55,13 +55,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.errors import InputError
-
-    try:
-        sweep = sweep_for(args)
-    except (InputError, OSError) as err:  # CheckpointError and DatasetError are InputErrors too
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    sweep = sweep_for(args)
     print(json.dumps(sweep.to_json(), indent=2) if args.json else format_sweep(sweep, args))
     return 0
 
