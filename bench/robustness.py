@@ -10,7 +10,8 @@ the same patches, one run.
    6 strengths), so 7·B is its floor; the ratio sweep / 7·B is what shifting and statistics add.
 3. The page's preview: ``robustness_sweep`` on 64 patches without CIs, cold cache (target ~5 s).
 4. Per shift family, cold cache: the whole sweep with 1,000 patient-resampled bootstrap CIs
-   (target ≤ 180 s), then the same sweep warm (predictions cached: statistics only).
+   (target ≤ 180 s), then the same sweep warm (predictions and intervals cached), between two
+   plain passes of the 512 patches (the floor, 7 passes, is their mean × 7).
 5. Per patch: each shift, and stain normalisation towards a target fitted on the patches
    (Macenko, Reinhard) alone and inside inference (the same checkpoint with the target in its
    card, as `train --stain-norm` writes it), against plain inference per patch (target:
@@ -108,8 +109,8 @@ def main() -> None:
             f"{family:8} sweep {len(indices)} × {len(SHIFTS[family].strengths)} strengths × 2: "
             f"cold {cold:.1f} s (target ≤ {TARGET_SWEEP_S:.0f}); floor 7 plain passes "
             f"{floor:.1f} s ({len(indices) * 2 / (floor / 7):.0f} predictions/s) -> "
-            f"{cold / floor:.2f}×; statistics (warm rerun, 1,000 bootstrap resamples per row) "
-            f"{warm:.1f} s; untreated {int(sweep.table['untreated'].max())}"
+            f"{cold / floor:.2f}×; warm rerun (predictions and intervals cached) {warm:.1f} s; "
+            f"untreated {int(sweep.table['untreated'].max())}"
         )
         print(f"         {sweep.summary}")
 

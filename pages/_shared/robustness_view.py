@@ -14,7 +14,6 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.device import resolve_device
 from core.display import display_table
 from core.figures import robustness_figures
 from core.robustness import PREVIEW_PATCHES, SHIFTS, SweepJob
@@ -71,6 +70,8 @@ def robustness_section(ds, paths: dict, split: str) -> None:
 
 
 def start_job(ds, paths: dict, split: str, family: str, strengths, n) -> SweepJob:
+    from core.device import resolve_device  # imports torch: only when a sweep starts
+
     device = resolve_device("auto")
     models = {str(p): shared_model(p, device) for p in paths.values()}
     return SweepJob(
