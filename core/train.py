@@ -72,6 +72,7 @@ from core.loaders import BatchReader, make_loader, shutdown_workers
 from core.models import build_model, get_spec
 from core.preprocess import to_model_input
 from core.processes import process_start
+from core.stain import fit_on_patches
 from core.train_config import MIN_INPUT_SIZE, TrainConfig, recommended_model
 
 DROPOUT_STREAM = 2**40  # offsets the global RNG's epoch seed from the augmentation generator's
@@ -324,6 +325,14 @@ class _Setup:
     startup: dict[str, float]  # unix times set-up stages ended (where launch time goes)
 
 
+def stain_target(cfg: TrainConfig, ds) -> dict:
+    """The card's stain target: fitted on a seeded sample of the training patches (pooled,
+    never a validation or test patch); {} without --stain-norm."""
+    if cfg.stain_norm == "none":
+        return {}
+    return fit_on_patches(cfg.stain_norm, ds, ds.indices(split="train"), cfg.seed)
+
+
 def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
     """Dataset, resolved config, device, model, loaders, loss, optimizer, scheduler."""
     startup = {"imports": time.time()}
@@ -347,6 +356,7 @@ def _setup(cfg: TrainConfig, dist_info: Dist) -> _Setup:
         split_seed=cfg.split_seed,
         synthetic_data=ds.synthetic,
         train_config=asdict(cfg),
+        stain_norm=stain_target(cfg, ds),  # applied by to_model_input, in training too
     )
     precision = resolve_precision(cfg.precision, device)
     rt = Runtime(device, card, channels_last=channels_last, precision=precision)

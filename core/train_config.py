@@ -13,11 +13,13 @@ from typing import Any
 from core.calibration import METHODS as CALIBRATIONS
 from core.data.registry import MAX_SEED
 from core.errors import InputError
+from core.stain import STAIN_METHODS
 
 SCHEDULERS = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 elsewhere (core.device)
 MIN_INPUT_SIZE = 32  # the smallest input side every registered model accepts
+STAIN_NORMS = ("none", *STAIN_METHODS)  # core.stain; the fitted target goes into the model card
 
 
 def precision_without_cuda(requested: str) -> str:
@@ -59,6 +61,7 @@ class TrainConfig:
     # permuted (seeded by ``seed``), validation keeps the true ones. Such a model learns nothing
     # real; its CAMs should not resemble those of the same recipe trained on the true labels.
     shuffle_labels: bool = False
+    stain_norm: str = "none"  # none | macenko | reinhard: target fitted on the training patches
 
     def __post_init__(self) -> None:
         problems = [
@@ -81,6 +84,8 @@ class TrainConfig:
             problems.append(f"scheduler must be one of {SCHEDULERS}")
         if self.device.split(":")[0] not in DEVICES:
             problems.append(f"device must be one of {DEVICES}")
+        if self.stain_norm not in STAIN_NORMS:
+            problems.append(f"stain_norm must be one of {STAIN_NORMS}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}")
         if self.img_size is not None and self.img_size < MIN_INPUT_SIZE:

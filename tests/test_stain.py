@@ -226,3 +226,49 @@ def test_export_refuses_a_normalising_checkpoint_in_one_line(normalising, tmp_pa
         export_torchscript(path, tmp_path / "out.pt")
     assert "\n" not in str(err.value) and not (tmp_path / "out.pt").exists()
     export_torchscript(plain, tmp_path / "plain_out.pt")  # the same weights without: exported
+
+
+# -- train --stain-norm ----------------------------------------------------------------------------
+
+
+def test_training_fits_the_target_on_training_patches_and_sees_normalised_input(
+    demo_root, tmp_path
+):
+    """The card's target is the one fitted on the training split alone; the training loop's
+    inputs (augmented batches through Runtime.prepare) are normalised as inference's are."""
+    from dataclasses import replace
+
+    import torch
+    from helpers import quick
+
+    from core.checkpoints import read_card
+    from core.data import open_dataset
+    from core.preprocess import to_model_input
+    from core.train import Runtime, fit
+
+    ds = open_dataset(demo_root / "idc")
+    fit(quick(demo_root / "idc", stain_norm="macenko"), tmp_path / "run")
+    card = read_card(tmp_path / "run" / "best.pt")
+    expected = stain.fit_on_patches("macenko", ds, ds.indices(split="train"), seed=0)
+    assert card.stain_norm == expected and card.train_config["stain_norm"] == "macenko"
+    assert stain.fit_on_patches("macenko", ds, ds.indices(split="valid"), seed=0) != expected
+
+    batch = torch.from_numpy(ds.read_batch(ds.indices(split="train")[:8]))
+    runtime = Runtime(torch.device("cpu"), card)
+    plain = replace(card, stain_norm={})
+    normalised = torch.from_numpy(stain.normalise(batch.numpy(), card.stain_norm).images)
+    torch.testing.assert_close(runtime.prepare(batch), to_model_input(normalised, plain))
+
+
+def test_the_option_is_checked_and_reaches_the_config(tmp_path):
+    from core.__main__ import build_parser
+    from core.commands.train import config_from_args
+    from core.train_config import TrainConfig
+
+    args = build_parser().parse_args(
+        ["train", "--data", "x", "--out", str(tmp_path), "--stain-norm", "reinhard"]
+    )
+    assert config_from_args(args).stain_norm == "reinhard"
+    assert TrainConfig(data="x").stain_norm == "none"  # older configs: no normalisation
+    with pytest.raises(InputError, match="stain_norm"):
+        TrainConfig(data="x", stain_norm="vahadane")

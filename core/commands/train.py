@@ -25,6 +25,7 @@ from core.train_config import (
     DEVICES,
     PRECISIONS,
     SCHEDULERS,
+    STAIN_NORMS,
     TrainConfig,
 )
 
@@ -130,6 +131,13 @@ def register(sub) -> None:
         type=int,
         dest="log_every",
         help=f"steps between metrics lines (default {DEFAULTS['log_every']})",
+    )
+    p.add_argument(
+        "--stain-norm",
+        dest="stain_norm",
+        choices=STAIN_NORMS,
+        help="normalise every patch's stain to a target fitted on the training patches, stored "
+        "in the model card and applied by every consumer (default none)",
     )
     p.add_argument(
         "--best-fp16",
