@@ -123,6 +123,18 @@ class Sweep:
     summary: str
     checkpoints: dict[str, str] = field(default_factory=dict)  # name -> path
 
+    @property
+    def notes(self) -> list[str]:
+        """What a reader must know besides the numbers (CLI, JSON and page say the same)."""
+        notes = [f"intervals and paired tests: {self.unit_note}"] if self.unit_note else []
+        untreated = int(self.table["untreated"].max())
+        if untreated:
+            notes.append(
+                f"{untreated} of {self.n} patches had too little tissue for the {self.family} "
+                "shift and were passed through unchanged"
+            )
+        return notes
+
     def to_json(self) -> dict:
         """The `robustness --json` object."""
 
@@ -142,6 +154,7 @@ class Sweep:
             "table": rows(self.table),
             "paired": rows(self.paired),
             "summary": self.summary,
+            "notes": self.notes,
         }
 
 

@@ -130,6 +130,7 @@ def test_patches_without_tissue_are_passed_through_and_counted(tmp_path, pair):
         sweep = robustness_sweep(pair, ds, "all", family, strengths=(0.3,), n_boot=0, **EXACT)
         shifted = sweep.table[sweep.table["strength"].notna()]
         assert (shifted["untreated"] == len(white)).all(), family
+        assert f"{len(white)} of {sweep.n} patches had too little tissue" in sweep.notes[-1]
 
 
 def test_the_reinhard_family_moves_towards_the_data_own_stain(pair, idc):

@@ -117,14 +117,7 @@ def format_sweep(sweep, args) -> str:
         f"shift {sweep.family}: {SHIFTS[sweep.family].label}; calls at each card's threshold",
         table.to_string(index=False, float_format="{:.3f}".format),
     ]
-    if sweep.unit_note:
-        lines.append(f"note: {sweep.unit_note}")
-    untreated = int(sweep.table["untreated"].max())
-    if untreated:
-        lines.append(
-            f"{untreated} of {sweep.n} patches had too little tissue for the {sweep.family} "
-            "shift and were passed through unchanged (column 'untreated')"
-        )
+    lines += [f"note: {note}" for note in sweep.notes]
     for row in sweep.paired.itertuples():
         at = "unshifted" if pd.isna(row.strength) else f"{row.strength:g}"
         lines.append(

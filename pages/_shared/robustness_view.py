@@ -103,14 +103,8 @@ def render_sweep(sweep, preview: bool) -> None:
     if preview:
         st.caption(f"Preview on {sweep.n} patches, no confidence intervals; the sweep goes on.")
     st.markdown(f"**{sweep.summary}**")
-    if sweep.unit_note:
-        st.caption(f"AUC intervals and paired tests: {sweep.unit_note}.")
-    untreated = int(sweep.table["untreated"].max())
-    if untreated:
-        st.caption(
-            f"{untreated} of {sweep.n} patches had too little tissue for the {sweep.family} shift "
-            "and were passed through unchanged."
-        )
+    for note in sweep.notes:
+        st.caption(f"Note: {note}.")
     charts = st.container(horizontal=True)
     for fig in robustness_figures(sweep):
         charts.plotly_chart(fig, width=CHART_PX)
