@@ -456,11 +456,21 @@ def delong(y, prob_a, prob_b) -> dict:
     if not _has_both_classes(y):
         raise ValueError("DeLong's test needs both tumour and normal patches")
     pos, neg = y == 1, y == 0
+    auc_a, auc_b = roc_auc_score(y, prob_a), roc_auc_score(y, prob_b)
+    if min(pos.sum(), neg.sum()) < 2:  # one patch of a class: its variance is undefined
+        return {
+            "test": TEST_NAMES["delong"],
+            "auc_a": float(auc_a),
+            "auc_b": float(auc_b),
+            "auc_diff": float(auc_a - auc_b),
+            "se_diff": float("nan"),
+            "z": float("nan"),
+            "p_value": float("nan"),
+        }
     v10, v01 = zip(*(_midrank_components(p[pos], p[neg]) for p in (prob_a, prob_b)), strict=True)
     s10 = np.atleast_2d(np.cov(np.vstack(v10)))
     s01 = np.atleast_2d(np.cov(np.vstack(v01)))
     cov = s10 / pos.sum() + s01 / neg.sum()
-    auc_a, auc_b = roc_auc_score(y, prob_a), roc_auc_score(y, prob_b)
     var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     z = (auc_a - auc_b) / np.sqrt(var_diff) if var_diff > 0 else 0.0
     return {

@@ -135,3 +135,18 @@ def test_conformal_sets_match_mapie():
         ref = EXPECTED_PY["conformal"][f"{alpha:g}"]
         assert sets[:, 0].astype(int).tolist() == ref["normal_in_set"]
         assert sets[:, 1].astype(int).tolist() == ref["tumour_in_set"]
+
+
+def test_delong_with_one_patch_of_a_class_says_undefined_not_a_number_from_a_warning():
+    """DeLong's variance needs two patches of each class; with one, the test is undefined (NaN),
+    and no 'degrees of freedom' warning reaches the user."""
+    import warnings
+
+    from core.metrics import delong
+
+    y = np.array([1, 0, 0, 0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = delong(y, [0.9, 0.1, 0.2, 0.3, 0.4], [0.6, 0.7, 0.2, 0.3, 0.1])
+    assert result["auc_a"] == 1.0 and result["auc_b"] == 0.75
+    assert np.isnan(result["p_value"]) and np.isnan(result["se_diff"])
