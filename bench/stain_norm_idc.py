@@ -57,7 +57,12 @@ def main() -> None:
         for family in args.shifts:
             start = time.perf_counter()
             sweep = robustness_sweep(
-                [paths["none"], paths[args.norm]], ds, args.split, family, n=args.n, n_boot=args.bootstrap
+                [paths["none"], paths[args.norm]],
+                ds,
+                args.split,
+                family,
+                n=args.n,
+                n_boot=args.bootstrap,
             )
             recipe_of = {
                 name: next(r for r, path in paths.items() if Path(p_) == path)
@@ -75,27 +80,44 @@ def main() -> None:
                     family=family,
                 )
             )
-            summaries.append({"seed": seed, "family": family, "summary": sweep.summary,
-                              "notes": sweep.notes, "n": sweep.n, "unit": sweep.ci_unit})
-            print(f"seed {seed} {family}: {time.perf_counter() - start:.0f} s, n={sweep.n}, "
-                  f"unit {sweep.ci_unit}. {sweep.summary}", flush=True)
+            summaries.append(
+                {
+                    "seed": seed,
+                    "family": family,
+                    "summary": sweep.summary,
+                    "notes": sweep.notes,
+                    "n": sweep.n,
+                    "unit": sweep.ci_unit,
+                }
+            )
+            print(
+                f"seed {seed} {family}: {time.perf_counter() - start:.0f} s, n={sweep.n}, "
+                f"unit {sweep.ci_unit}. {sweep.summary}",
+                flush=True,
+            )
 
     table = pd.concat(rows, ignore_index=True)
     report(table, pd.concat(paired, ignore_index=True), args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "split": args.split,
-        "seeds": args.seeds,
-        "table": json.loads(table.to_json(orient="records")),
-        "paired": json.loads(pd.concat(paired).to_json(orient="records")),
-        "summaries": summaries,
-    }, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "split": args.split,
+                "seeds": args.seeds,
+                "table": json.loads(table.to_json(orient="records")),
+                "paired": json.loads(pd.concat(paired).to_json(orient="records")),
+                "summaries": summaries,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwritten: {args.out}")
 
 
 def report(table: pd.DataFrame, paired: pd.DataFrame, args) -> None:
-    table = table.assign(strength=table["strength"].astype(object).where(
-        table["strength"].notna(), "unshifted"))
+    table = table.assign(
+        strength=table["strength"].astype(object).where(table["strength"].notna(), "unshifted")
+    )
     for family, rows in table.groupby("family", sort=False):
         print(f"\n## {family} ({SHIFTS[family].label}); {args.split} split, seeds {args.seeds}")
         print("mean over seeds (sd) — AUC | balanced accuracy | ECE | flipped calls")
@@ -112,17 +134,24 @@ def report(table: pd.DataFrame, paired: pd.DataFrame, args) -> None:
         drops = []
         for (seed, recipe), r in rows.groupby(["seed", "recipe"]):
             base = r.loc[r["strength"] == "unshifted", "auc"].iloc[0]
-            drops.append({"seed": seed, "recipe": recipe,
-                          "worst_drop": base - r.loc[r["strength"] != "unshifted", "auc"].min()})
+            drops.append(
+                {
+                    "seed": seed,
+                    "recipe": recipe,
+                    "worst_drop": base - r.loc[r["strength"] != "unshifted", "auc"].min(),
+                }
+            )
         worst = pd.DataFrame(drops).groupby("recipe")["worst_drop"].agg(["mean", "std", "max"])
         print("largest AUC drop from unshifted, over the strengths (mean, sd, max over seeds):")
         for recipe, r in worst.iterrows():
             print(f"  {recipe:>8}: {r['mean']:.3f} ({r['std']:.3f}), max {r['max']:.3f}")
         pr = paired[paired["family"] == family]
         sig = pr[(pr["low"] > 0) | (pr["high"] < 0)]
-        print(f"paired AUC differences ({pr['a'].iloc[0]} − {pr['b'].iloc[0]}), "
-              f"{len(sig)} of {len(pr)} (seed × strength) exclude 0; mean {pr['auc_diff'].mean():+.3f},"
-              f" range {pr['auc_diff'].min():+.3f} … {pr['auc_diff'].max():+.3f}")
+        print(
+            f"paired AUC differences ({pr['a'].iloc[0]} − {pr['b'].iloc[0]}), "
+            f"{len(sig)} of {len(pr)} (seed × strength) exclude 0; mean {pr['auc_diff'].mean():+.3f},"
+            f" range {pr['auc_diff'].min():+.3f} … {pr['auc_diff'].max():+.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from core import stain
+from core import config, stain
 from core.errors import InputError
 
 
@@ -223,6 +223,11 @@ def robustness_sweep(
 
 
 PREVIEW_PATCHES = 64  # the first, quick pass of a background sweep (no CIs)
+# A public server (core.config.public_mode) runs one sweep at a time for all its visitors, on at
+# most this many patches: a sweep is minutes of CPU, and the box has no more than 2 cores.
+PUBLIC_MAX_PATCHES = 256
+PUBLIC_BUSY = "another visitor's sweep is running on this shared server; try again when it ends"
+_PUBLIC_SWEEPS = threading.BoundedSemaphore(1)
 
 
 class SweepCancelled(Exception):
@@ -248,13 +253,17 @@ class SweepState:
 
 class SweepJob:
     """``robustness_sweep`` in a daemon thread: first on ``PREVIEW_PATCHES`` patches without
-    CIs (seconds) when ``n`` asks for more, then on the requested ``n``. Never touches the UI: a page polls ``state()``.
+    CIs (seconds) when ``n`` asks for more, then on the requested ``n``. Never touches the UI: a
+    page polls ``state()``. On a public server: at most ``PUBLIC_MAX_PATCHES``, one at a time.
     Bad input (InputError) ends it ``failed`` with its one line; a bug keeps its traceback in
     the thread and ends it ``failed`` with the exception's name."""
 
     def __init__(
         self, checkpoints, ds, split, family, strengths=None, n=None, n_boot=1000, **kwargs
     ):
+        self._public = config.public_mode()
+        if self._public:
+            n = PUBLIC_MAX_PATCHES if n is None else min(n, PUBLIC_MAX_PATCHES)
         self._args = (list(checkpoints), ds, split, family, strengths)
         self._n, self._n_boot, self._kwargs = n, n_boot, kwargs
         self._lock = threading.Lock()
@@ -274,6 +283,9 @@ class SweepJob:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self._public and not _PUBLIC_SWEEPS.acquire(blocking=False):
+            self._update(stage="failed", error=PUBLIC_BUSY)
+            return
         try:
             if self._n is None or self._n > PREVIEW_PATCHES:
                 self._update(preview=self._stage("preview", PREVIEW_PATCHES, n_boot=0))
@@ -285,6 +297,9 @@ class SweepJob:
         except Exception as err:
             self._update(stage="failed", error=f"{type(err).__name__}: {err}")
             raise
+        finally:
+            if self._public:
+                _PUBLIC_SWEEPS.release()
 
     def _stage(self, stage: str, n: int | None, n_boot: int) -> Sweep:
         self._update(stage=stage, done=0, total=0)

@@ -10,7 +10,7 @@ import pytest
 from helpers import EXACT, make_checkpoint
 from PIL import Image
 
-from core import evaluate, stain
+from core import evaluate, robustness, stain
 from core.__main__ import main
 from core.checkpoints import load_checkpoint
 from core.data import open_dataset
@@ -18,8 +18,11 @@ from core.figures import robustness_figures
 from core.preprocess import predict_proba
 from core.robustness import (
     METRICS,
+    PUBLIC_BUSY,
+    PUBLIC_MAX_PATCHES,
     SHIFTS,
     StainShift,
+    SweepJob,
     patch_under_shift,
     robustness_sweep,
     summary_line,
@@ -197,3 +200,29 @@ def test_one_patch_under_a_shift_maps_calls_and_stability(pair, idc):
     assert moved.calls("alpha") == tuple(
         "tumour" if p >= 0.4 else "normal" for p in moved.probs["alpha"]
     )
+
+
+def test_a_public_server_runs_one_capped_sweep_at_a_time(pair, demo_root, monkeypatch):
+    """Public mode: a sweep asking for every patch runs on PUBLIC_MAX_PATCHES of them, and while
+    one visitor's sweep holds the server a second one fails with one line instead of queueing
+    minutes of CPU; locally neither limit applies."""
+    pcam = open_dataset(demo_root / "pcam")
+    assert len(evaluate.split_indices(pcam, "all")) > PUBLIC_MAX_PATCHES
+    monkeypatch.setenv("HISTOLENS_PUBLIC", "1")
+    job = SweepJob(pair, pcam, "all", "hed", (0.2,), n=None, n_boot=0, **EXACT)
+    job.join(300)
+    state = job.state()
+    assert state.stage == "done", state.error
+    assert state.preview.n == 64 and state.result.n == PUBLIC_MAX_PATCHES
+
+    assert robustness._PUBLIC_SWEEPS.acquire(blocking=False)  # another visitor's sweep
+    try:
+        busy = SweepJob(pair, pcam, "all", "hed", (0.2,), n=32, n_boot=0, **EXACT)
+        busy.join(60)
+        assert busy.state().stage == "failed" and busy.state().error == PUBLIC_BUSY
+        monkeypatch.delenv("HISTOLENS_PUBLIC")
+        local = SweepJob(pair, pcam, "all", "hed", (0.2,), n=32, n_boot=0, **EXACT)
+        local.join(120)
+        assert local.state().stage == "done" and local.state().result.n == 32
+    finally:
+        robustness._PUBLIC_SWEEPS.release()

@@ -16,8 +16,8 @@ import streamlit as st
 
 from core.display import display_table
 from core.figures import robustness_figures
-from core.robustness import PREVIEW_PATCHES, SHIFTS, SweepJob
-from pages._shared import shared_model
+from core.robustness import PREVIEW_PATCHES, PUBLIC_MAX_PATCHES, SHIFTS, SweepJob
+from pages._shared import public_mode, shared_model
 from pages._shared.state import SESSION
 
 JOB = "compare_robustness_job"  # (request, SweepJob) of this session
@@ -49,9 +49,20 @@ def robustness_section(ds, paths: dict, split: str) -> None:
         persist_state=SESSION,
         help=SHIFTS[family].label,
     )
-    st.session_state.setdefault("compare_robustness_n", DEFAULT_PATCHES)
+    public = public_mode()
+    st.session_state.setdefault(
+        "compare_robustness_n", PUBLIC_MAX_PATCHES if public else DEFAULT_PATCHES
+    )
     n = c_n.number_input(
-        "Patches (0 = all)", 0, 10**7, step=64, key="compare_robustness_n", persist_state=SESSION
+        "Patches (0 = all)",
+        0,
+        PUBLIC_MAX_PATCHES if public else 10**7,
+        step=64,
+        key="compare_robustness_n",
+        persist_state=SESSION,
+        help=f"On this public server: at most {PUBLIC_MAX_PATCHES}, one sweep at a time."
+        if public
+        else None,
     )
     request = (tuple(map(str, paths.values())), str(ds.root), ds.manifest_id, split, family,
                tuple(sorted(strengths)), int(n))  # fmt: skip
