@@ -29,18 +29,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.commands.evaluate import tqdm_progress
+    from core.commands.evaluate import open_data, tqdm_progress
     from core.embed import embedding_map, export_frame
     from core.errors import InputError
-    from core.evaluate import open_dataset_for
     from core.files import check_output, write_atomic
 
     if (args.batch_size is not None and args.batch_size < 1) or args.cap < 3:
         raise InputError("--batch-size must be 1 or more and --cap 3 or more")
     check_output(args.out, args.checkpoint)
-    ds, warnings = open_dataset_for(args.data, [args.checkpoint])
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    ds = open_data(args.data, [args.checkpoint])
     emap = embedding_map(
         args.checkpoint,
         ds,

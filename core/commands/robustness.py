@@ -10,7 +10,6 @@ read from and written to the prediction cache (the shift and its strength are in
 from __future__ import annotations
 
 import json
-import sys
 
 from core.data.registry import MAX_SEED
 from core.evaluate import SPLITS
@@ -61,17 +60,14 @@ def run(args) -> int:
 
 
 def sweep_for(args):
-    from core.commands.evaluate import tqdm_progress
+    from core.commands.evaluate import open_data, tqdm_progress
     from core.errors import InputError
-    from core.evaluate import open_dataset_for
     from core.robustness import robustness_sweep
 
     problem = option_problem(args)
     if problem:
         raise InputError(problem)
-    ds, warnings = open_dataset_for(args.data, args.checkpoints)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    ds = open_data(args.data, args.checkpoints)
     return robustness_sweep(
         args.checkpoints,
         ds,
