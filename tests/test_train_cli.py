@@ -241,3 +241,23 @@ def test_a_killed_run_leaves_a_calibrated_weights_only_best_pt(demo_root, tmp_pa
     assert set(load_payload(run / "best.pt")) == {"format", "format_version", "card", "state_dict"}
     card = load_checkpoint(run / "best.pt").card
     assert card.is_calibrated and card.operating_points["max_balanced_accuracy"] == card.threshold
+
+
+def test_train_help_states_the_defaults_the_config_uses():
+    """Every `train --help` line that names a default names TrainConfig's (the help said label
+    smoothing defaults to 0 while the recipe's default is 0.1)."""
+    import re
+
+    from core.__main__ import build_parser
+    from core.train_config import DEFAULTS
+
+    train = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train"
+    )[1]
+    checked = 0
+    for action in train._actions:
+        named = re.search(r"\(default (\S+?)[;)]", action.help or "")
+        if named and action.dest in DEFAULTS and not isinstance(DEFAULTS[action.dest], bool):
+            assert named.group(1) == str(DEFAULTS[action.dest]), (action.dest, action.help)
+            checked += 1
+    assert checked >= 5

@@ -93,18 +93,18 @@ def register(sub) -> None:
         "--label-smoothing",
         type=float,
         dest="label_smoothing",
-        help="cross-entropy label smoothing (default 0)",
+        help=f"cross-entropy label smoothing (default {DEFAULTS['label_smoothing']})",
     )
     p.add_argument(
         "--warmup-epochs",
         type=int,
         dest="warmup_epochs",
-        help="cosine: linear lr warm-up epochs from lr/10 (default 0)",
+        help=f"cosine: linear lr warm-up epochs from lr/10 (default {DEFAULTS['warmup_epochs']})",
     )
     p.add_argument(
         "--calibration",
         choices=CALIBRATIONS,
-        help="map fitted on validation after training (default platt)",
+        help=f"map fitted on validation after training (default {DEFAULTS['calibration']})",
     )
     p.add_argument(
         "--scheduler", choices=SCHEDULERS, help=f"lr schedule (default {DEFAULTS['scheduler']})"
