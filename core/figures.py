@@ -461,11 +461,17 @@ def sanity_figure(curves: pd.DataFrame, metric: str = "abs_spearman", mode: str 
 # -- Robustness (Compare) -------------------------------------------------------------------------
 
 
+# Short enough for a 290 px chart; the shift's full meaning is the Strengths box's help.
 ROBUSTNESS_TITLES = {
     "auc": "AUC",
-    "balanced_accuracy": "Balanced accuracy at each card's threshold",
+    "balanced_accuracy": "Balanced accuracy",
     "ece": "ECE (calibration error)",
-    "flip_share": "Share of calls that flip",
+    "flip_share": "Calls that flip",
+}
+ROBUSTNESS_X = {
+    "hed": "HED jitter s",
+    "macenko": "Macenko s",
+    "reinhard": "L units paler (−: darker)",
 }
 
 
@@ -474,7 +480,8 @@ def robustness_figures(sweep: Sweep) -> list[go.Figure]:
     AUC with its 95% CI as error bars; each model's unshifted value a dotted line in its colour."""
     from core.robustness import METRICS, SHIFTS
 
-    return [_robustness_figure(sweep, metric, SHIFTS[sweep.family].label) for metric in METRICS]
+    x_title = ROBUSTNESS_X.get(sweep.family, SHIFTS[sweep.family].label)
+    return [_robustness_figure(sweep, metric, x_title) for metric in METRICS]
 
 
 def _robustness_figure(sweep: Sweep, metric: str, x_title: str) -> go.Figure:
@@ -506,9 +513,11 @@ def _robustness_figure(sweep: Sweep, metric: str, x_title: str) -> go.Figure:
         if unshifted is not None and not pd.isna(unshifted):
             fig.add_hline(y=unshifted, line={"dash": "dot", "color": colour, "width": 1})
     fig.update_layout(
-        title=f"{ROBUSTNESS_TITLES[metric]} under {sweep.family} shift (dotted: unshifted)",
+        title=f"{ROBUSTNESS_TITLES[metric]}<br><sup>under {sweep.family} shift; dotted: unshifted"
+        "</sup>",
         xaxis_title=x_title,
         yaxis_title=metric.replace("_", " "),
         **CURVE_LAYOUT,
     )
+    fig.update_layout(margin={"t": 64})  # the title's two lines
     return fig

@@ -218,8 +218,9 @@ def test_the_stain_slider_shows_the_shifted_patch_calls_and_map_stability(explai
     captions = [c for image in at.image for c in image.captions]
     assert len(image_urls(at)) == grid + 4  # original, shifted, the map before and after
     assert any(c.startswith("hed at 0.3") for c in captions)
-    stability = [c for c in captions if "gradcam before (Spearman ρ" in c]
-    assert len(stability) == 1 and -1 <= float(stability[0].split("ρ ")[1].rstrip(")")) <= 1
+    stability = [c for c in captions if "gradcam after (Spearman ρ" in c]
+    assert len(stability) == 1 and -1 <= float(stability[0].split("ρ ")[1].split()[0]) <= 1
+    assert any(c.endswith("gradcam before") for c in captions)  # ρ once, on the map it compares
     said = [m.value for m in at.markdown if m.value.startswith("**demo_pcam**: P(tumour)")]
     assert len(said) == 1 and " → " in said[0]
     shifted_before = image_urls(at)

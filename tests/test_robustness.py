@@ -118,6 +118,11 @@ def test_patients_make_the_intervals_and_tests_patient_level(pair, demo_root):
         assert [t.name for t in figure.data] == list(sweep.checkpoints)
         assert list(figure.data[0].x) == [0.2] and len(figure.layout.shapes) == 2  # unshifted
         assert (figure.data[0].error_y.array is not None) == (metric == "auc")
+        # the charts are 290 px wide on Compare: a title line and the x title must fit there
+        # (at 1400 px they were cut: "Balanced accuracy at each card's thresho", "itter: each…")
+        title = figure.layout.title.text.replace("<sup>", "").replace("</sup>", "")
+        assert max(len(line) for line in title.split("<br>")) <= 40, title
+        assert len(figure.layout.xaxis.title.text) <= 30, figure.layout.xaxis.title.text
 
 
 def test_patches_without_tissue_are_passed_through_and_counted(tmp_path, pair):

@@ -71,12 +71,12 @@ def stain_slider_section(
     maps = st.container(horizontal=True)
     for column in moved.gallery.columns:
         rho = moved.stability[column.model, column.method]
-        said = "flat map" if math.isnan(rho) else f"Spearman ρ {rho:.2f}"
+        said = "a flat map" if math.isnan(rho) else f"Spearman ρ {rho:.2f} with before"
         for image, cam, when in zip(
-            moved.gallery.images, column.result.cams, ("before", "after"), strict=True
+            moved.gallery.images, column.result.cams, ("before", f"after ({said})"), strict=True
         ):
             maps.image(
                 overlay(image, cam, alpha, colormap),
-                caption=f"{column.model} · {column.method} {when} ({said})",
+                caption=f"{column.model} · {column.method} {when}",
                 width=CELL_PX,
             )
