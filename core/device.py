@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,17 +111,34 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+_ONE_THREAD = threading.Lock()
+_one_thread_holders = 0  # how many one_thread() blocks are open, in any thread
+_threads_before = 0  # torch's thread count when the first of them opened
+
+
 @contextlib.contextmanager
 def one_thread():
     """Small host-side tensor math on one thread. With the cores busy (loader workers, other
     runs) every OpenMP region waits for a time slice: one batch's augmentation parameters took
-    13-26 ms on 2 threads vs 0.5 ms on one (2 loaded cores), enough to starve a GPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    13-26 ms on 2 threads vs 0.5 ms on one (2 loaded cores), enough to starve a GPU.
+
+    torch's thread count is the process's, and the app runs blocks like this from several
+    threads at once (a sanity check, a stain sweep, another session's stain slider): the first
+    block to open saves the count and the last to close restores it. Saving and restoring per
+    block left the process on one thread for good when two blocks overlapped out of order."""
+    global _one_thread_holders, _threads_before
+    with _ONE_THREAD:
+        if _one_thread_holders == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread_holders += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _ONE_THREAD:
+            _one_thread_holders -= 1
+            if _one_thread_holders == 0:
+                torch.set_num_threads(_threads_before)
 
 
 def busy_cores(device: torch.device) -> str | None:

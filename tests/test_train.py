@@ -468,3 +468,45 @@ def test_a_checkpoint_trained_at_the_app_defaults_fits_the_upload_cap(demo_root,
             should_stop=lambda: (run / "last.pt").exists())  # fmt: skip
     assert load_checkpoint(run / "best.pt").card.arch == "hcd_cnn"
     assert (run / "best.pt").stat().st_size <= cap
+
+
+def test_one_thread_blocks_that_overlap_across_threads_restore_torchs_thread_count():
+    """Two threads' one_thread() blocks closing out of order (a sanity check and a stain sweep in
+    one server) leave torch's process-wide thread count as it was, and one thread while any
+    block is open (per-block save/restore left every later thread on one thread for good)."""
+    import threading
+
+    from core.device import one_thread
+
+    torch.set_num_threads(2)
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def a():
+        with one_thread():
+            a_open.set()
+            b_open.wait(10)
+        a_closed.set()
+
+    def b():
+        a_open.wait(10)
+        with one_thread():
+            b_open.set()
+            a_closed.wait(10)
+            seen.append(torch.get_num_threads())  # a has closed, b still open
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == [1]
+        # a thread started later (Streamlit runs each session's script in one) gets the count
+        later = []
+        reader = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        reader.start()
+        reader.join(10)
+        assert later == [2]
+    finally:
+        torch.set_num_threads(2)
