@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from core import config
+from core.errors import InputError
 
 
 def checkpoint_choices() -> list[Path]:
@@ -32,12 +33,18 @@ RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")  # the UTC time core.jobs puts before a
 def model_names(paths) -> list[str]:
     """Short unique names for tables and legends: the file stem in the checkpoints folder; for
     a run's ``best.pt`` the run's name without its time stamp (``idc_cnn-smoke-95f921``), other
-    files of a run as ``run/stem``; full paths if those still collide."""
+    files of a run as ``run/stem``; full paths if those still collide. The same file twice is an
+    InputError (a comparison of a model with itself would merge its rows)."""
     paths = [Path(p) for p in paths]
     shipped = config.checkpoints_dir().resolve()
     names = [p.stem if p.parent.resolve() == shipped else _run_name(p) for p in paths]
     if len(set(names)) != len(names):
         names = [str(p) for p in paths]
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:  # one model twice: its rows would merge into one
+            raise InputError(f"{path}: given twice; give each checkpoint once")
+        seen.add(path.resolve())
     return names
 
 

@@ -68,3 +68,16 @@ def test_a_bug_shows_its_traceback_and_exits_1(evaluate_argv):
     assert result.returncode == 1, result.stderr
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.rstrip().endswith("KeyError: 'a bug'")
+
+
+@pytest.mark.parametrize("command", ["compare", "robustness"])
+def test_the_same_checkpoint_twice_is_one_line(command, demo_root, tmp_path, capsys):
+    """`compare A A` printed one model's rows and a paired test of it with itself (p = 1); the
+    same file under another spelling counts as the same file."""
+    ckpt = make_checkpoint(tmp_path / "a.pt")
+    again = tmp_path / "sub" / ".." / "a.pt"
+    (tmp_path / "sub").mkdir()
+    argv = [command, "--checkpoints", str(ckpt), str(again), "--data", str(demo_root / "pcam")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "given twice" in err[0]
