@@ -21,7 +21,7 @@ from core.config import RESEARCH_NOTICE
 from core.data import list_datasets
 from core.data.registry import MAX_SEED
 from core.figures import curves_figure
-from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, TrainConfig
+from core.train_config import DEFAULTS, DEVICES, SCHEDULERS, STAIN_NORMS, TrainConfig
 from pages._shared import ensure_demo_or_warn, public_mode
 from pages._shared.state import SESSION
 
@@ -40,6 +40,7 @@ WIDGETS = {
     "scheduler": "training_scheduler",
     "patience": "training_patience",
     "limit_batches": "training_limit",
+    "stain_norm": "training_stain_norm",
 }
 
 
@@ -127,7 +128,7 @@ def start_form() -> None:
                 "to compare models on the same unseen patients; PCam ships its own split.",
             )
             a3.selectbox("LR schedule", SCHEDULERS, key="training_scheduler", persist_state=SESSION)
-            b1, b2, _ = st.columns(3)
+            b1, b2, b3 = st.columns(3)
             b1.number_input(
                 "Early-stopping patience", 1, 100, key="training_patience", persist_state=SESSION
             )
@@ -137,6 +138,16 @@ def start_form() -> None:
                 10**6,
                 key="training_limit",
                 persist_state=SESSION,
+            )
+            b3.selectbox(
+                "Stain normalisation",
+                STAIN_NORMS,
+                key="training_stain_norm",
+                persist_state=SESSION,
+                help="Normalise every patch's stain to a target fitted on 256 training patches; "
+                "stored in the checkpoint and applied wherever it is used. On the real IDC sample "
+                "Macenko cost 0.014 AUC on unshifted patches and took 40-70 % off the AUC lost "
+                "to a HED stain shift (README, 'Will it hold at another hospital?').",
             )
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:

@@ -43,12 +43,14 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     at.text_input(key="training_name").set_value("smoke")
     at.number_input(key="training_seed").set_value(2)
     at.number_input(key="training_split_seed").set_value(3)
+    at.selectbox(key="training_stain_norm").set_value("reinhard")
     at.button[0].click().run()
     assert not at.exception, at.exception
     runs = run_folder.list_runs()
     assert len(runs) == 1 and runs[0].config["data"].endswith("idc")
     assert "-bn_cnn-smoke-" in runs[0].name  # the model the trainer picks, and the user's name
     assert (runs[0].config["seed"], runs[0].config["split_seed"]) == (2, 3)
+    assert runs[0].config["stain_norm"] == "reinhard"
     deadline = time.monotonic() + 150
     while (
         run_folder.read_status(runs[0].path)["state"] in run_folder.ACTIVE_STATES
@@ -64,6 +66,9 @@ def test_start_a_tiny_job_from_the_page_and_see_it_finish(data_root):
     assert "`finished`" in " ".join(m.value for m in at.markdown)
     assert at.multiselect(key="training_selected").value == [runs[0].name]
     assert len(at.get("plotly_chart")) == 1
+    from core.checkpoints import read_card
+
+    assert read_card(runs[0].path / "best.pt").stain_norm["method"] == "reinhard"
     table = at.dataframe[0].value
     assert list(table["dataset"]) == ["demo/idc"]
 
