@@ -3,15 +3,18 @@ suite never writes into the checkout. Fake data is written on the fly in the rea
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import make_checkpoint
-from PIL import Image
+from helpers import (
+    FAKE_WRITERS,
+    FakeSet,
+    make_checkpoint,
+    write_fake_hcd,
+    write_fake_idc,
+    write_fake_pcam,
+)
 
 
 def pytest_addoption(parser):
@@ -93,104 +96,6 @@ def app_env(demo_root, tmp_path, monkeypatch) -> Path:
 
 
 # -- tiny fake datasets in the real on-disk formats ------------------------------------------
-
-
-@dataclass
-class FakeSet:
-    """What a fake dataset holds, so tests compare the reader against the truth."""
-
-    format: str
-    root: Path
-    image_size: tuple[int, int]
-    pixels: dict[str, np.ndarray] = field(default_factory=dict)  # id -> uint8 H×W×3
-    labels: dict[str, int] = field(default_factory=dict)  # id -> 0/1 (-1 unlabelled)
-    patients: dict[str, str] = field(default_factory=dict)  # id -> patient (IDC)
-    files: dict[str, Path] = field(default_factory=dict)  # id -> image file (HCD, IDC)
-
-
-def _random_patch(rng, h: int, w: int) -> np.ndarray:
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def write_fake_pcam(root: Path, sizes=(("train", 8), ("valid", 4), ("test", 4)), seed=0):
-    import h5py
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    fake = FakeSet("pcam", root, (96, 96))
-    for split, n in sizes:
-        x = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
-        y = (np.arange(n) % 2).astype(np.uint8)
-        with h5py.File(root / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
-            f.create_dataset("x", data=x, chunks=(1, 96, 96, 3), compression="gzip")
-        with h5py.File(root / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
-            f.create_dataset("y", data=y.reshape(-1, 1, 1, 1))
-        for i in range(n):
-            fake.pixels[f"{split}_{i}"] = x[i]
-            fake.labels[f"{split}_{i}"] = int(y[i])
-    return fake
-
-
-def _hcd_id(k: int) -> str:
-    return hashlib.sha1(f"fake-{k}".encode()).hexdigest()
-
-
-def write_fake_hcd(root: Path, layout: str = "kaggle", n: int = 12, n_test: int = 3, seed=1):
-    """Kaggle layout (train/ + train_labels.csv + test/ + sample_submission.csv) or flat."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / "train" if layout == "kaggle" else root
-    image_dir.mkdir(parents=True, exist_ok=True)
-    fake = FakeSet("hcd", root, (96, 96))
-    rows = []
-    for k in range(n):
-        patch_id, patch = _hcd_id(k), _random_patch(rng, 96, 96)
-        Image.fromarray(patch).save(image_dir / f"{patch_id}.tif")
-        fake.pixels[patch_id], fake.labels[patch_id] = patch, k % 2
-        fake.files[patch_id] = image_dir / f"{patch_id}.tif"
-        rows.append(f"{patch_id},{k % 2}")
-    csv_name = "train_labels.csv" if layout == "kaggle" else "labels.csv"
-    (root / csv_name).write_text("id,label\n" + "\n".join(rows) + "\n")
-    if layout == "kaggle" and n_test:
-        (root / "test").mkdir()
-        test_ids = [_hcd_id(1000 + k) for k in range(n_test)]
-        for patch_id in test_ids:
-            patch = _random_patch(rng, 96, 96)
-            Image.fromarray(patch).save(root / "test" / f"{patch_id}.tif")
-            fake.pixels[patch_id], fake.labels[patch_id] = patch, -1
-            fake.files[patch_id] = root / "test" / f"{patch_id}.tif"
-        (root / "sample_submission.csv").write_text(
-            "id,label\n" + "\n".join(f"{i},0" for i in test_ids) + "\n"
-        )
-    return fake
-
-
-def write_fake_idc(root: Path, n_patients: int = 4, grid: int = 3, seed=2):
-    """<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png; the last column is an edge
-    patch 50×20, as at real slide borders. Patient k has a positive share rising with k."""
-    rng = np.random.default_rng(seed)
-    fake = FakeSet("idc", root, (50, 50))
-    for p in range(n_patients):
-        patient = str(10000 + p)
-        for row in range(grid):
-            for col in range(grid):
-                label = int((row * grid + col + p) % (p + 2) == 0)
-                width = 20 if col == grid - 1 else 50
-                patch = _random_patch(rng, 50, width)
-                name = f"{patient}_idx5_x{col * 50 + 1}_y{row * 50 + 1}_class{label}"
-                folder = root / patient / str(label)
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(patch).save(folder / f"{name}.png")
-                fake.pixels[name], fake.labels[name] = patch, label
-                fake.patients[name], fake.files[name] = patient, folder / f"{name}.png"
-    return fake
-
-
-FAKE_WRITERS = {
-    "pcam": lambda root: write_fake_pcam(root),
-    "hcd-kaggle": lambda root: write_fake_hcd(root, "kaggle"),
-    "hcd-flat": lambda root: write_fake_hcd(root, "flat"),
-    "idc": lambda root: write_fake_idc(root),
-}
 
 
 @pytest.fixture(params=sorted(FAKE_WRITERS))

@@ -9,8 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FAKE_WRITERS
-from helpers import EXACT, make_checkpoint
+from helpers import EXACT, FAKE_WRITERS, make_checkpoint
 from PIL import Image
 
 from core import evaluate

@@ -11,8 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import write_fake_pcam
-from helpers import make_checkpoint
+from helpers import make_checkpoint, write_fake_pcam
 from PIL import Image
 
 from core.__main__ import main

@@ -205,7 +205,7 @@ def test_evaluate_and_compare_commands(demo_root, tmp_path, capsys):
 def test_a_split_without_labels_is_one_line_in_compare_as_in_evaluate(tmp_path, capsys):
     """An empty test split: compare gave sklearn's 'Found empty input array'."""
     import h5py
-    from conftest import write_fake_pcam
+    from helpers import write_fake_pcam
 
     fake = write_fake_pcam(tmp_path / "pcam")
     for key, shape in (("x", (0, 96, 96, 3)), ("y", (0, 1, 1, 1))):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_hcd, write_fake_idc, write_fake_pcam
-from helpers import rewrite_h5
+from helpers import rewrite_h5, write_fake_hcd, write_fake_idc, write_fake_pcam
 from PIL import Image
 
 from core.data import DatasetError, open_dataset, summarize

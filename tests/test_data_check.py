@@ -13,8 +13,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from conftest import write_fake_hcd, write_fake_idc
-from helpers import EXACT, make_checkpoint, quick, write_idc_tree
+from helpers import EXACT, make_checkpoint, quick, write_fake_hcd, write_fake_idc, write_idc_tree
 from PIL import Image
 
 from core import run_folder

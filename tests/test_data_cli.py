@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import write_fake_idc
+from helpers import write_fake_idc
 
 from core.__main__ import main
 from core.data import open_dataset, summarize

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_hcd, write_fake_idc, write_fake_pcam
-from helpers import forged_png, forged_tiff, rewrite_h5
+from helpers import (
+    forged_png,
+    forged_tiff,
+    rewrite_h5,
+    write_fake_hcd,
+    write_fake_idc,
+    write_fake_pcam,
+)
 from PIL import Image
 
 from core.__main__ import main

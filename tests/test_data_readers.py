@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import write_fake_idc
+from helpers import write_fake_idc
 
 from core.data import READERS, DatasetError, detect_format, open_dataset, summarize
 from core.data.base import META_COLUMNS

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_WRITERS
+from helpers import FAKE_WRITERS
 
 from core import config
 from core.data import list_datasets, open_dataset
@@ -90,8 +90,7 @@ def test_links_inside_a_dataset_that_leave_it_are_reported(fmt, tmp_path):
 def test_datasets_page_marks_a_broken_first_dataset_and_goes_on(root):
     """A broken set that sorts first is marked in the select box with one error, never a crash;
     the next one opens."""
-    from conftest import write_fake_idc, write_fake_pcam
-    from helpers import rewrite_h5
+    from helpers import rewrite_h5, write_fake_idc, write_fake_pcam
 
     at_cls = pytest.importorskip("streamlit.testing.v1", reason="needs streamlit").AppTest
     write_fake_pcam(root / "a-broken")

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_fake_hcd, write_fake_idc
+from helpers import write_fake_hcd, write_fake_idc
 
 from core.data import open_dataset
 from core.data.splits import HCD_OPTIMISM_NOTE, stratified_assign

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import write_fake_idc
+from helpers import write_fake_idc
 
 from core.checkpoints import ModelCard, save_checkpoint
 from core.data import open_dataset

@@ -127,7 +127,7 @@ def test_patients_make_the_intervals_and_tests_patient_level(pair, demo_root):
 
 def test_patches_without_tissue_are_passed_through_and_counted(tmp_path, pair):
     """Mostly-white edge patches (as in the real IDC sample) make the sweep count, not crash."""
-    from conftest import write_fake_idc
+    from helpers import write_fake_idc
 
     fake = write_fake_idc(tmp_path / "idc")
     white = sorted(fake.files)[:5]

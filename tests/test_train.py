@@ -284,7 +284,7 @@ def test_resume_continues_after_the_last_full_epoch(demo_root, tmp_path):
 
 def test_a_train_split_of_one_class_is_refused_before_training(tmp_path):
     import h5py
-    from conftest import write_fake_pcam
+    from helpers import write_fake_pcam
 
     fake = write_fake_pcam(tmp_path / "pcam")
     with h5py.File(fake.root / "camelyonpatch_level_2_split_train_y.h5", "w") as f:
