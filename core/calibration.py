@@ -20,7 +20,7 @@ The operating point is the threshold of maximum balanced accuracy (Youden's J), 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -173,6 +173,12 @@ class Fitted:
             "operating_points": self.operating_points,
             "conformal": self.conformal,
         }
+
+    def apply_to(self, card):
+        """``card`` (a ModelCard) carrying this map, threshold, operating points and conformal
+        quantiles, and the validation ECEs in its metrics: what training and `calibrate` write."""
+        metrics = {**card.metrics, "valid_ece_raw": self.ece_raw, "valid_ece": self.ece}
+        return replace(card, metrics=metrics, **self.card_fields())
 
 
 def fit_operating_point(y, prob, method: str = "platt") -> Fitted:

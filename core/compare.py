@@ -199,11 +199,7 @@ def paired_tests(preds: dict[str, pd.DataFrame], thresholds=None) -> pd.DataFram
             "unit_note": unit.note,
         }
         if np.unique(y).size == 2:
-            dl = (
-                metrics.delong(y, prob_a, prob_b)
-                if unit.groups is None
-                else metrics.delong_clustered(y, prob_a, prob_b, unit.groups)
-            )
+            dl = metrics.paired_delong(y, prob_a, prob_b, unit.groups)
             row.update(
                 auc_diff=dl["auc_diff"],
                 delong_z=dl["z"],

@@ -589,7 +589,6 @@ def calibrate_checkpoint(
     calibrated them, and imported ones. ``ds`` must be opened with the checkpoint's own split
     (``open_dataset_for``), so its validation patients are ones it was not trained on.
     Returns the ``Fitted`` result."""
-    from dataclasses import replace
 
     from core.calibration import fit_operating_point
     from core.checkpoints import load_checkpoint, save_with_card
@@ -606,7 +605,5 @@ def calibrate_checkpoint(
     loaded = load_checkpoint(checkpoint_path, device=resolve_device(str(device or "auto")))
     raw = predict_loaded(loaded, ds, indices, progress=progress, calibrated=False)
     fitted = fit_operating_point(labels, raw, method)
-    metrics = {**loaded.card.metrics, "valid_ece_raw": fitted.ece_raw, "valid_ece": fitted.ece}
-    card = replace(loaded.card, metrics=metrics, **fitted.card_fields())
-    save_with_card(checkpoint_path, out, card)
+    save_with_card(checkpoint_path, out, fitted.apply_to(loaded.card))
     return fitted

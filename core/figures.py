@@ -468,11 +468,6 @@ ROBUSTNESS_TITLES = {
     "ece": "ECE (calibration error)",
     "flip_share": "Calls that flip",
 }
-ROBUSTNESS_X = {
-    "hed": "HED jitter s",
-    "macenko": "Macenko s",
-    "reinhard": "L units paler (−: darker)",
-}
 
 
 def robustness_figures(sweep: Sweep) -> list[go.Figure]:
@@ -480,8 +475,7 @@ def robustness_figures(sweep: Sweep) -> list[go.Figure]:
     AUC with its 95% CI as error bars; each model's unshifted value a dotted line in its colour."""
     from core.robustness import METRICS, SHIFTS
 
-    x_title = ROBUSTNESS_X.get(sweep.family, SHIFTS[sweep.family].label)
-    return [_robustness_figure(sweep, metric, x_title) for metric in METRICS]
+    return [_robustness_figure(sweep, metric, SHIFTS[sweep.family].axis) for metric in METRICS]
 
 
 def _robustness_figure(sweep: Sweep, metric: str, x_title: str) -> go.Figure:
@@ -510,7 +504,7 @@ def _robustness_figure(sweep: Sweep, metric: str, x_title: str) -> go.Figure:
                 legendgroup=name,
             )
         )
-        if unshifted is not None and not pd.isna(unshifted):
+        if not pd.isna(unshifted):
             fig.add_hline(y=unshifted, line={"dash": "dot", "color": colour, "width": 1})
     fig.update_layout(
         title=f"{ROBUSTNESS_TITLES[metric]}<br><sup>under {sweep.family} shift; dotted: unshifted"

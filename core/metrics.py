@@ -457,16 +457,14 @@ def delong(y, prob_a, prob_b) -> dict:
         raise ValueError("DeLong's test needs both tumour and normal patches")
     pos, neg = y == 1, y == 0
     auc_a, auc_b = roc_auc_score(y, prob_a), roc_auc_score(y, prob_b)
+    aucs = {
+        "test": TEST_NAMES["delong"],
+        "auc_a": float(auc_a),
+        "auc_b": float(auc_b),
+        "auc_diff": float(auc_a - auc_b),
+    }
     if min(pos.sum(), neg.sum()) < 2:  # one patch of a class: its variance is undefined
-        return {
-            "test": TEST_NAMES["delong"],
-            "auc_a": float(auc_a),
-            "auc_b": float(auc_b),
-            "auc_diff": float(auc_a - auc_b),
-            "se_diff": float("nan"),
-            "z": float("nan"),
-            "p_value": float("nan"),
-        }
+        return {**aucs, "se_diff": float("nan"), "z": float("nan"), "p_value": float("nan")}
     v10, v01 = zip(*(_midrank_components(p[pos], p[neg]) for p in (prob_a, prob_b)), strict=True)
     s10 = np.atleast_2d(np.cov(np.vstack(v10)))
     s01 = np.atleast_2d(np.cov(np.vstack(v01)))
@@ -474,10 +472,7 @@ def delong(y, prob_a, prob_b) -> dict:
     var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     z = (auc_a - auc_b) / np.sqrt(var_diff) if var_diff > 0 else 0.0
     return {
-        "test": TEST_NAMES["delong"],
-        "auc_a": float(auc_a),
-        "auc_b": float(auc_b),
-        "auc_diff": float(auc_a - auc_b),
+        **aucs,
         "se_diff": float(np.sqrt(max(var_diff, 0.0))),
         "z": float(z),
         "p_value": float(2 * stats.norm.sf(abs(z))),
@@ -543,6 +538,15 @@ def _members(groups) -> list[np.ndarray]:
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+
+
+def paired_delong(y, prob_a, prob_b, groups=None) -> dict:
+    """DeLong's test of two models on the same patches, by patient (Obuchowski's clustered
+    DeLong) when ``groups`` are given, by patch otherwise: what Compare and the robustness
+    sweep report."""
+    if groups is None:
+        return delong(y, prob_a, prob_b)
+    return delong_clustered(y, prob_a, prob_b, groups)
 
 
 def delong_clustered(y, prob_a, prob_b, groups) -> dict:

@@ -34,25 +34,40 @@ from core.errors import InputError
 class ShiftFamily:
     strengths: tuple[float, ...]  # the default sweep
     label: str  # what a strength means, for captions and the CLI
+    axis: str  # the same, short enough for a chart's x axis
 
 
 SHIFTS: dict[str, ShiftFamily] = {
     "hed": ShiftFamily(
         (0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
         "HED jitter: each stain ×U(1±s), brightness ×U(1±s) (training uses s = 0.05)",
+        "HED jitter s",
     ),
     "macenko": ShiftFamily(
         (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
         "Macenko augmentation: each stain's concentration ×U(1±s) + U(±s)",
+        "Macenko s",
     ),
     "reinhard": ShiftFamily(
         (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0),
         "Reinhard normalisation to the data's own mean stain, s CIELAB L units paler (−: darker)",
+        "L units paler (−: darker)",
     ),
 }
 METRICS = ("auc", "balanced_accuracy", "ece", "flip_share")  # one figure each
-REFERENCE_PATCHES = stain.FIT_PATCHES  # pooled into the Reinhard family's reference stain
 Progress = Callable[[int, int], None]
+
+
+def shift_family(name: str) -> ShiftFamily:
+    """``SHIFTS[name]``; an unknown name is one line naming the known ones."""
+    if name not in SHIFTS:
+        raise InputError(f"unknown shift {name!r}; use one of {', '.join(SHIFTS)}")
+    return SHIFTS[name]
+
+
+def strength_label(strength: float) -> str:
+    """How a table row's strength reads: NaN is the unshifted patches."""
+    return "unshifted" if pd.isna(strength) else f"{strength:g}"
 
 
 @dataclass(frozen=True)
@@ -177,13 +192,10 @@ def robustness_sweep(
     checkpoint is loaded once for the whole sweep)."""
     from core.catalogue import card_thresholds, model_names
     from core.data.splits import sample_indices
-    from core.evaluate import predict_split, split_indices
+    from core.evaluate import predict_split, split_fingerprint, split_indices
 
-    if family not in SHIFTS:
-        raise InputError(f"unknown shift {family!r}; use one of {', '.join(SHIFTS)}")
-    strengths = tuple(
-        float(s) for s in (SHIFTS[family].strengths if strengths is None else strengths)
-    )
+    defaults = shift_family(family).strengths
+    strengths = tuple(float(s) for s in (defaults if strengths is None else strengths))
     if not strengths or any(not math.isfinite(s) for s in strengths):
         raise InputError(f"strengths {list(strengths)}: give one or more finite numbers")
     paths = [str(p) for p in checkpoints]
@@ -198,6 +210,7 @@ def robustness_sweep(
     shifts = [None] + [StainShift(family, s, seed, reference) for s in strengths]
     count = _counter(progress, len(shifts) * len(paths) * len(indices))
     predict_kwargs.setdefault("loader", _load_once())
+    predict_kwargs.setdefault("fingerprint", split_fingerprint(ds, split))  # one for all 7×M
     preds = {
         (name, shift): predict_split(
             path, ds, split, shift=shift, n=n, progress=count(), **predict_kwargs
@@ -392,8 +405,7 @@ def patch_under_shift(
 
     from core.explain import explain_gallery
 
-    if family not in SHIFTS:
-        raise InputError(f"unknown shift {family!r}; use one of {', '.join(SHIFTS)}")
+    shift_family(family)
     reference = None
     if family == "reinhard":
         pool = image[None] if reference_images is None else reference_images
@@ -515,7 +527,7 @@ def _paired(preds, names, shifts, unit) -> pd.DataFrame:
     """Per strength and model pair: the AUC difference a − b on the same patches, DeLong's
     (patients as the unit: Obuchowski's clustered) standard error, its 95% CI and p-value."""
     from core.evaluate import labelled
-    from core.metrics import delong, delong_clustered
+    from core.metrics import paired_delong
 
     rows = []
     for shift in shifts:
@@ -525,11 +537,7 @@ def _paired(preds, names, shifts, unit) -> pd.DataFrame:
             if np.unique(y).size < 2:  # one class: no AUC, no test
                 continue
             pa, pb = known_a["prob"].to_numpy(), known_b["prob"].to_numpy()
-            test = (
-                delong(y, pa, pb)
-                if unit.groups is None
-                else delong_clustered(y, pa, pb, unit.groups)
-            )
+            test = paired_delong(y, pa, pb, unit.groups)
             diff, se = test["auc_diff"], test["se_diff"]
             rows.append(
                 {

@@ -599,10 +599,10 @@ class _RunWriter:
     def finish(self, s: _Setup, state: LoopState) -> dict[str, Any]:
         """Calibrate best.pt on the whole validation split, then the final status."""
         calibration = _calibrate_best(s, self.run_dir / "best.pt")
-        run_folder.write_status(self.run_dir, calibration=calibration)
         progress = run_folder.read_json(self.run_dir / run_folder.STATUS_FILE).get("progress", {})
         return self.end(
             "finished",
+            calibration=calibration,
             epochs_run=state.epoch,
             stopped_early=state.epoch < s.cfg.epochs,
             progress={**progress, "fraction": 1.0, "eta_s": 0},
@@ -670,8 +670,7 @@ def _save_best(
     from core.calibration import fit_operating_point
 
     fitted = fit_operating_point(labels, probs, cfg.calibration)
-    metrics = {**card.metrics, "valid_ece_raw": fitted.ece_raw, "valid_ece": fitted.ece}
-    card = replace(card, metrics=metrics, **fitted.card_fields())
+    card = fitted.apply_to(card)
     # .half() converts floating-point tensors only (BatchNorm counters stay int64).
     save_checkpoint(path, copy.deepcopy(model).half() if cfg.best_fp16 else model, card)
     return {

@@ -24,15 +24,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from core.commands.evaluate import tqdm_progress
-    from core.evaluate import calibrate_checkpoint, open_dataset_for
+    from core.commands.evaluate import open_data, tqdm_progress
+    from core.evaluate import calibrate_checkpoint
     from core.files import check_output
 
     out = Path(args.out)
     check_output(out, args.checkpoint)
-    ds, warnings = open_dataset_for(args.data, [args.checkpoint])
-    for warning in warnings:
-        print(f"warning: {warning}")
+    ds = open_data(args.data, [args.checkpoint])
     fitted = calibrate_checkpoint(
         args.checkpoint,
         ds,

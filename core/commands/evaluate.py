@@ -67,12 +67,13 @@ def tqdm_progress(desc: str):
     return update
 
 
-def open_inputs(args, checkpoints):
+def open_inputs(args, checkpoints, problem=None):
     """The dataset, opened with the split the checkpoints were trained on (split mismatches are
-    printed as warnings); an out-of-range option is an InputError."""
+    printed as warnings); an out-of-range option is an InputError (``problem``: the command's
+    own option check, default this module's ``option_problem``)."""
     from core.errors import InputError
 
-    problem = option_problem(args)
+    problem = (problem or option_problem)(args)
     if problem:
         raise InputError(problem)
     return open_data(args.data, checkpoints)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 
+from core.commands.evaluate import MAX_BOOTSTRAP
 from core.data.registry import MAX_SEED
 from core.evaluate import SPLITS
-from core.robustness import SHIFTS
+from core.robustness import SHIFTS, strength_label
 from core.train_config import PRECISIONS
-
-MAX_BOOTSTRAP = 100_000
 
 
 def register(sub) -> None:
@@ -60,14 +59,10 @@ def run(args) -> int:
 
 
 def sweep_for(args):
-    from core.commands.evaluate import open_data, tqdm_progress
-    from core.errors import InputError
+    from core.commands.evaluate import open_inputs, tqdm_progress
     from core.robustness import robustness_sweep
 
-    problem = option_problem(args)
-    if problem:
-        raise InputError(problem)
-    ds = open_data(args.data, args.checkpoints)
+    ds = open_inputs(args, args.checkpoints, problem=option_problem)
     return robustness_sweep(
         args.checkpoints,
         ds,
@@ -103,9 +98,7 @@ def format_sweep(sweep, args) -> str:
     from core.metrics import format_ci
 
     table = sweep.table.copy()
-    table.insert(
-        1, "shift", ["unshifted" if pd.isna(s) else f"{s:g}" for s in table.pop("strength")]
-    )
+    table.insert(1, "shift", [strength_label(s) for s in table.pop("strength")])
     cis = zip(table.pop("auc_low"), table.pop("auc_high"), strict=True)
     table.insert(4, "auc_ci95", [format_ci(None if pd.isna(lo) else (lo, hi)) for lo, hi in cis])
     lines = [
@@ -115,9 +108,8 @@ def format_sweep(sweep, args) -> str:
     ]
     lines += [f"note: {note}" for note in sweep.notes]
     for row in sweep.paired.itertuples():
-        at = "unshifted" if pd.isna(row.strength) else f"{row.strength:g}"
         lines.append(
-            f"{at}: AUC {row.model_a} − {row.model_b} = {row.auc_diff:+.3f} "
+            f"{strength_label(row.strength)}: AUC {row.model_a} − {row.model_b} = {row.auc_diff:+.3f} "
             f"(95% CI {row.low:+.3f} to {row.high:+.3f}, p={row.p_value:.3g}, {row.test})"
         )
     lines.append(sweep.summary)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import streamlit as st
 
 from core.display import display_table
 from core.figures import robustness_figures
-from core.robustness import PREVIEW_PATCHES, PUBLIC_MAX_PATCHES, SHIFTS, SweepJob
+from core.robustness import PREVIEW_PATCHES, PUBLIC_MAX_PATCHES, SHIFTS, SweepJob, strength_label
 from pages._shared import public_mode, shared_model
 from pages._shared.state import SESSION
 
@@ -120,7 +119,7 @@ def render_sweep(sweep, preview: bool) -> None:
     for fig in robustness_figures(sweep):
         charts.plotly_chart(fig, width=CHART_PX)
     table = sweep.table.copy()
-    table["strength"] = ["unshifted" if pd.isna(s) else f"{s:g}" for s in table["strength"]]
+    table["strength"] = [strength_label(s) for s in table["strength"]]
     st.dataframe(display_table(table.round(3)), hide_index=True, width="stretch")
     if not sweep.paired.empty:
         st.caption(
