@@ -157,6 +157,13 @@ class _Smoothing:
     tta: bool
 
 
+def explained_classes(target: str, probs, threshold: float) -> np.ndarray:
+    """The class a map explains per patch: ``target``'s fixed class, or (``"pred"``) each
+    patch's call from its P(tumour) ``probs`` at ``threshold``."""
+    fixed = TARGETS[target]
+    return predict_labels(probs, threshold) if fixed is None else np.full(len(probs), fixed, int)
+
+
 def _cams_for_batch(loaded, images, layer, method, target, threshold, smoothing, batch_size):
     model = loaded.model
     x = to_model_input(images, loaded.card, loaded.device)
@@ -165,8 +172,7 @@ def _cams_for_batch(loaded, images, layer, method, target, threshold, smoothing,
         # The patch's call comes first, from the same calibrated probability and threshold as
         # everywhere else; the map then explains that class (or the fixed one asked for).
         probs = _calibrated_probs(loaded, x)
-        fixed = TARGETS[target]
-        classes = predict_labels(probs, threshold) if fixed is None else np.full(len(x), fixed)
+        classes = explained_classes(target, probs, threshold)
         try:
             # pytorch-grad-cam's numpy work (EigenCAM's per-image SVD) runs on OpenBLAS threads that
             # fight torch's own threads on a small CPU: one BLAS thread measured 16× faster there.
@@ -593,7 +599,14 @@ def tumour_sample(
         if len(chosen) == n:
             break
     images = ds.read_batch(chosen) if chosen else np.zeros((0, *ds.image_size, 3), np.uint8)
-    padded = np.zeros((len(chosen), *images.shape[1:3]), bool)  # read_batch pads edge patches too
+    return np.asarray(chosen, int), images, padded_masks(masks, images.shape[:3])
+
+
+def padded_masks(masks, shape) -> np.ndarray:
+    """Boolean masks of ``shape`` (N×h×w), each of ``masks`` in its top-left corner (read_batch
+    pads edge patches bottom/right too); a None mask stays all False."""
+    padded = np.zeros(shape, bool)
     for k, mask in enumerate(masks):
-        padded[k, : mask.shape[0], : mask.shape[1]] = mask
-    return np.asarray(chosen, int), images, padded
+        if mask is not None:
+            padded[k, : mask.shape[0], : mask.shape[1]] = mask
+    return padded

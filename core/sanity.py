@@ -55,9 +55,12 @@ from core.device import one_thread
 from core.errors import InputError
 from core.explain import (
     CAM_METHODS,
+    RANKED_SCORES,
     SLOW_METHODS,
     compute_cams,
+    explained_classes,
     localisation_scores,
+    padded_masks,
     road_scores,
     to_unit_maps,
 )
@@ -192,6 +195,11 @@ def _cpu_threads(loaded: LoadedModel):
     return one_thread() if loaded.device.type == "cpu" else contextlib.nullcontext()
 
 
+def max_patches() -> int:
+    """The most patches one check takes: ``PUBLIC_MAX_PATCHES`` on a public server."""
+    return PUBLIC_MAX_PATCHES if config.public_mode() else MAX_PATCHES
+
+
 def _checked_request(methods, modes, seeds, target, sample):
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown or not methods:
@@ -206,7 +214,7 @@ def _checked_request(methods, modes, seeds, target, sample):
         raise InputError("give one or more distinct non-negative randomisation seeds")
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    cap = PUBLIC_MAX_PATCHES if config.public_mode() else MAX_PATCHES
+    cap = max_patches()
     n = len(sample.images)
     if not 2 <= n <= cap:
         where = " on this public server" if config.public_mode() else ""
@@ -217,13 +225,13 @@ def _checked_request(methods, modes, seeds, target, sample):
 def _run_check(loaded, sample, methods, modes, seeds, target, road, label, progress):
     trained = private_copy(loaded)
     probs = predict_proba(trained, sample.images)
-    classes = _explained_classes(target, probs, trained.card.threshold, len(sample.images))
+    classes = explained_classes(target, probs, trained.card.threshold)
     explainers = {m: cam_explainer(m) for m in methods} | {
         EDGE_CONTROL: edge_explainer,
         RANDOM_CONTROL: random_cam_explainer(seed=0),
     }
-    roads = methods if road else ()  # ROAD ticks the same progress once per method
-    run = mprt(trained, sample.images, classes, explainers, modes, seeds, progress, roads)
+    road_steps = len(methods) if road else 0  # ROAD ticks the same progress once per method
+    run = mprt(trained, sample.images, classes, explainers, modes, seeds, progress, road_steps)
     scores, score_notes = method_scores(
         trained, sample, run.reference, classes, probs, methods, road, run.counter.tick
     )
@@ -259,16 +267,16 @@ def mprt(
     modes: Sequence[str] = ("cascading",),
     seeds: Sequence[int] = DEFAULT_SEEDS,
     progress: Progress | None = None,
-    extra_steps: Sequence = (),
+    extra_steps: int = 0,
 ) -> MprtRun:
     """The model-parameter randomisation test of ``explainers`` on a private copy of a model
     (``private_copy``): the trained maps, the same maps again (depth 0), then the maps of
     every randomised copy (``randomised_models``) per mode and seed. ``progress`` counts
-    explainer passes plus ``len(extra_steps)`` steps the caller ticks afterwards."""
+    explainer passes plus ``extra_steps`` steps the caller ticks afterwards."""
     plan = stage_plan(trained.model, trained.card.arch)
     modes = modes if plan.cascading else ("independent",)
     passes = len(explainers) * (2 + len(seeds) * len(plan.stages) * len(modes))
-    counter = _Counter(passes + len(extra_steps), progress)
+    counter = _Counter(passes + extra_steps, progress)
     reference = counter.run(explainers, trained, images, classes)
     rows = _similarity_rows(reference, counter.run(explainers, trained, images, classes), 0, "")
     randomised = {}
@@ -294,11 +302,6 @@ def private_copy(loaded: LoadedModel) -> LoadedModel:
     for p in model.parameters():
         p.requires_grad_(False)  # CAMs need gradients at the activations only
     return replace(loaded, model=model.eval())
-
-
-def _explained_classes(target: str, probs, threshold: float, n: int) -> np.ndarray:
-    fixed = TARGETS[target]
-    return predict_labels(probs, threshold) if fixed is None else np.full(n, fixed, int)
 
 
 class _Counter:
@@ -731,13 +734,7 @@ def _tumour_maps(loaded, images, maps, classes, rows, method) -> np.ndarray:
 
 # Score columns that rank methods, and whether higher is better (core.explain.RANKED_SCORES
 # plus the centre-region scores).
-SCORES = {
-    "road_combined": True,
-    "centre_mass": True,
-    "centre_pointing": True,
-    "pointing_hit_rate": True,
-    "energy_in_mask": True,
-}
+SCORES = {"road_combined": True, "centre_mass": True, "centre_pointing": True} | RANKED_SCORES
 
 
 def score_agreement(scores: pd.DataFrame) -> pd.DataFrame:
@@ -756,27 +753,31 @@ def score_agreement(scores: pd.DataFrame) -> pd.DataFrame:
 # --- samples ---------------------------------------------------------------------------------
 
 
-def dataset_sample(ds, indices: Sequence[int], key: str = "") -> SanitySample:
-    """The sample of the given dataset patches, with labels and (demo sets) masks."""
+def dataset_sample(
+    ds, indices: Sequence[int], key: str = "", images: np.ndarray | None = None
+) -> SanitySample:
+    """The sample of the given dataset patches, with labels and (demo sets) masks. ``images``:
+    those patches when the caller has already read them (``ds.read_batch(indices)``)."""
     indices = np.asarray(indices, int)
-    images = ds.read_batch(indices) if len(indices) else np.zeros((0, *ds.image_size, 3), np.uint8)
+    if images is None:
+        images = (
+            ds.read_batch(indices) if len(indices) else np.zeros((0, *ds.image_size, 3), np.uint8)
+        )
     labels = ds.meta["label"].to_numpy(int)[indices]
     masks = has_mask = None
     if ds.synthetic:
-        masks = np.zeros(images.shape[:3], bool)
-        for k, i in enumerate(indices):
-            mask = ds.mask(int(i))
-            if mask is not None:
-                masks[k, : mask.shape[0], : mask.shape[1]] = mask
+        masks = padded_masks([ds.mask(int(i)) for i in indices], images.shape[:3])
         has_mask = masks.reshape(len(masks), -1).any(axis=1)
-    fingerprint = ds.data_fingerprint(indices)
+    if not key:
+        fingerprint = ds.data_fingerprint(indices)
+        key = f"{Path(ds.root).resolve()}|{ds.manifest_id}|{_digest(indices)}|{fingerprint}"
     return SanitySample(
         images=images,
         labels=labels,
         masks=masks,
         has_mask=has_mask,
         data_format=ds.format,
-        key=key or f"{Path(ds.root).resolve()}|{ds.manifest_id}|{_digest(indices)}|{fingerprint}",
+        key=key,
         description=f"{len(indices)} patches of {ds.format.upper()} "
         f"({int((labels == 1).sum())} tumour, {int((labels == 0).sum())} normal)",
     )
@@ -788,7 +789,7 @@ def shown_sample(ds, names: Sequence[str], images: np.ndarray, key: str) -> Sani
     if ds is None:
         return upload_sample(images, key)
     position = pd.Series(np.arange(len(ds)), index=ds.meta["id"].astype(str))
-    return dataset_sample(ds, position.loc[[str(n) for n in names]].to_numpy(), key)
+    return dataset_sample(ds, position.loc[[str(n) for n in names]].to_numpy(), key, images)
 
 
 def upload_sample(images: np.ndarray, key: str) -> SanitySample:
@@ -914,6 +915,15 @@ def shuffled_label_run(card, runs_dir: Path | None = None):
     return (finished or twins or [None])[0]
 
 
+def shuffled_label_checkpoint(run) -> Path | None:
+    """The best.pt of a shuffled-label twin from ``shuffled_label_run`` once it has finished;
+    None for no twin or one still going (it takes the run, so a caller that also shows the run
+    lists the runs once)."""
+    if run is None or run.state != "finished":
+        return None
+    return run.path / "best.pt"
+
+
 def start_shuffled_label_run(card, runs_dir: Path | None = None) -> Path:
     """Start the shuffled-label twin of ``card``'s recipe as a background run (core.jobs),
     named "shuffled-labels"; an InputError when the card has no recipe or its data is gone."""
@@ -953,9 +963,7 @@ def data_randomisation(
 
 
 def _data_randomisation(first, second, sample, methods, target) -> pd.DataFrame:
-    classes = _explained_classes(
-        target, predict_proba(first, sample.images), first.card.threshold, len(sample.images)
-    )
+    classes = explained_classes(target, predict_proba(first, sample.images), first.card.threshold)
     explainers = {m: cam_explainer(m) for m in methods} | {EDGE_CONTROL: edge_explainer}
     reference = {
         name: explain(first, sample.images, classes) for name, explain in explainers.items()

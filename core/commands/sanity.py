@@ -103,14 +103,12 @@ def _check(args, ds, loaded, progress) -> dict:
 
 def _shuffled_checkpoint(args, loaded):
     from core.checkpoints import load_checkpoint
-    from core.sanity import shuffled_label_run
+    from core.sanity import shuffled_label_checkpoint, shuffled_label_run
 
     if args.shuffled:
         return load_checkpoint(args.shuffled)
-    run = shuffled_label_run(loaded.card)
-    if run is None or run.state != "finished":
-        return None
-    return load_checkpoint(run.path / "best.pt")
+    path = shuffled_label_checkpoint(shuffled_label_run(loaded.card))
+    return None if path is None else load_checkpoint(path)
 
 
 def report_json(report, description: str) -> dict:

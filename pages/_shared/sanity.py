@@ -12,15 +12,15 @@ from core.sanity import (
     CONTROLS,
     DEFAULT_SEEDS,
     KENDALL_WARN_BELOW,
-    MAX_PATCHES,
     MODES,
     PASS_MAX_ABS_RHO,
-    PUBLIC_MAX_PATCHES,
     UNIFORM_CENTRE_SHARE,
     VERDICT_RULE,
     data_randomisation,
+    max_patches,
     sanity_check,
     shown_sample,
+    shuffled_label_checkpoint,
     shuffled_label_run,
     start_shuffled_label_run,
 )
@@ -55,7 +55,8 @@ def render_sanity(models, model_keys, methods, target, images, names, images_key
     localisation, score agreement and the data randomisation test."""
     st.subheader("Can I trust these maps?")
     st.caption(EXPLAINED)
-    cap = PUBLIC_MAX_PATCHES if public_mode() else MAX_PATCHES
+    public_mode()  # copies a TOML HISTOLENS_PUBLIC secret into the environment max_patches reads
+    cap = max_patches()
     if len(images) < 2:
         st.info("The sanity check needs at least two patches: show more above.")
         return
@@ -203,8 +204,9 @@ def _render_examples(report) -> None:
 def _render_data_test(label, loaded, methods, target, sample) -> None:
     st.markdown("**Data randomisation**: the same recipe trained on shuffled labels")
     twin = shuffled_label_run(loaded.card)
-    if twin is not None and twin.state == "finished":
-        twin_model = shared_model(twin.path / "best.pt")
+    checkpoint = shuffled_label_checkpoint(twin)
+    if checkpoint is not None:
+        twin_model = shared_model(checkpoint)
         table = _data_test(
             loaded.sha256,
             twin_model.sha256,
